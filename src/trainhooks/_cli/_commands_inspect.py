@@ -1,0 +1,211 @@
+"""``trainhooks ls`` and ``trainhooks show``: what checkpoints exist and what is in one."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+import trainhooks
+from trainhooks._cli._errors import CliError
+from trainhooks._cli._render import (
+    age,
+    emit_json,
+    human_bytes,
+    info_json,
+    json_option,
+    local_time,
+    shape_text,
+    short_repr,
+    stdout_console,
+)
+from trainhooks._cli._resolve import (
+    Resolved,
+    checkpoints_in,
+    newest_in,
+    no_checkpoints_error,
+    reading,
+    resolve_checkpoint,
+    resolve_run_directory,
+)
+from trainhooks._cli._tree import (
+    SEPARATOR,
+    entry_json,
+    find_leaf,
+    flatten,
+    is_tensor,
+    tensor_stats,
+)
+
+if TYPE_CHECKING:
+    from trainhooks import CheckpointInfo
+
+
+@click.command("ls")
+@click.argument("directory", metavar="DIR")
+@json_option
+def ls(directory: str, as_json: bool) -> int:
+    """List the committed checkpoints in DIR, oldest first.
+
+    Staging and half-deleted entries are never listed, nor are damaged checkpoints
+    (`trainhooks verify DIR` reports those).
+    """
+    path = resolve_run_directory(directory, allow_checkpoint=True)
+    infos = checkpoints_in(path)
+    if not infos:
+        raise no_checkpoints_error(directory)
+    newest = newest_in(path, infos).step
+    if as_json:
+        emit_json([info_json(info, newest=info.step == newest) for info in infos])
+        return 0
+    now = time.time()
+    table = Table(title=f"{len(infos)} checkpoints in {path}", title_justify="left")
+    for column, justify in (("step", "right"), ("saved", "left"), ("age", "right"),
+                            ("size", "right"), ("tensors", "right"), ("name", "left"),
+                            ("", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for info in infos:
+        table.add_row(str(info.step), local_time(info.time), age(info.time, now),
+                      human_bytes(info.nbytes), str(info.num_tensors), Text(info.path.name),
+                      Text("newest", style="bold green") if info.step == newest else "")
+    total = sum(info.nbytes for info in infos)
+    table.caption = f"total {human_bytes(total)}"
+    table.caption_justify = "left"
+    stdout_console().print(table)
+    return 0
+
+
+@click.command("show")
+@click.argument("checkpoint", metavar="CKPT")
+@click.option("--tensor", "tensor_name", metavar="NAME",
+              help="Summary statistics of one tensor (full name, or a unique suffix).")
+@click.option("--flat", is_flag=True, help="One row per entry instead of a tree.")
+@json_option
+def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) -> int:
+    """Show the state tree of CKPT: names, dtypes, shapes, bytes and plain values.
+
+    CKPT may be a run directory (its newest checkpoint is shown). Listing does not verify
+    checksums (use `trainhooks verify`); `--tensor` does, so its statistics are trustworthy.
+    """
+    target = resolve_checkpoint(checkpoint)
+    with reading(target.path):
+        tree = trainhooks.load(target.path, verify=tensor_name is not None)
+    leaves = flatten(tree)
+    if tensor_name is not None:
+        return _show_tensor(target, leaves, tensor_name, as_json)
+    if as_json:
+        emit_json({"checkpoint": target.to_json(),
+                   "entries": [entry_json(name, value) for name, value in leaves.items()]})
+        return 0
+    console = stdout_console()
+    console.print(_header(target, leaves))
+    console.print(_flat_table(leaves) if flat else _tree(leaves))
+    return 0
+
+
+def _header(target: Resolved, leaves: dict[str, Any]) -> Text:
+    tensors = [v for v in leaves.values() if is_tensor(v)]
+    data = human_bytes(sum(int(t.nbytes) for t in tensors))
+    counts = f"{len(tensors)} tensors ({data}), {len(leaves) - len(tensors)} values"
+    info: CheckpointInfo | None = target.info
+    if info is None:
+        return Text(f"checkpoint {target.path}  (not in its directory's listing)\n{counts}")
+    return Text.assemble(("step ", "bold"), (str(info.step), "bold cyan"), f"  {info.path}\n",
+                         f"saved {local_time(info.time)}, {human_bytes(info.nbytes)} on disk, ",
+                         counts)
+
+
+def _leaf_label(key: str, value: Any) -> Text:
+    if is_tensor(value):
+        return Text.assemble((key, "cyan"), "  ", (str(value.dtype), "green"), " ",
+                             shape_text(tuple(value.shape)), "  ", (human_bytes(value.nbytes), "dim"))
+    return Text.assemble((key, "cyan"), " = ", short_repr(value))
+
+
+def _tree(leaves: dict[str, Any]) -> Tree:
+    """A rich tree from flat ``a/b/c`` names; each group shows its tensor count and bytes."""
+    root = Tree(".", guide_style="dim", hide_root=True)
+    nodes: dict[str, Tree] = {"": root}
+    totals = _group_totals(leaves)
+    for name, value in leaves.items():
+        parts = name.split(SEPARATOR)
+        for depth in range(1, len(parts)):
+            prefix = SEPARATOR.join(parts[:depth])
+            if prefix not in nodes:
+                count, nbytes = totals.get(prefix, (0, 0))
+                label = Text.assemble((parts[depth - 1], "bold"))
+                if count:
+                    label.append(f"  {count} tensors, {human_bytes(nbytes)}", style="dim")
+                nodes[prefix] = nodes[SEPARATOR.join(parts[: depth - 1])].add(label)
+        nodes[SEPARATOR.join(parts[:-1])].add(_leaf_label(parts[-1], value))
+    return root
+
+
+def _group_totals(leaves: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    totals: dict[str, tuple[int, int]] = {}
+    for name, value in leaves.items():
+        if not is_tensor(value):
+            continue
+        parts = name.split(SEPARATOR)
+        for depth in range(1, len(parts)):
+            prefix = SEPARATOR.join(parts[:depth])
+            count, nbytes = totals.get(prefix, (0, 0))
+            totals[prefix] = (count + 1, nbytes + int(value.nbytes))
+    return totals
+
+
+def _flat_table(leaves: dict[str, Any]) -> Table:
+    table = Table()
+    for column, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"),
+                            ("size / value", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, value in leaves.items():
+        if is_tensor(value):
+            table.add_row(Text(name), str(value.dtype), shape_text(tuple(value.shape)),
+                          human_bytes(value.nbytes))
+        else:
+            table.add_row(Text(name), "", "", Text(short_repr(value)))
+    return table
+
+
+def _show_tensor(target: Resolved, leaves: dict[str, Any], name: str, as_json: bool) -> int:
+    try:
+        full_name = find_leaf(leaves, name)
+    except KeyError as exc:
+        raise CliError(f"{target.path}: {exc.args[0]}") from None
+    value = leaves[full_name]
+    if not is_tensor(value):
+        raise CliError(f"{target.path}: {full_name!r} is a plain value, not a tensor: "
+                       f"{short_repr(value)}")
+    stats = tensor_stats(value)
+    if as_json:
+        emit_json({"checkpoint": target.to_json(), "name": full_name, **stats})
+        return 0
+    table = Table(title=f"{full_name}  ({target.path})", title_justify="left", show_header=False)
+    table.add_column("statistic", style="bold")
+    table.add_column("value", justify="right")
+    for key, stat in stats.items():
+        shown = human_bytes(stat) if key == "nbytes" else _number(stat)
+        table.add_row(key, shown)
+    if value.size:
+        table.add_row("first values", _preview(value))
+    stdout_console().print(table)
+    return 0
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return shape_text(tuple(value))
+    return str(value)
+
+
+def _preview(value: Any, count: int = 6) -> str:
+    flat = value.reshape(-1)[:count]
+    items = ", ".join(_number(v.item()) for v in flat)
+    return f"[{items}{', …' if value.size > count else ''}]"

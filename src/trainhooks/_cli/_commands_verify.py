@@ -1,0 +1,167 @@
+"""``trainhooks verify``: recompute every checksum of one checkpoint or a whole directory.
+
+A directory is checked completely, damaged checkpoints included: ``list_checkpoints``
+leaves those out, so every sub-directory named like a checkpoint is verified too, and a
+damaged one is reported instead of silently skipped. The scan goes on after a failure so
+one run names all the damage; the exit code is 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+import trainhooks
+from trainhooks._cli._errors import (
+    EXIT_CORRUPT,
+    EXIT_OK,
+    CliError,
+    corruption_parts,
+    error_line,
+)
+from trainhooks._cli._render import (
+    emit_json,
+    human_bytes,
+    info_json,
+    json_option,
+    stderr_console,
+    stdout_console,
+)
+from trainhooks._cli._resolve import (
+    basename_for,
+    candidates_in,
+    checkpoints_in,
+    committed_basename,
+    existing_path,
+    listing_entry,
+    not_a_checkpoint,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verification result of one checkpoint directory."""
+
+    path: Path
+    step: int | None
+    info: Any  # CheckpointInfo when intact
+    error: trainhooks.CheckpointError | None
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = (info_json(self.info) if self.info is not None
+                               else {"step": self.step, "path": str(self.path)})
+        obj["ok"] = self.error is None
+        if self.error is not None:
+            obj["error"] = {
+                "type": type(self.error).__name__,
+                "message": str(self.error),
+                "file": getattr(self.error, "file", None),
+                "tensor": getattr(self.error, "tensor", None),
+                "byte_range": getattr(self.error, "byte_range", None),
+            }
+        return obj
+
+
+@click.command("verify")
+@click.argument("target", metavar="DIR|CKPT")
+@json_option
+def verify(target: str, as_json: bool) -> int:
+    """Fully verify the checksums of CKPT, or of every checkpoint in DIR.
+
+    Exit 0 when everything is intact; 1 when anything is corrupt, with one line per
+    damaged checkpoint on stderr naming the file, tensor, byte range and step.
+    """
+    paths = _plan(target)
+    outcomes = _run(paths)
+    failures = [o for o in outcomes if o.error is not None]
+    if as_json:
+        emit_json({"ok": not failures, "checked": len(outcomes), "corrupt": len(failures),
+                   "checkpoints": [o.to_json() for o in outcomes]})
+    else:
+        _print_outcomes(outcomes)
+    for failure in failures:
+        print(error_line(failure.error), file=sys.stderr)  # type: ignore[arg-type]
+    return EXIT_CORRUPT if failures else EXIT_OK
+
+
+def _plan(target: str) -> list[Path]:
+    """The checkpoint directories to verify for a command-line path."""
+    path = existing_path(target)
+    if path.is_file():  # a file inside a checkpoint: verify that checkpoint
+        path = path.resolve().parent
+        if committed_basename(path.name) is None and listing_entry(path) is None:
+            raise CliError(f"{target} is a file, not a checkpoint or a directory of checkpoints")
+    if committed_basename(path.resolve().name) is not None:
+        return [path]
+    listed = [Path(info.path) for info in checkpoints_in(path)]
+    damaged = candidates_in(path).get(basename_for(path), [])
+    every = {p.resolve(): p for p in [*listed, *damaged]}
+    if not every:
+        return [path]  # maybe a checkpoint under a foreign name; the store decides
+    return [every[key] for key in sorted(every, key=lambda p: p.name)]
+
+
+def _run(paths: list[Path]) -> list[Outcome]:
+    console = stderr_console()
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    outcomes = []
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
+        task = progress.add_task("verifying", total=None)
+        for index, path in enumerate(paths, 1):
+            progress.reset(task, total=None, description=f"[{index}/{len(paths)}] {path.name}")
+            outcomes.append(_verify_one(path, progress, task, single=len(paths) == 1))
+    return outcomes
+
+
+def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -> Outcome:
+    def report(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    try:
+        info = trainhooks.verify_checkpoint(path, progress=report)
+    except (trainhooks.CheckpointCorruptError, trainhooks.CheckpointFormatError) as exc:
+        usage = not_a_checkpoint(path, exc) if single else None
+        if usage is not None:
+            raise usage from exc
+        return Outcome(path, exc.step if exc.step is not None else _step_of(path), None, exc)
+    return Outcome(path, info.step, info, None)
+
+
+def _step_of(path: Path) -> int | None:
+    name = path.resolve().name
+    return int(name.rsplit("-", 1)[1]) if committed_basename(name) is not None else None
+
+
+def _print_outcomes(outcomes: list[Outcome]) -> None:
+    console = stdout_console()
+    for outcome in outcomes:
+        step = "?" if outcome.step is None else str(outcome.step)
+        if outcome.error is None:
+            console.print(Text.assemble(("OK       ", "bold green"), f"step {step:>8}  ",
+                                        str(outcome.path), ("  " + human_bytes(outcome.info.nbytes),
+                                                            "dim")))
+        else:
+            where = ", ".join(corruption_parts(outcome.error)) if isinstance(
+                outcome.error, trainhooks.CheckpointCorruptError) else type(outcome.error).__name__
+            console.print(Text.assemble(("CORRUPT  ", "bold red"), f"step {step:>8}  ",
+                                        str(outcome.path), f"  {where}"))
+    bad = sum(o.error is not None for o in outcomes)
+    summary = f"{len(outcomes)} checkpoint{'s' if len(outcomes) != 1 else ''} verified"
+    console.print(Text(f"{summary}, {bad} corrupt" if bad else f"{summary}, all intact",
+                       style="bold red" if bad else "bold green"))

@@ -1,0 +1,98 @@
+"""Exit codes of the ``trainhooks`` command and the one-line messages for failures.
+
+Scripts branch on the exit code, so each kind of failure has its own and they never
+change meaning:
+
+====  ==================================================================================
+0     success (``verify``: every checkpoint checked is intact)
+1     a checkpoint is corrupt: a checksum, size or structure check failed
+2     usage error, or the path does not exist / is not a checkpoint / holds none
+3     the operation could not be done: directory locked by a live writer, an I/O or
+      permission error, a format this version does not know
+4     internal error (a bug in trainhooks; rerun with ``TRAINHOOKS_DEBUG=1`` for the
+      traceback and please report it)
+130   interrupted (Ctrl-C)
+====  ==================================================================================
+
+Every failure prints exactly one line, ``trainhooks: error: ...``, on stderr; never a
+traceback (the store's exceptions already name the path, step and cause).
+"""
+
+from __future__ import annotations
+
+import os
+
+from trainhooks import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointNotFoundError,
+    TrainhooksError,
+)
+
+EXIT_OK = 0
+EXIT_CORRUPT = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A failure the CLI itself detects (bad path, nothing to show), with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an exception escaping a command."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, CheckpointCorruptError):
+        return EXIT_CORRUPT
+    if isinstance(exc, CheckpointNotFoundError):
+        return EXIT_USAGE
+    if isinstance(exc, (CheckpointLockedError, CheckpointError, OSError)):
+        return EXIT_FAILED
+    if isinstance(exc, (TrainhooksError, ValueError)):
+        return EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_INTERNAL
+
+
+def corruption_parts(exc: CheckpointCorruptError) -> list[str]:
+    """``file F``, ``tensor 'T'``, ``bytes a-b``, ``step N`` from the error, where known."""
+    parts: list[str] = []
+    if exc.file is not None:
+        parts.append(f"file {exc.file}")
+    if exc.tensor is not None:
+        parts.append(f"tensor {exc.tensor!r}")
+    if exc.byte_range is not None:
+        start, end = exc.byte_range
+        parts.append(f"bytes {start}-{end}")
+    if exc.step is not None:
+        parts.append(f"step {exc.step}")
+    return parts
+
+
+def error_line(exc: BaseException) -> str:
+    """The single line printed on stderr for ``exc`` (no newlines, no traceback)."""
+    if isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    elif isinstance(exc, OSError) and not str(exc).strip():
+        text = f"{type(exc).__name__} on {exc.filename!r}"
+    elif isinstance(exc, (TrainhooksError, CliError, OSError, ValueError)):
+        text = str(exc)
+        if isinstance(exc, CheckpointCorruptError):
+            missing = [part for part in corruption_parts(exc) if part not in text]
+            if missing:  # make sure file, tensor and step are named even if the message omits one
+                text = f"{text} ({', '.join(missing)})"
+    else:
+        text = f"internal error: {type(exc).__name__}: {exc}"
+        if not os.environ.get("TRAINHOOKS_DEBUG"):
+            text += " (rerun with TRAINHOOKS_DEBUG=1 for the traceback; please report it)"
+    text = " ".join(text.split())  # one line, whatever the message contained
+    return f"trainhooks: error: {text}"

@@ -1,0 +1,194 @@
+"""Turning command-line paths into checkpoints and checkpoint directories, forgivingly.
+
+Users type whatever path is at hand: the run directory, one checkpoint inside it, or a
+file inside that checkpoint. Commands that need ONE checkpoint accept all three (a run
+directory means its newest checkpoint, and a note on stderr says so); commands that need
+a run directory accept a checkpoint and use its parent where that is harmless.
+
+Only the public store API reads checkpoints. The one thing used here beyond it is the
+documented directory name ``<basename>-<step:012d>``: it lets ``verify DIR`` find a
+damaged checkpoint that ``list_checkpoints`` leaves out, and tells a damaged checkpoint
+(exit 1) from a directory that never was one (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+import trainhooks
+from trainhooks._cli._errors import EXIT_USAGE, CliError
+from trainhooks._cli._render import info_json, note
+
+if TYPE_CHECKING:
+    from trainhooks import CheckpointInfo
+
+DEFAULT_BASENAME = "ckpt"
+_COMMITTED_NAME = re.compile(r"(?P<basename>[A-Za-z0-9_][A-Za-z0-9_.]*)-(?P<step>\d{12})")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One checkpoint chosen from a command-line path.
+
+    ``info`` is None when the directory is not in its parent's listing (a damaged or
+    foreign directory): the store decides, when it reads it, what is wrong with it.
+    """
+
+    path: Path
+    info: CheckpointInfo | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The checkpoint a result is about, as JSON (only its path if it is not listed)."""
+        return {"path": str(self.path)} if self.info is None else info_json(self.info)
+
+
+def committed_basename(name: str) -> str | None:
+    """The basename of a ``<basename>-<12 digits>`` directory name, else None."""
+    match = _COMMITTED_NAME.fullmatch(name)
+    return match.group("basename") if match else None
+
+
+def existing_path(arg: str) -> Path:
+    """``arg`` as a Path, or a one-line usage error if nothing is there."""
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise CliError(f"no such file or directory: {arg}", EXIT_USAGE)
+    return path
+
+
+def basename_for(directory: Path) -> str:
+    """The checkpoint basename in ``directory``: ``--basename``, else detected.
+
+    ``ckpt`` (the Saver's default) when any ``ckpt-*`` entry exists; otherwise the single
+    basename the committed-looking entries share, so ``Saver(basename="model")`` runs
+    work without an option.
+    """
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx.find_root().params.get("basename") if ctx is not None else None
+    if chosen:
+        return str(chosen)
+    found = set(candidates_in(directory))
+    if DEFAULT_BASENAME in found or not found:
+        return DEFAULT_BASENAME
+    if len(found) == 1:
+        return found.pop()
+    names = ", ".join(sorted(found))
+    raise CliError(f"{directory} holds checkpoints of several basenames ({names}); "
+                   "choose one with --basename", EXIT_USAGE)
+
+
+def candidates_in(directory: Path) -> dict[str, list[Path]]:
+    """Sub-directories named like committed checkpoints, by basename (listed or not)."""
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        base = committed_basename(entry.name)
+        if base is not None and entry.is_dir(follow_symlinks=False):
+            found.setdefault(base, []).append(Path(entry.path))
+    return found
+
+
+def checkpoints_in(directory: Path) -> list[CheckpointInfo]:
+    """The committed, structurally valid checkpoints directly inside ``directory``."""
+    if not directory.is_dir():
+        return []
+    return list(trainhooks.list_checkpoints(directory, basename=basename_for(directory)))
+
+
+def listing_entry(path: Path) -> CheckpointInfo | None:
+    """The parent's listing entry for the checkpoint directory ``path``, if it has one."""
+    target = path.resolve()
+    base = committed_basename(target.name)
+    if base is None or not target.is_dir():
+        return None
+    for info in trainhooks.list_checkpoints(target.parent, basename=base):
+        if Path(info.path).resolve() == target:
+            return info
+    return None
+
+
+def newest_in(directory: Path, infos: list[CheckpointInfo]) -> CheckpointInfo:
+    """The newest checkpoint, as the store itself picks it."""
+    latest = trainhooks.latest_checkpoint(directory, basename=basename_for(directory))
+    return latest if latest is not None else infos[-1]
+
+
+def resolve_checkpoint(arg: str) -> Resolved:
+    """One checkpoint from a checkpoint path, a file inside one, or a run directory."""
+    path = existing_path(arg)
+    if path.is_file():
+        parent = listing_entry(path.parent)
+        if parent is None:
+            raise CliError(f"{arg} is a file, not a checkpoint: pass a checkpoint directory "
+                           "(e.g. RUN/ckpt-000000000100) or a directory of checkpoints", EXIT_USAGE)
+        note(f"{arg} is a file inside a checkpoint; using the checkpoint {parent.path}")
+        return Resolved(Path(parent.path), parent)
+    info = listing_entry(path)
+    if info is not None:
+        return Resolved(path, info)
+    if committed_basename(path.name) is None:
+        infos = checkpoints_in(path)
+        if infos:
+            newest = newest_in(path, infos)
+            note(f"{arg} is a directory of checkpoints; using the newest, step {newest.step}")
+            return Resolved(Path(newest.path), newest)
+    return Resolved(path, None)
+
+
+def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
+    """A directory of checkpoints; a checkpoint path means its parent where allowed."""
+    path = existing_path(arg)
+    if not path.is_dir():
+        raise CliError(f"{arg} is not a directory", EXIT_USAGE)
+    if committed_basename(path.resolve().name) is not None and listing_entry(path) is not None:
+        parent = path.resolve().parent
+        if not allow_checkpoint:
+            raise CliError(f"{arg} is a single checkpoint, not a directory of checkpoints; "
+                           f"did you mean {parent}?", EXIT_USAGE)
+        note(f"{arg} is a checkpoint; using its directory {parent}")
+        return parent
+    return path
+
+
+def no_checkpoints_error(arg: str) -> CliError:
+    """The error for a directory that holds no committed checkpoint."""
+    return CliError(f"no committed checkpoints in {arg} (not a checkpoint directory, or every "
+                    "checkpoint in it is incomplete or damaged: `trainhooks verify` names the "
+                    "damage)", EXIT_USAGE)
+
+
+def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:
+    """A usage error if ``exc`` (from reading ``path``) means it was never a checkpoint.
+
+    The store reports a directory without a manifest as corrupt with no step; for a
+    directory not named like a checkpoint that means "not a checkpoint" (exit 2), while a
+    ``ckpt-000000000100`` without a readable manifest stays corrupt (exit 1).
+    """
+    if not isinstance(exc, trainhooks.CheckpointCorruptError) or exc.step is not None:
+        return None
+    if committed_basename(path.resolve().name) is not None:
+        return None
+    return CliError(f"{path} is neither a checkpoint nor a directory of checkpoints", EXIT_USAGE)
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Around a store call on ``path``: turn "no manifest in a foreign directory" into exit 2."""
+    try:
+        yield
+    except trainhooks.CheckpointCorruptError as exc:
+        usage = not_a_checkpoint(path, exc)
+        if usage is not None:
+            raise usage from exc
+        raise

@@ -1,0 +1,153 @@
+"""``SummarySaverHook``: write the scalar values a step returns to TensorBoard."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from trainhooks._session._hook import (
+    SessionRunArgs,
+    SessionRunContext,
+    SessionRunHook,
+    SessionRunValues,
+)
+from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like
+
+__all__ = ["SummarySaverHook", "scalar_summaries"]
+
+
+class SupportsAddScalar(Protocol):
+    """Anything with ``add_scalar(tag, value, step)``: our writer, ``torch``'s SummaryWriter."""
+
+    def add_scalar(self, tag: str, value: float, step: int, /) -> Any: ...
+
+
+class SummarySaverHook(SessionRunHook):
+    """Saves scalar summaries every ``save_steps`` steps or ``save_secs`` seconds.
+
+    TF's arguments, where they mean something here: exactly one of ``save_steps`` /
+    ``save_secs``; exactly one of ``output_dir`` (event files go there, shared with other
+    writers of that directory) or ``summary_writer`` (any object with
+    ``add_scalar(tag, value, step)``, e.g. ``torch.utils.tensorboard.SummaryWriter``).
+    As in TF the first run is always summarised, at the global step after it.
+
+    What is written: with ``scalars=None`` every scalar-like value of the mapping the step
+    returns (nested mappings give ``outer/inner`` tags; a bare scalar result is tagged
+    ``result``); otherwise only the values ``scalars`` names (a list of names, or a dict
+    ``{tag: name}``), which must be scalar-like. TF's ``summary_op`` has no meaning without a
+    graph and is refused with a pointer to ``scalars``; ``scaffold`` is accepted and ignored.
+    Events are flushed after each write, so a crash loses none already written.
+    """
+
+    def __init__(
+        self,
+        save_steps: int | None = None,
+        save_secs: float | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        summary_writer: SupportsAddScalar | None = None,
+        scaffold: Any = None,
+        summary_op: Any = None,
+        *,
+        scalars: Mapping[str, str] | Iterable[str] | None = None,
+    ) -> None:
+        if (save_steps is None) == (save_secs is None):
+            raise ValueError(
+                "SummarySaverHook needs exactly one of save_steps and save_secs "
+                f"(got save_steps={save_steps!r}, save_secs={save_secs!r})"
+            )
+        if (output_dir is None) == (summary_writer is None):
+            raise ValueError("SummarySaverHook needs exactly one of output_dir and summary_writer")
+        if summary_op is not None:
+            raise TypeError(
+                "SummarySaverHook has no graph summary ops; return the values from the step "
+                "and name them with scalars=[...] (or leave scalars=None to write every "
+                "scalar the step returns)"
+            )
+        self._timer = SecondOrStepTimer(save_secs, save_steps)
+        self._output_dir = output_dir
+        self._writer: SupportsAddScalar | None = summary_writer
+        self._owns_writer = summary_writer is None
+        self._tags = _tag_map(scalars)
+        self._args = SessionRunArgs(self._tags) if self._tags is not None else None
+        self._next_step: int | None = None
+        self._request = False
+
+    def begin(self) -> None:
+        if self._owns_writer and self._writer is None:
+            assert self._output_dir is not None
+            self._writer = ScalarWriter(self._output_dir)
+        self._timer.reset()
+        self._next_step = None
+
+    def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
+        self._request = self._next_step is None or self._timer.should_trigger_for_step(
+            self._next_step
+        )
+        return self._args if self._request else None
+
+    def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
+        session = run_context.session
+        global_step = int(session.global_step)
+        if self._request:
+            self._timer.update_last_triggered_step(global_step)
+            if self._tags is None:
+                values = scalar_summaries(run_values.step_result)
+            else:
+                values = {tag: _checked(tag, v) for tag, v in run_values.results.items()}
+            self._write(values, global_step)
+        self._next_step = global_step + int(getattr(session, "steps_per_run", 1))
+
+    def end(self, session: Any) -> None:
+        writer, self._writer = self._writer, (None if self._owns_writer else self._writer)
+        if isinstance(writer, ScalarWriter) and self._owns_writer:
+            writer.close()
+        elif writer is not None and hasattr(writer, "flush"):
+            writer.flush()
+
+    def _write(self, values: Mapping[str, float], step: int) -> None:
+        writer = self._writer
+        if writer is None or not values:
+            return
+        if isinstance(writer, ScalarWriter):
+            writer.add_scalars(values, step)
+            writer.flush()
+            return
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, step)
+        if hasattr(writer, "flush"):
+            writer.flush()
+
+
+def scalar_summaries(step_result: Any, prefix: str = "") -> dict[str, float]:
+    """Every scalar-like value of a step's result as ``{tag: float}``; others are skipped."""
+    if isinstance(step_result, Mapping):
+        values: dict[str, float] = {}
+        for key, value in step_result.items():
+            tag = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                values.update(scalar_summaries(value, tag + "/"))
+            elif is_scalar_like(value):
+                values[tag] = as_scalar(value)
+        return values
+    if not prefix and is_scalar_like(step_result):
+        return {"result": as_scalar(step_result)}
+    return {}
+
+
+def _tag_map(scalars: Mapping[str, str] | Iterable[str] | None) -> dict[str, str] | None:
+    if scalars is None:
+        return None
+    if isinstance(scalars, str):
+        return {scalars: scalars}
+    if isinstance(scalars, Mapping):
+        return dict(scalars)
+    return {name: name for name in scalars}
+
+
+def _checked(tag: str, value: Any) -> float:
+    try:
+        return as_scalar(value)
+    except TypeError as exc:
+        raise TypeError(f"SummarySaverHook: the value for tag {tag!r} is not a scalar: {exc}") from None

@@ -1,0 +1,39 @@
+"""``CheckpointSaverListener``: code that runs around every checkpoint save.
+
+The lifecycle, documented once here (TF's contract, kept exactly):
+
+1. ``begin()`` — when the saver hook begins, in list order; no step is known yet.
+2. For every save at step ``S``: each listener's ``before_save(session, S)`` in order →
+   the checkpoint is written and committed → each listener's ``after_save(session, S)``
+   in order. A truthy return from ``after_save`` asks training to stop; every listener
+   still gets its ``after_save`` first.
+3. ``end(session, last_step)`` — once, when the session closes normally, after the final
+   save (which is skipped when the last step was already saved).
+
+``session`` exposes ``global_step`` and ``state``, so a listener can evaluate or export
+the model it was handed. A listener with its own schedule must handle the last checkpoint
+in ``end()`` unless ``after_save`` already handled that step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CheckpointSaverListener"]
+
+
+class CheckpointSaverListener:
+    """Base class of checkpoint listeners; every method is a no-op."""
+
+    def begin(self) -> None:
+        """Called once before the session is created."""
+
+    def before_save(self, session: Any, global_step_value: int) -> None:
+        """Called before the checkpoint at ``global_step_value`` is written."""
+
+    def after_save(self, session: Any, global_step_value: int) -> bool | None:
+        """Called after the checkpoint is committed; return True to request a stop."""
+        return None
+
+    def end(self, session: Any, global_step_value: int) -> None:
+        """Called once at the end of a normal session, after the final save."""

@@ -1,0 +1,160 @@
+"""``EvaluationListener``: evaluate the model right after checkpoints are committed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from trainhooks._listeners._base import CheckpointSaverListener
+from trainhooks._summary import ScalarWriter, as_scalar, tensorboard_available
+
+__all__ = ["EvaluationListener"]
+
+logger = logging.getLogger(__name__)
+
+
+class EvaluationListener(CheckpointSaverListener):
+    """Calls ``eval_fn(session) -> {metric: number}`` after every ``every_n_saves``-th save.
+
+    The state evaluated is exactly the one just committed (listeners run after the commit
+    and before training goes on). Each result is kept in ``history`` (``{step: metrics}``,
+    in order), ``last_step`` and ``last_metrics``, so listeners placed after this one in the
+    list (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read the metrics of
+    the save they are called for.
+
+    With ``output_dir``, every evaluation is appended to ``output_dir/<name>.jsonl`` (one
+    JSON object per line, flushed and fsynced, so it survives a crash right after) and, when
+    ``tensorboard`` is True or None-and-installed, written as TensorBoard scalars to
+    ``output_dir/<name>/`` (a separate run next to the training summaries).
+
+    The contract's "don't act twice" rule: ``end()`` evaluates the last checkpoint only if
+    ``after_save`` did not already evaluate that same step.
+    """
+
+    def __init__(
+        self,
+        eval_fn: Callable[[Any], Mapping[str, Any]],
+        every_n_saves: int = 1,
+        output_dir: str | os.PathLike[str] | None = None,
+        name: str = "eval",
+        *,
+        tensorboard: bool | None = None,
+    ) -> None:
+        if not callable(eval_fn):
+            raise TypeError(f"eval_fn must be a function of the session, got {eval_fn!r}")
+        if every_n_saves < 1:
+            raise ValueError(f"every_n_saves must be >= 1, got {every_n_saves}")
+        if not name or os.sep in name or name in (".", ".."):
+            raise ValueError(f"name must be a plain file name (it names files), got {name!r}")
+        self.eval_fn = eval_fn
+        self.every_n_saves = every_n_saves
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.name = name
+        self._tensorboard = tensorboard
+        if tensorboard and output_dir is None:
+            raise ValueError("tensorboard=True needs an output_dir to write event files to")
+        self.history: dict[int, dict[str, float]] = {}
+        self._saves = 0
+        self._writer: ScalarWriter | None = None
+
+    @property
+    def last_step(self) -> int | None:
+        """The step of the latest evaluation of this session (``None`` before the first)."""
+        return next(reversed(self.history), None)
+
+    @property
+    def last_metrics(self) -> dict[str, float] | None:
+        """The metrics of the latest evaluation of this session (``None`` before the first)."""
+        step = self.last_step
+        return None if step is None else self.history[step]
+
+    @property
+    def jsonl_path(self) -> Path | None:
+        """Where evaluations are appended, or ``None`` without ``output_dir``."""
+        return None if self.output_dir is None else self.output_dir / f"{self.name}.jsonl"
+
+    def begin(self) -> None:
+        self.history = {}
+        self._saves = 0
+
+    def after_save(self, session: Any, global_step_value: int) -> None:
+        self._saves += 1
+        if self._saves % self.every_n_saves == 0:
+            self.evaluate(session, global_step_value)
+
+    def end(self, session: Any, global_step_value: int) -> None:
+        try:
+            if self.last_step != global_step_value:
+                self.evaluate(session, global_step_value)
+        finally:
+            self._close_writer()
+
+    def evaluate(self, session: Any, step: int) -> dict[str, float]:
+        """Evaluate now, record the metrics at ``step`` and return them."""
+        raw = self.eval_fn(session)
+        metrics = self._as_metrics(raw, step)
+        self.history[step] = metrics
+        if self.output_dir is not None:
+            self._append_jsonl(step, metrics)
+            self._write_tensorboard(step, metrics)
+        logger.info(
+            "%s at step %d: %s",
+            self.name,
+            step,
+            ", ".join(f"{k} = {v:.6g}" for k, v in metrics.items()),
+        )
+        return metrics
+
+    def _as_metrics(self, raw: Any, step: int) -> dict[str, float]:
+        if not isinstance(raw, Mapping):
+            raise TypeError(
+                f"EvaluationListener {self.name!r}: eval_fn must return a dict of metrics, "
+                f"got {type(raw).__name__} at step {step}"
+            )
+        metrics: dict[str, float] = {}
+        for key, value in raw.items():
+            try:
+                metrics[str(key)] = as_scalar(value)
+            except TypeError as exc:
+                raise TypeError(
+                    f"EvaluationListener {self.name!r}: metric {key!r} at step {step} is not "
+                    f"a number: {exc}"
+                ) from None
+        return metrics
+
+    def _append_jsonl(self, step: int, metrics: dict[str, float]) -> None:
+        assert self.output_dir is not None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "step": step,
+            "wall_time": time.time(),
+            "metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()},
+        }
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with open(self.output_dir / f"{self.name}.jsonl", "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _write_tensorboard(self, step: int, metrics: dict[str, float]) -> None:
+        if self._tensorboard is False:
+            return
+        if self._writer is None:
+            if self._tensorboard is None and not tensorboard_available():
+                self._tensorboard = False
+                return
+            assert self.output_dir is not None
+            self._writer = ScalarWriter(self.output_dir / self.name)
+        self._writer.add_scalars(metrics, step)
+        self._writer.flush()
+
+    def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()

@@ -1,0 +1,1 @@
+"""Private package; see trainhooks/__init__.py for the public API."""

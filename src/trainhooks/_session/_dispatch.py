@@ -1,0 +1,105 @@
+"""Per-event call lists, built once per session, and the ``coord`` handed to hooks.
+
+Why call lists: a training step may take microseconds, so the session must not ask every
+hook about every event on every step. ``HookCalls.build`` looks at each hook once and keeps
+only the bound methods its class really overrides; a hook that only cares about
+``after_run`` costs one call per step and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainhooks._session._hook import overrides
+
+__all__ = ["Coordinator", "HookCalls", "ReleaseHook"]
+
+# A private protocol between the session and hooks that hold resources (a saver's directory
+# lock): ``_release()`` is called when the session closes, on every exit path, after
+# ``end`` on a normal exit. TF has no such event because TF's savers hold no locks.
+ReleaseHook = "_release"
+
+
+def _implements(hook: object, method: str) -> bool:
+    # ``overrides`` answers for SessionRunHook subclasses; duck-typed hooks (not subclassing
+    # it) are asked whether they have the method at all.
+    return overrides(hook, method) and callable(getattr(hook, method, None))
+
+
+@dataclass(frozen=True)
+class HookCalls:
+    """The bound methods to call for each event, in hook-list order.
+
+    ``before_run`` and ``after_run`` pair each method with its hook's index in the list so
+    that the results a hook asked for in ``before_run`` reach that hook's ``after_run``.
+    """
+
+    begin: tuple[Callable[[], None], ...]
+    after_create_session: tuple[Callable[[Any, Any], None], ...]
+    before_run: tuple[tuple[int, Callable[[Any], Any]], ...]
+    after_run: tuple[tuple[int, Callable[[Any, Any], None]], ...]
+    end: tuple[Callable[[Any], None], ...]
+    release: tuple[Callable[[], None], ...]
+
+    @classmethod
+    def build(cls, hooks: Sequence[object]) -> HookCalls:
+        """Inspect every hook once and keep the methods it overrides."""
+
+        def calls(method: str) -> tuple[Any, ...]:
+            return tuple(getattr(h, method) for h in hooks if _implements(h, method))
+
+        def indexed(method: str) -> tuple[tuple[int, Any], ...]:
+            return tuple(
+                (i, getattr(h, method)) for i, h in enumerate(hooks) if _implements(h, method)
+            )
+
+        return cls(
+            begin=calls("begin"),
+            after_create_session=calls("after_create_session"),
+            before_run=indexed("before_run"),
+            after_run=indexed("after_run"),
+            end=calls("end"),
+            release=tuple(
+                getattr(h, ReleaseHook) for h in hooks if callable(getattr(h, ReleaseHook, None))
+            ),
+        )
+
+
+class Coordinator:
+    """The ``coord`` argument of ``after_create_session``: a stop flag for the session.
+
+    TF passes a ``tf.train.Coordinator`` (threads, join, exception re-raising); here only
+    what a hook can use without threads is kept: ``request_stop()`` and ``should_stop()``.
+    A stop requested here makes the session's ``should_stop()`` true before any step runs.
+    """
+
+    __slots__ = ("stop",)
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def request_stop(self, ex: BaseException | None = None) -> None:
+        """Ask the session to stop; ``ex`` is accepted for TF compatibility and not raised."""
+        self.stop = True
+
+    def should_stop(self) -> bool:
+        """Whether a stop was requested."""
+        return self.stop
+
+    def clear_stop(self) -> None:
+        """Forget a stop request (used when a recoverable error re-creates the session)."""
+        self.stop = False
+
+
+def as_hook_list(hooks: Iterable[object] | None) -> list[object]:
+    """Copy a user's hook iterable (None means no hooks), rejecting a lone hook by mistake."""
+    if hooks is None:
+        return []
+    if not isinstance(hooks, Iterable):
+        raise TypeError(
+            f"hooks must be a list of hooks, got a single {type(hooks).__name__}; "
+            f"wrap it in a list: hooks=[{type(hooks).__name__}(...)]"
+        )
+    return list(hooks)

@@ -1,0 +1,137 @@
+"""The hook protocol: ``SessionRunHook`` and the values passed around one ``run`` call.
+
+The lifecycle, documented once here (TF's order, kept exactly):
+
+1. ``begin()`` — once, before the session exists; no step is known yet.
+2. ``after_create_session(session, coord)`` — the session exists and its state has been
+   restored (or initialised); runs again after a recoverable error re-creates it.
+3. For each ``session.run(fn, ...)``: every hook's ``before_run(run_context)`` in list
+   order (each may return ``SessionRunArgs`` naming results it wants) → the user's step →
+   every hook's ``after_run(run_context, run_values)`` in list order.
+4. ``end(session)`` — once, only when the session closes without an exception.
+
+A hook overrides only what it needs: the session builds each event's call list once and
+skips methods a hook leaves as the no-op defaults below, so an idle hook costs nothing per
+step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SessionRunArgs",
+    "SessionRunContext",
+    "SessionRunHook",
+    "SessionRunValues",
+    "overrides",
+]
+
+
+class SessionRunHook:
+    """Base class of every hook; all methods are no-ops (see the module docstring)."""
+
+    def begin(self) -> None:
+        """Called once before the session is created; no step is known yet."""
+
+    def after_create_session(self, session: Any, coord: Any) -> None:
+        """Called when the session exists and its state is restored or initialised."""
+
+    def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
+        """Called before each step; return ``SessionRunArgs`` to ask for named results."""
+        return None
+
+    def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
+        """Called after each step with the results the hook asked for."""
+
+    def end(self, session: Any) -> None:
+        """Called once when the session closes normally (never after an exception)."""
+
+
+def overrides(hook: object, method: str, base: type = SessionRunHook) -> bool:
+    """True when ``hook``'s class replaces ``base``'s no-op ``method``.
+
+    The dispatcher uses this to build its call lists once and skip no-op methods.
+    """
+    return getattr(type(hook), method, None) is not getattr(base, method)
+
+
+@dataclass(frozen=True)
+class SessionRunArgs:
+    """What a hook asks of one step: names of values in the step's returned mapping.
+
+    ``fetches`` may be a single name, a list/tuple of names or a dict of ``key: name``;
+    ``run_values.results`` comes back in the same shape. ``feed_dict`` and ``options``
+    exist for TF compatibility: ``feed_dict`` entries are passed to the step as keyword
+    arguments, ``options`` is accepted and ignored.
+    """
+
+    fetches: Any = None
+    feed_dict: Mapping[str, Any] | None = None
+    options: Any = None
+
+
+@dataclass
+class SessionRunContext:
+    """The context of one ``run`` call: the session, the original arguments and stop requests."""
+
+    original_args: SessionRunArgs
+    session: Any
+    _stop_requested: bool = field(default=False, repr=False)
+
+    def request_stop(self) -> None:
+        """Ask the session to stop after this step (``should_stop()`` becomes true)."""
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a hook asked to stop during this step."""
+        return self._stop_requested
+
+
+@dataclass(frozen=True)
+class SessionRunValues:
+    """What one step produced for one hook.
+
+    ``results`` holds the values named by that hook's ``SessionRunArgs`` (``None`` when it
+    asked for nothing); ``options`` and ``run_metadata`` exist for TF compatibility.
+    ``step_result`` is the whole value the user's step returned.
+    """
+
+    results: Any
+    options: Any = None
+    run_metadata: Any = None
+    step_result: Any = None
+
+
+def select_fetches(fetches: Any, step_result: Any) -> Any:
+    """Pick the values ``fetches`` names out of a step's returned mapping, keeping its shape."""
+    if fetches is None:
+        return None
+    if isinstance(fetches, str):
+        return _lookup(step_result, fetches)
+    if isinstance(fetches, Mapping):
+        return {key: select_fetches(name, step_result) for key, name in fetches.items()}
+    if isinstance(fetches, Sequence):
+        return type(fetches)(select_fetches(name, step_result) for name in fetches)
+    raise TypeError(
+        f"SessionRunArgs.fetches must be a name, a list/tuple or a dict of names, "
+        f"got {type(fetches).__name__}"
+    )
+
+
+def _lookup(step_result: Any, name: str) -> Any:
+    if not isinstance(step_result, Mapping):
+        raise KeyError(
+            f"a hook asked for {name!r}, but the step returned {type(step_result).__name__}, "
+            f"not a mapping; return a dict such as {{{name!r}: value}} from the step"
+        )
+    try:
+        return step_result[name]
+    except KeyError:
+        raise KeyError(
+            f"a hook asked for {name!r}, which the step's result does not contain "
+            f"(it has {sorted(map(str, step_result))}); return it from the step"
+        ) from None

@@ -1,0 +1,93 @@
+"""Turning a checkpoint's JSON tree back into values: fresh arrays read (and verified) from
+the store, plain Python values, and markers for objects that restore through
+``load_state_dict``. Nothing is applied to the caller's objects here (see ``_apply``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trainhooks._exceptions import CheckpointFormatError
+
+__all__ = ["GeneratorValue", "StatefulValue", "decode_tree"]
+
+ReadTensor = Callable[[str, str], Any]  # (tensor name, kind) -> fresh verified array
+
+
+@dataclass
+class StatefulValue:
+    """A saved ``state_dict()``; restored by calling the target's ``load_state_dict``."""
+
+    cls: str
+    state: Any
+
+
+@dataclass
+class GeneratorValue:
+    """A saved random generator state (``numpy_generator``, ``numpy_random_state``, ``torch_generator``)."""
+
+    kind: str
+    state: Any
+
+
+def decode_tree(node: Any, read_tensor: ReadTensor) -> Any:
+    """Decode one tree node; tensors are read through ``read_tensor``."""
+    if not isinstance(node, dict):
+        raise CheckpointFormatError(f"malformed tree node {str(node)[:80]!r}")
+    kind = node.get("type")
+    if kind == "value":
+        return node.get("value")
+    if kind == "tensor":
+        return read_tensor(node["name"], node.get("kind", "numpy"))
+    if kind == "dict":
+        return {_key(k): decode_tree(v, read_tensor) for k, v in node["items"]}
+    if kind in ("list", "tuple"):
+        items = [decode_tree(v, read_tensor) for v in node["items"]]
+        return items if kind == "list" else tuple(items)
+    if kind == "float":
+        return float(node["value"])
+    if kind == "bytes":
+        return base64.b64decode(node["value"])
+    if kind == "stateful":
+        return StatefulValue(str(node.get("class")), decode_tree(node["state"], read_tensor))
+    if kind in ("numpy_generator", "numpy_random_state", "torch_generator"):
+        return GeneratorValue(kind, decode_tree(node["state"], read_tensor))
+    if kind in ("torch_dtype", "torch_device"):
+        return _torch_value(kind, str(node["value"]))
+    raise CheckpointFormatError(f"unknown tree node type {kind!r}")
+
+
+def _key(key: Any) -> str | int:
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise CheckpointFormatError(f"malformed dict key {key!r} in the checkpoint tree")
+    return key
+
+
+def to_plain(value: Any) -> Any:
+    """Replace markers by their saved state: the form ``trainhooks.load`` returns."""
+    if isinstance(value, (StatefulValue, GeneratorValue)):
+        return to_plain(value.state)
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(to_plain(v) for v in value)
+    return value
+
+
+def _torch_value(kind: str, text: str) -> Any:
+    """A torch dtype or device; its name as a string where torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return text
+    if kind == "torch_device":
+        return torch.device(text)
+    dtype = getattr(torch, text, None)
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointFormatError(f"unknown torch dtype {text!r} in the checkpoint tree")
+    return dtype

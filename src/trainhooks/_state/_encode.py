@@ -1,0 +1,122 @@
+"""Turning a state mapping into a JSON tree plus named tensors, ready for the store.
+
+Every leaf becomes a JSON node; arrays become ``{"type": "tensor", "name": ...}`` nodes whose
+bytes go to the safetensors file. Objects with ``state_dict()`` are stored through it, so
+nothing is ever pickled. Dict keys keep their type (str or int: optimizer state uses ints).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from trainhooks._exceptions import CheckpointFormatError
+from trainhooks._state._arrays import array_bytes, array_kind
+from trainhooks._store._commit import TensorSource
+
+__all__ = ["encode_state", "is_stateful"]
+
+
+def is_stateful(value: Any) -> bool:
+    """Objects that save and load themselves through ``state_dict``/``load_state_dict``."""
+    return callable(getattr(value, "state_dict", None)) and callable(
+        getattr(value, "load_state_dict", None)
+    )
+
+
+def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[TensorSource]]:
+    """The JSON tree of ``state`` and the tensors it references, in a stable order."""
+    if not isinstance(state, Mapping):
+        raise CheckpointFormatError(
+            f"state must be a mapping of names to objects, got {type(state).__name__}; "
+            "wrap it, e.g. {'model': model}"
+        )
+    encoder = _Encoder()
+    return encoder.encode(state, ()), encoder.tensors
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.tensors: list[TensorSource] = []
+        self._names: set[str] = {"__metadata__"}  # reserved by the safetensors header
+
+    def encode(self, value: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+        kind = array_kind(value)
+        if kind is not None:
+            return self._tensor(value, kind, path)
+        if value is None or isinstance(value, (bool, int, str)):
+            return {"type": "value", "value": value}
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return {"type": "value", "value": value}
+            return {"type": "float", "value": repr(value)}
+        if isinstance(value, Mapping):
+            return {"type": "dict", "items": [self._item(k, v, path) for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            items = [self.encode(v, (*path, i)) for i, v in enumerate(value)]
+            return {"type": "list" if isinstance(value, list) else "tuple", "items": items}
+        if isinstance(value, (bytes, bytearray)):
+            return {"type": "bytes", "value": base64.b64encode(value).decode()}
+        return self._special(value, path)
+
+    def _special(self, value: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+        if isinstance(value, np.random.Generator):
+            return {
+                "type": "numpy_generator",
+                "state": self.encode(value.bit_generator.state, path),
+            }
+        if isinstance(value, np.random.RandomState):
+            state = value.get_state(legacy=False)
+            return {"type": "numpy_random_state", "state": self.encode(state, path)}
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            if isinstance(value, torch.Generator):
+                return {"type": "torch_generator", "state": self.encode(value.get_state(), path)}
+            if isinstance(value, torch.dtype):
+                return {"type": "torch_dtype", "value": str(value).removeprefix("torch.")}
+            if isinstance(value, torch.device):
+                return {"type": "torch_device", "value": str(value)}
+        if is_stateful(value):
+            cls = type(value)
+            return {
+                "type": "stateful",
+                "class": f"{cls.__module__}.{cls.__qualname__}",
+                "state": self.encode(value.state_dict(), path),
+            }
+        raise CheckpointFormatError(
+            f"cannot checkpoint {_where(path)}: values of type {type(value).__qualname__} are "
+            "not supported (no pickle is used). Store arrays, numbers, strings, None, "
+            "dicts/lists/tuples of them, or an object with state_dict()/load_state_dict()."
+        )
+
+    def _item(self, key: Any, value: Any, path: tuple[Any, ...]) -> list[Any]:
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise CheckpointFormatError(
+                f"cannot checkpoint {_where(path)}: dict key {key!r} is a "
+                f"{type(key).__name__}; only str and int keys are supported"
+            )
+        return [key, self.encode(value, (*path, key))]
+
+    def _tensor(self, value: Any, kind: str, path: tuple[Any, ...]) -> dict[str, Any]:
+        dtype, shape, data = array_bytes(value, kind, _where(path))
+        name = self._unique_name(path)
+        self.tensors.append(TensorSource(name, dtype, shape, data))
+        return {"type": "tensor", "name": name, "kind": kind}
+
+    def _unique_name(self, path: tuple[Any, ...]) -> str:
+        base = "/".join(str(part) for part in path) or "tensor"
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}#{n}"
+        self._names.add(name)
+        return name
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    return "state" + "".join(f"[{part!r}]" for part in path)

@@ -1,0 +1,167 @@
+"""Writing one checkpoint and committing it, in the order that survives any crash.
+
+1. stage in ``<name>.tmp-<uuid>`` beside the final directory (same filesystem, never $TMPDIR);
+2. write the data file (checksums computed over the bytes as they are written), fsync, close;
+3. write the manifest last, fsync, close; fsync the staging directory;
+4. ``rename(staging, final)`` — the commit point — then fsync the parent directory.
+Only then does the caller see success. Any OSError before the commit point removes the
+staging directory and becomes a :class:`CheckpointWriteError` carrying errno, path and step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import crc32c
+
+from trainhooks._exceptions import CheckpointWriteError
+from trainhooks._store._durable import fsync_directory, fsync_fd, write_all
+from trainhooks._store._faults import fault_point
+from trainhooks._store._info import CheckpointInfo
+from trainhooks._store._layout import (
+    DATA_FILE,
+    MANIFEST_FILE,
+    committed_path,
+    deleting_name,
+    staging_name,
+)
+from trainhooks._store._manifest import Manifest, TensorRecord
+from trainhooks._store._safetensors import HeaderEntry, build_header
+
+__all__ = ["TensorSource", "commit_checkpoint"]
+
+_CHUNK = 8 * 1024 * 1024  # large enough to amortise calls, small enough to stay cache-warm
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """A tensor ready to be written: its bytes as a flat ``uint8`` memoryview, no copy made."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: memoryview
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+
+def commit_checkpoint(
+    directory: Path,
+    basename: str,
+    step: int,
+    tensors: Sequence[TensorSource],
+    tree: Any,
+    metadata: dict[str, Any],
+) -> CheckpointInfo:
+    """Write and durably commit a checkpoint of ``tensors`` + ``tree`` at ``step``."""
+    staging = directory / staging_name(basename, step)
+    final = committed_path(directory, basename, step)
+    replaced: Path | None = None
+    try:
+        os.mkdir(staging)
+        manifest = _write_contents(staging, step, tensors, tree, metadata)
+        fault_point("before_dir_fsync")
+        fsync_directory(staging)
+        fault_point("before_rename")
+        replaced = _move_aside(final, basename, step)
+        os.rename(staging, final)
+        fault_point("after_rename")
+        fault_point("before_parent_fsync")
+        fsync_directory(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging)
+        raise CheckpointWriteError(
+            f"could not save the checkpoint of step {step} in {directory}: "
+            f"{exc.strerror or exc} ({exc.filename or staging}); committed checkpoints are "
+            "untouched",
+            path=directory,
+            step=step,
+            errno=exc.errno,
+        ) from exc
+    if replaced is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(replaced)
+    return CheckpointInfo(
+        step, final, manifest.time, manifest.nbytes, len(manifest.tensors), manifest.format_version
+    )
+
+
+def _write_contents(
+    staging: Path, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+) -> Manifest:
+    header, entries = build_header(
+        [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
+        {"format": "pt", "producer": "trainhooks", "step": str(step)},
+    )
+    checksums = _write_data_file(staging / DATA_FILE, header, tensors)
+    fault_point("after_data_file")
+    size = entries[-1].end if entries else len(header)
+    files = {
+        DATA_FILE: {
+            "size": size,
+            "header_size": len(header),
+            "header_crc32c": crc32c.crc32c(header),
+        }
+    }
+    records = [_record(entry, crc) for entry, crc in zip(entries, checksums, strict=True)]
+    manifest = Manifest(step, time.time(), files, records, tree, metadata)
+    fault_point("before_manifest")
+    _write_file(staging / MANIFEST_FILE, [memoryview(manifest.to_bytes())])
+    return manifest
+
+
+def _record(entry: HeaderEntry, checksum: int) -> TensorRecord:
+    return TensorRecord(
+        entry.name, DATA_FILE, entry.dtype, entry.shape, entry.begin, entry.end, checksum
+    )
+
+
+def _write_data_file(path: Path, header: bytes, tensors: Sequence[TensorSource]) -> list[int]:
+    """Stream the header and every tensor's bytes, returning each tensor's crc32c."""
+    checksums: list[int] = []
+
+    def chunks():
+        yield memoryview(header)
+        for tensor in tensors:
+            value = 0
+            data = tensor.data
+            for start in range(0, data.nbytes, _CHUNK):
+                chunk = data[start : start + _CHUNK]
+                value = crc32c.crc32c(chunk, value)
+                yield chunk
+            checksums.append(value)
+
+    _write_file(path, chunks())
+    return checksums
+
+
+def _write_file(path: Path, chunks) -> None:
+    """Create ``path``, write all ``chunks``, fsync and close — every result checked."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        for chunk in chunks:
+            write_all(fd, chunk)
+        fsync_fd(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+
+
+def _move_aside(final: Path, basename: str, step: int) -> Path | None:
+    """Rename an existing checkpoint of the same step out of the way (it is being replaced)."""
+    if not os.path.lexists(final):
+        return None
+    aside = final.parent / deleting_name(basename, step)
+    os.rename(final, aside)
+    return aside

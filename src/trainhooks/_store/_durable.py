@@ -1,0 +1,96 @@
+"""Low-level durable file operations: complete writes, fsync of files and directories, the lock.
+
+Every helper raises ``OSError`` untouched; the commit layer turns it into a typed error that
+names the path and step. fsync is never retried: after EIO the kernel may have dropped the
+dirty pages, so a retry that succeeds would prove nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from trainhooks._exceptions import CheckpointLockedError
+from trainhooks._store._faults import fault_point
+
+__all__ = ["DirectoryLock", "fsync_directory", "fsync_fd", "write_all"]
+
+LOCK_NAME = ".trainhooks.lock"
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """Write every byte of ``data`` to ``fd``, looping over short writes."""
+    view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    written = 0
+    total = len(view)
+    while written < total:
+        n = os.write(fd, view[written:])
+        if n <= 0:  # a zero-length write means the device refuses more data
+            raise OSError(errno.ENOSPC, "write made no progress")
+        written += n
+
+
+def fsync_fd(fd: int) -> None:
+    """fsync one open file; the ``fsync`` fault point can inject EIO here."""
+    fault_point("fsync")
+    os.fsync(fd)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so that the names created or renamed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on ``DIR/.trainhooks.lock``, held for a writer's life.
+
+    flock locks die with the process, so a crashed writer never leaves a stale lock; the
+    file's content (pid, host, time) only serves the error message of a second writer.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise CheckpointLockedError(
+                f"{self.directory} is locked by another checkpoint writer ({holder}); two "
+                "writers in one directory would delete each other's checkpoints. Stop the "
+                "other writer or save to another directory.",
+                path=self.directory,
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on host {info['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"

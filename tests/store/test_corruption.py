@@ -1,0 +1,189 @@
+"""A truncated or bit-flipped newest checkpoint is detected, named, and skipped on resume.
+
+Every case starts from two good checkpoints (steps 1 and 2) and damages step 2 only. The
+store must raise CheckpointCorruptError naming the file (and the tensor where there is one),
+restore(step=None) must warn and fall back to step 1, and latest_checkpoint must never say
+"none" while step 1 is valid.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainhooks import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    Saver,
+    latest_checkpoint,
+    list_checkpoints,
+    load,
+    verify_checkpoint,
+)
+
+DATA = "tensors.safetensors"
+MANIFEST = "manifest.json"
+
+
+def _truncate(path: Path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: keep if keep >= 0 else len(data) + keep])
+
+
+def _damages(tools: Any) -> dict[str, Callable[[Path], None]]:
+    def flip_in_tensor(name: str) -> Callable[[Path], None]:
+        def damage(ckpt: Path) -> None:
+            begin, end = tools.tensor_byte_range(ckpt / DATA, name)
+            tools.flip_bit(ckpt / DATA, (begin + end) // 2, 3)
+
+        return damage
+
+    def flip_header_text(ckpt: Path) -> None:
+        length, _ = tools.read_header(ckpt / DATA)
+        tools.flip_bit(ckpt / DATA, 8 + length // 2, 1)
+
+    return {
+        "data_truncated_to_zero": lambda c: _truncate(c / DATA, 0),
+        "data_truncated_in_header": lambda c: _truncate(c / DATA, 20),
+        "data_truncated_by_one_byte": lambda c: _truncate(c / DATA, -1),
+        "data_flip_in_weight": flip_in_tensor("weight"),
+        "data_flip_in_half": flip_in_tensor("extra/half"),
+        "header_length_prefix_flip": lambda c: tools.flip_bit(c / DATA, 0, 4),
+        "header_text_flip": flip_header_text,
+        "manifest_flip": lambda c: tools.flip_bit(c / MANIFEST, 40, 2),
+        "manifest_truncated": lambda c: _truncate(c / MANIFEST, -7),
+        "manifest_missing": lambda c: (c / MANIFEST).unlink(),
+        "data_missing": lambda c: (c / DATA).unlink(),
+        "data_file_extended": lambda c: (c / DATA).write_bytes((c / DATA).read_bytes() + b"\0"),
+    }
+
+
+DAMAGE_NAMES = [
+    "data_truncated_to_zero",
+    "data_truncated_in_header",
+    "data_truncated_by_one_byte",
+    "data_flip_in_weight",
+    "data_flip_in_half",
+    "header_length_prefix_flip",
+    "header_text_flip",
+    "manifest_flip",
+    "manifest_truncated",
+    "manifest_missing",
+    "data_missing",
+    "data_file_extended",
+]
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path: Path, store_tools) -> tuple[Path, Path]:
+    first, second = store_tools.save_steps(tmp_path, [1, 2])
+    return first.path, second.path
+
+
+@pytest.mark.parametrize("damage", DAMAGE_NAMES)
+def test_damaged_newest_is_reported_and_skipped(damage, two_checkpoints, store_tools) -> None:
+    good, bad = two_checkpoints
+    _damages(store_tools)[damage](bad)
+    directory = bad.parent
+
+    with pytest.raises(CheckpointCorruptError) as caught:
+        verify_checkpoint(bad)
+    assert caught.value.step in (2, None)
+    assert str(bad) in str(caught.value)
+    expected_file = MANIFEST if damage.startswith("manifest") else DATA
+    assert expected_file in str(caught.value) or caught.value.file == expected_file
+
+    latest = latest_checkpoint(directory)
+    assert latest is not None and latest.step in (1, 2)
+    assert 1 in [info.step for info in list_checkpoints(directory)]
+
+    state = store_tools.blank_state()
+    with pytest.warns(Warning, match=r"ckpt-000000000002|step 2"):
+        info = Saver().restore(state, directory)
+    assert info.step == 1 and info.path == good
+    assert store_tools.step_of(state) == 1
+
+    with pytest.raises(CheckpointCorruptError):
+        Saver().restore(store_tools.blank_state(), directory, step=2)
+    with pytest.raises(CheckpointCorruptError):
+        load(bad)
+
+
+@pytest.mark.parametrize("tensor", ["weight", "bias", "extra/half"])
+def test_flipped_data_bit_names_file_tensor_and_range(tensor, two_checkpoints, store_tools):
+    _, bad = two_checkpoints
+    begin, end = store_tools.tensor_byte_range(bad / DATA, tensor)
+    store_tools.flip_bit(bad / DATA, end - 1, 7)
+    with pytest.raises(CheckpointCorruptError) as caught:
+        verify_checkpoint(bad)
+    err = caught.value
+    assert err.file == DATA
+    assert err.tensor == tensor
+    assert err.byte_range == (begin, end)
+    assert err.step == 2
+    assert tensor in str(err) and DATA in str(err)
+
+
+def test_every_single_bit_flip_in_the_data_file_is_caught(two_checkpoints, store_tools):
+    """Exhaustive over the header (one random bit per byte) and sampled over the data."""
+    _, bad = two_checkpoints
+    path = bad / DATA
+    original = path.read_bytes()
+    length, _ = store_tools.read_header(path)
+    rng = random.Random(0)
+    offsets = list(range(8 + length)) + rng.sample(range(8 + length, len(original)), 40)
+    missed = []
+    for offset in offsets:
+        store_tools.flip_bit(path, offset, rng.randrange(8))
+        try:
+            verify_checkpoint(bad)
+            missed.append(offset)
+        except CheckpointCorruptError:
+            pass
+        path.write_bytes(original)
+    assert not missed, f"flips at byte offsets {missed} of {DATA} went unnoticed"
+
+
+def test_every_single_bit_flip_in_the_manifest_is_caught(two_checkpoints, store_tools):
+    _, bad = two_checkpoints
+    path = bad / MANIFEST
+    original = path.read_bytes()
+    rng = random.Random(1)
+    missed = []
+    for offset in range(len(original)):
+        bit = rng.randrange(8)
+        store_tools.flip_bit(path, offset, bit)
+        try:
+            verify_checkpoint(bad)
+            missed.append((offset, bit, original[offset : offset + 1]))
+        except CheckpointCorruptError:
+            pass
+        path.write_bytes(original)
+    assert not missed, f"flips (offset, bit, byte) {missed} of {MANIFEST} went unnoticed"
+
+
+def test_latest_is_never_none_while_a_valid_checkpoint_exists(tmp_path: Path, store_tools):
+    infos = store_tools.save_steps(tmp_path, [1, 2, 3], max_to_keep=None)
+    for info in infos[1:]:
+        _truncate(info.path / DATA, 10)
+    (infos[2].path / MANIFEST).write_bytes(b"garbage")
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and latest.step == 1
+    with pytest.warns(Warning):
+        assert Saver().restore(store_tools.blank_state(), tmp_path).step == 1
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_all_checkpoints_corrupt_is_an_error_not_silence(tmp_path: Path, store_tools) -> None:
+    (info,) = store_tools.save_steps(tmp_path, [1])
+    begin, _ = store_tools.tensor_byte_range(info.path / DATA, "weight")
+    store_tools.flip_bit(info.path / DATA, begin, 0)
+    state = store_tools.blank_state()
+    with pytest.raises((CheckpointCorruptError, CheckpointNotFoundError)) as caught:
+        Saver().restore(state, tmp_path)  # a warning may come first; the error must follow
+    assert "ckpt-000000000001" in str(caught.value) or str(tmp_path) in str(caught.value)
+    assert state["extra"]["count"] == -1, "nothing may be restored from a corrupt checkpoint"

@@ -1,0 +1,103 @@
+"""Retention keeps what it should, deletes only what it made, and leftovers never count."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from trainhooks import Saver, latest_checkpoint, list_checkpoints, prune_checkpoints
+
+
+def _steps(directory: Path) -> list[int]:
+    return [info.step for info in list_checkpoints(directory)]
+
+
+def test_max_to_keep_keeps_the_newest(tmp_path: Path, store_tools) -> None:
+    store_tools.save_steps(tmp_path, [1, 2, 3, 4, 5, 6], max_to_keep=3)
+    assert _steps(tmp_path) == [4, 5, 6]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".trainhooks.lock",
+        "ckpt-000000000004",
+        "ckpt-000000000005",
+        "ckpt-000000000006",
+    ]
+
+
+def test_max_to_keep_none_keeps_everything(tmp_path: Path, store_tools) -> None:
+    store_tools.save_steps(tmp_path, list(range(1, 9)), max_to_keep=None)
+    assert _steps(tmp_path) == list(range(1, 9))
+
+
+def test_retention_never_deletes_what_it_did_not_make(tmp_path: Path, store_tools) -> None:
+    foreign = tmp_path / "ckpt-foo"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    (tmp_path / "ckpt-000000000001.bak").mkdir()
+    (tmp_path / "ckpt-000000000002.tmp-not-a-uuid").mkdir()
+    (tmp_path / "README.txt").write_text("user file")
+    other = tmp_path / "other-000000000001"
+    other.mkdir()
+    before = store_tools.hash_tree(tmp_path)
+    store_tools.save_steps(tmp_path, [1, 2, 3, 4], max_to_keep=1)
+    assert _steps(tmp_path) == [4]
+    after = store_tools.hash_tree(tmp_path)
+    for path, digest in before.items():
+        assert after.get(path) == digest, f"{path} was touched"
+    for name in ("ckpt-foo", "ckpt-000000000001.bak", "ckpt-000000000002.tmp-not-a-uuid"):
+        assert (tmp_path / name).is_dir(), name
+    assert other.is_dir()
+
+
+def test_other_basename_checkpoints_are_left_alone(tmp_path: Path, store_tools) -> None:
+    store_tools.save_steps(tmp_path, [1, 2, 3], basename="best", max_to_keep=None)
+    store_tools.save_steps(tmp_path, [1, 2, 3], max_to_keep=1)
+    assert _steps(tmp_path) == [3]
+    assert [i.step for i in list_checkpoints(tmp_path, basename="best")] == [1, 2, 3]
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    staging = directory / f"ckpt-000000000009.tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    (staging / "tensors.safetensors").write_bytes(b"\0" * 100)
+    deleting = directory / f"ckpt-000000000002.deleting-{uuid.uuid4().hex}"
+    deleting.mkdir()
+    (deleting / "manifest.json").write_text("{}")
+    return [staging, deleting]
+
+
+def test_leftovers_are_ignored_by_readers(tmp_path: Path, store_tools) -> None:
+    store_tools.save_steps(tmp_path, [1], max_to_keep=None)
+    _leftovers(tmp_path)
+    assert _steps(tmp_path) == [1]
+    assert latest_checkpoint(tmp_path).step == 1
+    state = store_tools.blank_state()
+    assert Saver().restore(state, tmp_path).step == 1
+
+
+def test_leftovers_are_cleaned_when_a_saver_starts_writing(tmp_path: Path, store_tools) -> None:
+    store_tools.save_steps(tmp_path, [1], max_to_keep=None)
+    leftovers = _leftovers(tmp_path)
+    with Saver() as saver:
+        saver.save({"w": np.zeros(2)}, tmp_path, step=3)
+    for path in leftovers:
+        assert not path.exists(), f"{path.name} was not cleaned"
+    assert _steps(tmp_path) == [1, 3]
+
+
+def test_a_valid_copy_under_a_deleting_name_is_not_listed(tmp_path: Path, store_tools) -> None:
+    (info,) = store_tools.save_steps(tmp_path, [4])
+    info.path.rename(tmp_path / f"ckpt-000000000004.deleting-{uuid.uuid4().hex}")
+    assert list_checkpoints(tmp_path) == []
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_prune_checkpoints_dry_run_then_real(tmp_path: Path, store_tools) -> None:
+    store_tools.save_steps(tmp_path, [1, 2, 3, 4], max_to_keep=None)
+    would = prune_checkpoints(tmp_path, keep=2, dry_run=True)
+    assert [i.step for i in would] == [1, 2]
+    assert _steps(tmp_path) == [1, 2, 3, 4]
+    removed = prune_checkpoints(tmp_path, keep=2)
+    assert [i.step for i in removed] == [1, 2]
+    assert _steps(tmp_path) == [3, 4]
