@@ -153,6 +153,7 @@ def _describe(value: Any) -> Any:
 _LOAD_IN_CHILD = _BLOCK_TORCH + textwrap.dedent(
     """
     import json, sys
+    from typing import Any
     import numpy as np
     import trainhooks
 

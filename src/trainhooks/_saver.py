@@ -181,7 +181,8 @@ class Saver:
                 continue
             return restored
         raise CheckpointCorruptError(
-            f"every checkpoint in {directory} is corrupt ({len(failures)} tried); newest: {failures[0]}",
+            f"every checkpoint in {directory} is corrupt ({len(failures)} tried); "
+            f"newest: {failures[0]}",
             path=directory,
         )
 

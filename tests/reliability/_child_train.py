@@ -61,10 +61,11 @@ def train_step(torch: Any, state: dict[str, Any], step: int) -> dict[str, float]
     optimizer.zero_grad(set_to_none=True)
     loss = torch.nn.functional.mse_loss(state["model"](inputs), targets)
     loss.backward()
+    loss = loss.detach()
     optimizer.step()
     state["marker"].fill_(float(step))
     state["progress"]["step"] = step
-    return {"loss": float(loss)}
+    return {"loss": loss.item()}
 
 
 def check_restored(state: dict[str, Any], step: int) -> None:

@@ -225,12 +225,20 @@ def events_of(stdout: bytes) -> list[tuple[str, int]]:
     return pairs
 
 
+SESSION_MODULES = (
+    "trainhooks._session._monitored",
+    "trainhooks._hooks._checkpoint_saver",
+    "trainhooks._hooks._stop_at_step",
+)
+
+
 def require_session() -> None:
-    """Skip when the monitored session has not landed yet (its module file is missing)."""
+    """Skip while the monitored session or its hooks have not landed (module file missing)."""
     import importlib.util
 
-    if importlib.util.find_spec("trainhooks._session._monitored") is None:
-        pytest.skip("trainhooks._session._monitored is not written yet")
+    for name in SESSION_MODULES:
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not written yet")
 
 
 def report_figure(name: str, **values: Any) -> None:

@@ -22,7 +22,8 @@ def test_tensor_shape_mismatch_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(StateMismatchError, match="weight") as caught:
         Saver().restore({"layer": {"weight": torch.zeros(4, 3)}}, tmp_path)
     assert "(3, 4)" in str(caught.value) or "[3, 4]" in str(caught.value)
-    assert caught.value.step == 4
+    assert caught.value.step == 4, "the error must carry the checkpoint's step"
+    assert "ckpt-000000000004" in str(caught.value), "the message must name the checkpoint"
 
 
 def test_tensor_shape_mismatch_is_refused_even_with_cast(tmp_path: Path) -> None:

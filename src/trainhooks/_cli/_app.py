@@ -37,7 +37,13 @@ Exit codes: 0 ok, 1 corrupt checkpoint, 2 usage error / path not found / no chec
     epilog=_EPILOG,
 )
 @click.version_option(trainhooks.__version__, "-V", "--version", prog_name="trainhooks")
-def cli() -> None:
+@click.option(
+    "--basename",
+    metavar="NAME",
+    default=None,
+    help="Checkpoint name prefix (Saver(basename=...)); detected when omitted.",
+)
+def cli(basename: str | None) -> None:
     """Inspect, verify and manage trainhooks checkpoint directories.
 
     DIR is a directory of checkpoints (what a Saver or CheckpointSaverHook writes to);
@@ -60,8 +66,11 @@ for _command in (
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code (the console script exits with it)."""
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="trainhooks",
-                          standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="trainhooks",
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exit_:
         return exit_.exit_code
     except click.exceptions.Abort:

@@ -53,17 +53,25 @@ def diff(old: str, new: str, as_json: bool) -> int:
 
 
 def _change_json(change: TensorChange) -> dict[str, Any]:
-    return {"name": change.name, "kind": "tensor",
-            "old_dtype": change.old_dtype, "new_dtype": change.new_dtype,
-            "old_shape": list(change.old_shape), "new_shape": list(change.new_shape),
-            "num_changed": change.num_changed, "max_abs": change.max_abs,
-            "max_rel": change.max_rel}
+    return {
+        "name": change.name,
+        "kind": "tensor",
+        "old_dtype": change.old_dtype,
+        "new_dtype": change.new_dtype,
+        "old_shape": list(change.old_shape),
+        "new_shape": list(change.new_shape),
+        "num_changed": change.num_changed,
+        "max_abs": change.max_abs,
+        "max_rel": change.max_rel,
+    }
 
 
 def _diff_json(a: Resolved, b: Resolved, result: TreeDiff) -> dict[str, Any]:
     changed = [_change_json(c) for c in result.changed_tensors]
-    changed += [{"name": name, "kind": "value", "old": _jsonable(left), "new": _jsonable(right)}
-                for name, left, right in result.changed_values]
+    changed += [
+        {"name": name, "kind": "value", "old": _jsonable(left), "new": _jsonable(right)}
+        for name, left, right in result.changed_values
+    ]
     return {
         "a": a.to_json(),
         "b": b.to_json(),
@@ -93,29 +101,52 @@ def _print_diff(console: Console, a: Resolved, b: Resolved, result: TreeDiff) ->
         for name, left, right in result.changed_values:
             table.add_row(Text(name), Text(_describe(left)), Text(_describe(right)))
         console.print(table)
-    for title, entries, style in (("added", result.added, "green"),
-                                  ("removed", result.removed, "red")):
+    for title, entries, style in (
+        ("added", result.added, "green"),
+        ("removed", result.removed, "red"),
+    ):
         if entries:
             table = _table(f"{title} ({len(entries)})", "name", "dtype / value", "shape", "size")
             for name, value in entries.items():
                 table.add_row(Text(name, style=style), *_entry_cells(value))
             console.print(table)
-    counts = (f"{len(result.changed_tensors) + len(result.changed_values)} changed, "
-              f"{len(result.added)} added, {len(result.removed)} removed, "
-              f"{result.num_unchanged} unchanged")
+    counts = (
+        f"{len(result.changed_tensors) + len(result.changed_values)} changed, "
+        f"{len(result.added)} added, {len(result.removed)} removed, "
+        f"{result.num_unchanged} unchanged"
+    )
     console.print(Text("identical" if result.identical else counts, style="bold"))
 
 
 def _changed_table(changes: list[TensorChange]) -> Table:
-    table = _table(f"tensors changed ({len(changes)})", "name", "dtype", "shape",
-                   "elements changed", "max abs diff", "max rel diff")
+    table = _table(
+        f"tensors changed ({len(changes)})",
+        "name",
+        "dtype",
+        "shape",
+        "elements changed",
+        "max abs diff",
+        "max rel diff",
+    )
     for change in changes:
-        dtype = change.old_dtype if change.old_dtype == change.new_dtype else (
-            f"{change.old_dtype} → {change.new_dtype}")
-        shape = shape_text(change.old_shape) if change.old_shape == change.new_shape else (
-            f"{shape_text(change.old_shape)} → {shape_text(change.new_shape)}")
-        table.add_row(Text(change.name, style="yellow"), dtype, shape,
-                      _count(change.num_changed), _float(change.max_abs), _float(change.max_rel))
+        dtype = (
+            change.old_dtype
+            if change.old_dtype == change.new_dtype
+            else (f"{change.old_dtype} → {change.new_dtype}")
+        )
+        shape = (
+            shape_text(change.old_shape)
+            if change.old_shape == change.new_shape
+            else (f"{shape_text(change.old_shape)} → {shape_text(change.new_shape)}")
+        )
+        table.add_row(
+            Text(change.name, style="yellow"),
+            dtype,
+            shape,
+            _count(change.num_changed),
+            _float(change.max_abs),
+            _float(change.max_rel),
+        )
     return table
 
 

@@ -19,6 +19,7 @@ from trainhooks._cli._render import (
     info_json,
     json_option,
     local_time,
+    plural,
     shape_text,
     short_repr,
     stdout_console,
@@ -64,14 +65,26 @@ def ls(directory: str, as_json: bool) -> int:
         return 0
     now = time.time()
     table = Table(title=f"{len(infos)} checkpoints in {path}", title_justify="left")
-    for column, justify in (("step", "right"), ("saved", "left"), ("age", "right"),
-                            ("size", "right"), ("tensors", "right"), ("name", "left"),
-                            ("", "left")):
+    for column, justify in (
+        ("step", "right"),
+        ("saved", "left"),
+        ("age", "right"),
+        ("size", "right"),
+        ("tensors", "right"),
+        ("name", "left"),
+        ("", "left"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for info in infos:
-        table.add_row(str(info.step), local_time(info.time), age(info.time, now),
-                      human_bytes(info.nbytes), str(info.num_tensors), Text(info.path.name),
-                      Text("newest", style="bold green") if info.step == newest else "")
+        table.add_row(
+            str(info.step),
+            local_time(info.time),
+            age(info.time, now),
+            human_bytes(info.nbytes),
+            str(info.num_tensors),
+            Text(info.path.name),
+            Text("newest", style="bold green") if info.step == newest else "",
+        )
     total = sum(info.nbytes for info in infos)
     table.caption = f"total {human_bytes(total)}"
     table.caption_justify = "left"
@@ -81,8 +94,12 @@ def ls(directory: str, as_json: bool) -> int:
 
 @click.command("show")
 @click.argument("checkpoint", metavar="CKPT")
-@click.option("--tensor", "tensor_name", metavar="NAME",
-              help="Summary statistics of one tensor (full name, or a unique suffix).")
+@click.option(
+    "--tensor",
+    "tensor_name",
+    metavar="NAME",
+    help="Summary statistics of one tensor (full name, or a unique suffix).",
+)
 @click.option("--flat", is_flag=True, help="One row per entry instead of a tree.")
 @json_option
 def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) -> int:
@@ -98,8 +115,12 @@ def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) ->
     if tensor_name is not None:
         return _show_tensor(target, leaves, tensor_name, as_json)
     if as_json:
-        emit_json({"checkpoint": target.to_json(),
-                   "entries": [entry_json(name, value) for name, value in leaves.items()]})
+        emit_json(
+            {
+                "checkpoint": target.to_json(),
+                "entries": [entry_json(name, value) for name, value in leaves.items()],
+            }
+        )
         return 0
     console = stdout_console()
     console.print(_header(target, leaves))
@@ -110,19 +131,32 @@ def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) ->
 def _header(target: Resolved, leaves: dict[str, Any]) -> Text:
     tensors = [v for v in leaves.values() if is_tensor(v)]
     data = human_bytes(sum(int(t.nbytes) for t in tensors))
-    counts = f"{len(tensors)} tensors ({data}), {len(leaves) - len(tensors)} values"
+    counts = (
+        f"{plural(len(tensors), 'tensor')} ({data}), {plural(len(leaves) - len(tensors), 'value')}"
+    )
     info: CheckpointInfo | None = target.info
     if info is None:
         return Text(f"checkpoint {target.path}  (not in its directory's listing)\n{counts}")
-    return Text.assemble(("step ", "bold"), (str(info.step), "bold cyan"), f"  {info.path}\n",
-                         f"saved {local_time(info.time)}, {human_bytes(info.nbytes)} on disk, ",
-                         counts)
+    return Text.assemble(
+        ("step ", "bold"),
+        (str(info.step), "bold cyan"),
+        f"  {info.path}\n",
+        f"saved {local_time(info.time)}, {human_bytes(info.nbytes)} on disk, ",
+        counts,
+    )
 
 
 def _leaf_label(key: str, value: Any) -> Text:
     if is_tensor(value):
-        return Text.assemble((key, "cyan"), "  ", (str(value.dtype), "green"), " ",
-                             shape_text(tuple(value.shape)), "  ", (human_bytes(value.nbytes), "dim"))
+        return Text.assemble(
+            (key, "cyan"),
+            "  ",
+            (str(value.dtype), "green"),
+            " ",
+            shape_text(tuple(value.shape)),
+            "  ",
+            (human_bytes(value.nbytes), "dim"),
+        )
     return Text.assemble((key, "cyan"), " = ", short_repr(value))
 
 
@@ -139,7 +173,7 @@ def _tree(leaves: dict[str, Any]) -> Tree:
                 count, nbytes = totals.get(prefix, (0, 0))
                 label = Text.assemble((parts[depth - 1], "bold"))
                 if count:
-                    label.append(f"  {count} tensors, {human_bytes(nbytes)}", style="dim")
+                    label.append(f"  {plural(count, 'tensor')}, {human_bytes(nbytes)}", style="dim")
                 nodes[prefix] = nodes[SEPARATOR.join(parts[: depth - 1])].add(label)
         nodes[SEPARATOR.join(parts[:-1])].add(_leaf_label(parts[-1], value))
     return root
@@ -160,13 +194,21 @@ def _group_totals(leaves: dict[str, Any]) -> dict[str, tuple[int, int]]:
 
 def _flat_table(leaves: dict[str, Any]) -> Table:
     table = Table()
-    for column, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"),
-                            ("size / value", "right")):
+    for column, justify in (
+        ("name", "left"),
+        ("dtype", "left"),
+        ("shape", "left"),
+        ("size / value", "right"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for name, value in leaves.items():
         if is_tensor(value):
-            table.add_row(Text(name), str(value.dtype), shape_text(tuple(value.shape)),
-                          human_bytes(value.nbytes))
+            table.add_row(
+                Text(name),
+                str(value.dtype),
+                shape_text(tuple(value.shape)),
+                human_bytes(value.nbytes),
+            )
         else:
             table.add_row(Text(name), "", "", Text(short_repr(value)))
     return table
@@ -179,8 +221,9 @@ def _show_tensor(target: Resolved, leaves: dict[str, Any], name: str, as_json: b
         raise CliError(f"{target.path}: {exc.args[0]}") from None
     value = leaves[full_name]
     if not is_tensor(value):
-        raise CliError(f"{target.path}: {full_name!r} is a plain value, not a tensor: "
-                       f"{short_repr(value)}")
+        raise CliError(
+            f"{target.path}: {full_name!r} is a plain value, not a tensor: {short_repr(value)}"
+        )
     stats = tensor_stats(value)
     if as_json:
         emit_json({"checkpoint": target.to_json(), "name": full_name, **stats})

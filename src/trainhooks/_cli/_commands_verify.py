@@ -30,7 +30,6 @@ from trainhooks._cli._errors import (
     EXIT_CORRUPT,
     EXIT_OK,
     CliError,
-    corruption_parts,
     error_line,
 )
 from trainhooks._cli._render import (
@@ -38,6 +37,7 @@ from trainhooks._cli._render import (
     human_bytes,
     info_json,
     json_option,
+    plural,
     stderr_console,
     stdout_console,
 )
@@ -62,8 +62,11 @@ class Outcome:
     error: trainhooks.CheckpointError | None
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = (info_json(self.info) if self.info is not None
-                               else {"step": self.step, "path": str(self.path)})
+        obj: dict[str, Any] = (
+            info_json(self.info)
+            if self.info is not None
+            else {"step": self.step, "path": str(self.path)}
+        )
         obj["ok"] = self.error is None
         if self.error is not None:
             obj["error"] = {
@@ -89,8 +92,14 @@ def verify(target: str, as_json: bool) -> int:
     outcomes = _run(paths)
     failures = [o for o in outcomes if o.error is not None]
     if as_json:
-        emit_json({"ok": not failures, "checked": len(outcomes), "corrupt": len(failures),
-                   "checkpoints": [o.to_json() for o in outcomes]})
+        emit_json(
+            {
+                "ok": not failures,
+                "checked": len(outcomes),
+                "corrupt": len(failures),
+                "checkpoints": [o.to_json() for o in outcomes],
+            }
+        )
     else:
         _print_outcomes(outcomes)
     for failure in failures:
@@ -117,11 +126,17 @@ def _plan(target: str) -> list[Path]:
 
 def _run(paths: list[Path]) -> list[Outcome]:
     console = stderr_console()
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     outcomes = []
-    with Progress(*columns, console=console, transient=True,
-                  disable=not console.is_terminal) as progress:
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as progress:
         task = progress.add_task("verifying", total=None)
         for index, path in enumerate(paths, 1):
             progress.reset(task, total=None, description=f"[{index}/{len(paths)}] {path.name}")
@@ -149,19 +164,20 @@ def _step_of(path: Path) -> int | None:
 
 
 def _print_outcomes(outcomes: list[Outcome]) -> None:
+    """One line per checkpoint on stdout; each damaged one's cause goes to stderr."""
     console = stdout_console()
     for outcome in outcomes:
         step = "?" if outcome.step is None else str(outcome.step)
         if outcome.error is None:
-            console.print(Text.assemble(("OK       ", "bold green"), f"step {step:>8}  ",
-                                        str(outcome.path), ("  " + human_bytes(outcome.info.nbytes),
-                                                            "dim")))
+            size = "  " + human_bytes(outcome.info.nbytes)
+            line = Text.assemble(
+                ("OK       ", "bold green"), f"step {step:>8}  ", str(outcome.path), (size, "dim")
+            )
+            console.print(line, soft_wrap=True)
         else:
-            where = ", ".join(corruption_parts(outcome.error)) if isinstance(
-                outcome.error, trainhooks.CheckpointCorruptError) else type(outcome.error).__name__
-            console.print(Text.assemble(("CORRUPT  ", "bold red"), f"step {step:>8}  ",
-                                        str(outcome.path), f"  {where}"))
+            line = Text.assemble(("CORRUPT  ", "bold red"), f"step {step:>8}  ", str(outcome.path))
+            console.print(line, soft_wrap=True)  # the cause follows on stderr, one line each
     bad = sum(o.error is not None for o in outcomes)
-    summary = f"{len(outcomes)} checkpoint{'s' if len(outcomes) != 1 else ''} verified"
-    console.print(Text(f"{summary}, {bad} corrupt" if bad else f"{summary}, all intact",
-                       style="bold red" if bad else "bold green"))
+    summary = f"{plural(len(outcomes), 'checkpoint')} verified"
+    text = f"{summary}, {bad} corrupt" if bad else f"{summary}, all intact"
+    console.print(Text(text, style="bold red" if bad else "bold green"))

@@ -63,17 +63,21 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def corruption_parts(exc: CheckpointCorruptError) -> list[str]:
-    """``file F``, ``tensor 'T'``, ``bytes a-b``, ``step N`` from the error, where known."""
+def corruption_parts(exc: CheckpointCorruptError, text: str = "") -> list[str]:
+    """``file F``, ``tensor 'T'``, ``bytes a..b``, ``step N`` from the error, where known.
+
+    With ``text``, only the parts that ``text`` (the store's message) does not already say.
+    """
     parts: list[str] = []
-    if exc.file is not None:
+    if exc.file is not None and exc.file not in text:
         parts.append(f"file {exc.file}")
-    if exc.tensor is not None:
+    if exc.tensor is not None and repr(exc.tensor) not in text:
         parts.append(f"tensor {exc.tensor!r}")
     if exc.byte_range is not None:
         start, end = exc.byte_range
-        parts.append(f"bytes {start}-{end}")
-    if exc.step is not None:
+        if f"{start}..{end}" not in text:
+            parts.append(f"bytes {start}..{end}")
+    if exc.step is not None and f"step {exc.step}" not in text:
         parts.append(f"step {exc.step}")
     return parts
 
@@ -87,7 +91,7 @@ def error_line(exc: BaseException) -> str:
     elif isinstance(exc, (TrainhooksError, CliError, OSError, ValueError)):
         text = str(exc)
         if isinstance(exc, CheckpointCorruptError):
-            missing = [part for part in corruption_parts(exc) if part not in text]
+            missing = corruption_parts(exc, text)
             if missing:  # make sure file, tensor and step are named even if the message omits one
                 text = f"{text} ({', '.join(missing)})"
     else:

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -74,6 +75,11 @@ def age(timestamp: float, now: float) -> str:
     return f"{int(seconds)}s ago"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 tensor``, ``3 tensors``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def shape_text(shape: tuple[int, ...]) -> str:
     """``(3, 4)``; ``()`` for a scalar tensor."""
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
@@ -89,7 +95,7 @@ def info_json(info: CheckpointInfo, *, newest: bool | None = None) -> dict[str, 
     """A checkpoint's public facts as a JSON object (the shape ``ls --json`` promises)."""
     obj: dict[str, Any] = {
         "step": info.step,
-        "path": str(info.path),
+        "path": str(Path(info.path).absolute()),
         "time": info.time,
         "time_iso": iso_utc(info.time),
         "nbytes": info.nbytes,

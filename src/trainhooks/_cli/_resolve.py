@@ -47,7 +47,7 @@ class Resolved:
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint a result is about, as JSON (only its path if it is not listed)."""
-        return {"path": str(self.path)} if self.info is None else info_json(self.info)
+        return {"path": str(self.path.absolute())} if self.info is None else info_json(self.info)
 
 
 def committed_basename(name: str) -> str | None:
@@ -81,8 +81,10 @@ def basename_for(directory: Path) -> str:
     if len(found) == 1:
         return found.pop()
     names = ", ".join(sorted(found))
-    raise CliError(f"{directory} holds checkpoints of several basenames ({names}); "
-                   "choose one with --basename", EXIT_USAGE)
+    raise CliError(
+        f"{directory} holds checkpoints of several basenames ({names}); choose one with --basename",
+        EXIT_USAGE,
+    )
 
 
 def candidates_in(directory: Path) -> dict[str, list[Path]]:
@@ -130,8 +132,11 @@ def resolve_checkpoint(arg: str) -> Resolved:
     if path.is_file():
         parent = listing_entry(path.parent)
         if parent is None:
-            raise CliError(f"{arg} is a file, not a checkpoint: pass a checkpoint directory "
-                           "(e.g. RUN/ckpt-000000000100) or a directory of checkpoints", EXIT_USAGE)
+            raise CliError(
+                f"{arg} is a file, not a checkpoint: pass a checkpoint directory "
+                "(e.g. RUN/ckpt-000000000100) or a directory of checkpoints",
+                EXIT_USAGE,
+            )
         note(f"{arg} is a file inside a checkpoint; using the checkpoint {parent.path}")
         return Resolved(Path(parent.path), parent)
     info = listing_entry(path)
@@ -154,8 +159,11 @@ def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
     if committed_basename(path.resolve().name) is not None and listing_entry(path) is not None:
         parent = path.resolve().parent
         if not allow_checkpoint:
-            raise CliError(f"{arg} is a single checkpoint, not a directory of checkpoints; "
-                           f"did you mean {parent}?", EXIT_USAGE)
+            raise CliError(
+                f"{arg} is a single checkpoint, not a directory of checkpoints; "
+                f"did you mean {parent}?",
+                EXIT_USAGE,
+            )
         note(f"{arg} is a checkpoint; using its directory {parent}")
         return parent
     return path
@@ -163,9 +171,12 @@ def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
 
 def no_checkpoints_error(arg: str) -> CliError:
     """The error for a directory that holds no committed checkpoint."""
-    return CliError(f"no committed checkpoints in {arg} (not a checkpoint directory, or every "
-                    "checkpoint in it is incomplete or damaged: `trainhooks verify` names the "
-                    "damage)", EXIT_USAGE)
+    return CliError(
+        f"no committed checkpoints in {arg} (not a checkpoint directory, or every "
+        "checkpoint in it is incomplete or damaged: `trainhooks verify` names the "
+        "damage)",
+        EXIT_USAGE,
+    )
 
 
 def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:

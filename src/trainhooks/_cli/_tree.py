@@ -209,7 +209,9 @@ def compare_tensors(name: str, left: np.ndarray, right: np.ndarray) -> TensorCha
     )
 
 
-def _elementwise(left: np.ndarray, right: np.ndarray) -> tuple[int | None, float | None, float | None]:
+def _elementwise(
+    left: np.ndarray, right: np.ndarray
+) -> tuple[int | None, float | None, float | None]:
     a, b = as_float64(left), as_float64(right)
     if a is None or b is None:
         differs = left != right
@@ -232,6 +234,11 @@ def _elementwise(left: np.ndarray, right: np.ndarray) -> tuple[int | None, float
 def entry_json(name: str, value: Any) -> dict[str, Any]:
     """One leaf as JSON: a tensor's dtype, shape and bytes, or a plain value itself."""
     if is_tensor(value):
-        return {"name": name, "kind": "tensor", "dtype": str(value.dtype),
-                "shape": list(value.shape), "nbytes": int(value.nbytes)}
+        return {
+            "name": name,
+            "kind": "tensor",
+            "dtype": str(value.dtype),
+            "shape": list(value.shape),
+            "nbytes": int(value.nbytes),
+        }
     return {"name": name, "kind": "value", "value": value}

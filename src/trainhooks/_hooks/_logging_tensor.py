@@ -77,9 +77,7 @@ class LoggingTensorHook(SessionRunHook):
 
     def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
         timer = self._timer
-        self._should_trigger = timer is not None and timer.should_trigger_for_step(
-            self._iter_count
-        )
+        self._should_trigger = timer is not None and timer.should_trigger_for_step(self._iter_count)
         return self._args if self._should_trigger or self._log_at_end else None
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:

@@ -102,9 +102,7 @@ class ProfilerHook(SessionRunHook):
             tracer.stop()
 
     def _start_tracer(self) -> _Tracer:
-        use_torch = self._backend == "torch" or (
-            self._backend == "auto" and "torch" in sys.modules
-        )
+        use_torch = self._backend == "torch" or (self._backend == "auto" and "torch" in sys.modules)
         if use_torch:
             return _TorchTracer(self._show_memory)
         return _PythonTracer()

@@ -13,7 +13,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
 )
 from trainhooks._session._timer import SecondOrStepTimer
-from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like
+from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like, require_tensorboard
 
 __all__ = ["SummarySaverHook", "scalar_summaries"]
 
@@ -65,6 +65,8 @@ class SummarySaverHook(SessionRunHook):
                 "and name them with scalars=[...] (or leave scalars=None to write every "
                 "scalar the step returns)"
             )
+        if summary_writer is None:
+            require_tensorboard()  # ImportError naming the extra, before any step runs
         self._timer = SecondOrStepTimer(save_secs, save_steps)
         self._output_dir = output_dir
         self._writer: SupportsAddScalar | None = summary_writer
@@ -150,4 +152,6 @@ def _checked(tag: str, value: Any) -> float:
     try:
         return as_scalar(value)
     except TypeError as exc:
-        raise TypeError(f"SummarySaverHook: the value for tag {tag!r} is not a scalar: {exc}") from None
+        raise TypeError(
+            f"SummarySaverHook: the value for tag {tag!r} is not a scalar: {exc}"
+        ) from None

@@ -10,7 +10,7 @@ from typing import Any
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._summary import as_scalar
 
-__all__ = ["MetricReader", "improves"]
+__all__ = ["MetricFn", "MetricReader", "check_mode", "improves"]
 
 MetricFn = Callable[[Any], Any]
 

@@ -55,7 +55,8 @@ class _Applier:
         if isinstance(value, list):
             if isinstance(target, list) and len(target) == len(value):
                 target[:] = [
-                    self.apply(t, v, (*path, i)) for i, (t, v) in enumerate(zip(target, value, strict=True))
+                    self.apply(t, v, (*path, i))
+                    for i, (t, v) in enumerate(zip(target, value, strict=True))
                 ]
                 return target
             return [self.apply(None, v, (*path, i)) for i, v in enumerate(value)]
@@ -66,7 +67,8 @@ class _Applier:
                 else (None,) * len(value)
             )
             return tuple(
-                self.apply(t, v, (*path, i)) for i, (t, v) in enumerate(zip(templates, value, strict=True))
+                self.apply(t, v, (*path, i))
+                for i, (t, v) in enumerate(zip(templates, value, strict=True))
             )
         return value
 

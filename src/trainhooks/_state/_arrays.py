@@ -22,7 +22,7 @@ def _torch() -> Any:
 
 
 def array_kind(value: Any) -> str | None:
-    """``"torch"``, ``"numpy"``, ``"numpy_scalar"`` or ``"jax"`` for array-like leaves, else None."""
+    """The kind of an array-like leaf (torch, numpy, numpy_scalar, jax), else None."""
     if isinstance(value, np.ndarray):
         return "numpy"
     if isinstance(value, np.generic):

@@ -27,7 +27,7 @@ class StatefulValue:
 
 @dataclass
 class GeneratorValue:
-    """A saved random generator state (``numpy_generator``, ``numpy_random_state``, ``torch_generator``)."""
+    """A saved random generator state; ``kind`` is the tree node type it came from."""
 
     kind: str
     state: Any

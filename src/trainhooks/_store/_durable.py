@@ -16,7 +16,11 @@ import socket
 import time
 from pathlib import Path
 
-from trainhooks._exceptions import CheckpointLockedError
+from trainhooks._exceptions import (
+    CheckpointLockedError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+)
 from trainhooks._store._faults import fault_point
 
 __all__ = ["DirectoryLock", "fsync_directory", "fsync_fd", "write_all"]
@@ -64,7 +68,18 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(
+                f"{self.directory} does not exist", path=self.directory
+            ) from None
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot lock {self.directory} for writing: {exc.strerror} ({self.path})",
+                path=self.directory,
+                errno=exc.errno,
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -134,7 +134,8 @@ class CheckpointReader:
             raise self._corrupt(f"{name} is not a plain file (symlinks are refused)")
         if info.st_size != expected.get("size"):
             raise self._corrupt(
-                f"{name} is {info.st_size} bytes, the manifest says {expected.get('size')} (truncated?)"
+                f"{name} is {info.st_size} bytes, the manifest says {expected.get('size')} "
+                "(truncated or overwritten?)"
             )
         with open(path, "rb", buffering=0) as f:
             prefix = f.read(8)

@@ -72,12 +72,12 @@ def prune_checkpoints(
             f"keep must be at least 1 (the newest valid checkpoint is never deleted), got {keep}"
         )
     directory = Path(directory)
-    victims = list_checkpoints(directory, basename=basename)[:-keep]
-    if dry_run or not victims:
-        return victims
+    if dry_run:
+        return list_checkpoints(directory, basename=basename)[:-keep]
     lock = DirectoryLock(directory)
     lock.acquire()
     try:
+        victims = list_checkpoints(directory, basename=basename)[:-keep]
         for info in victims:
             remove_checkpoint(info, basename)
         clean_leftovers(directory, basename)

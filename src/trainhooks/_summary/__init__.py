@@ -7,6 +7,7 @@ from trainhooks._summary._scalar import as_scalar, is_scalar_like
 from trainhooks._summary._writer import (
     ScalarWriter,
     import_tensorboard_writer,
+    require_tensorboard,
     tensorboard_available,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "as_scalar",
     "import_tensorboard_writer",
     "is_scalar_like",
+    "require_tensorboard",
     "tensorboard_available",
 ]

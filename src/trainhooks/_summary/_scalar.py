@@ -46,8 +46,7 @@ def as_scalar(value: Any) -> float:
         shape = getattr(value, "shape", None)
         detail = f" of shape {tuple(shape)}" if shape is not None else ""
         raise TypeError(
-            f"expected a number or a one-element array/tensor, got {type(value).__name__}"
-            f"{detail}"
+            f"expected a number or a one-element array/tensor, got {type(value).__name__}{detail}"
         )
     if isinstance(value, numbers.Real):
         return float(value)

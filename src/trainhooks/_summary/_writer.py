@@ -12,6 +12,7 @@ one directory shares a single event file; it is closed when its last user closes
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -19,7 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ScalarWriter", "import_tensorboard_writer", "tensorboard_available"]
+__all__ = [
+    "ScalarWriter",
+    "import_tensorboard_writer",
+    "require_tensorboard",
+    "tensorboard_available",
+]
 
 _INSTALL_HINT = (
     "TensorBoard summaries need the 'tensorboard' package; install it with "
@@ -36,6 +42,17 @@ def import_tensorboard_writer() -> tuple[Any, Any, Any]:
     except ImportError as exc:
         raise ImportError(_INSTALL_HINT) from exc
     return EventFileWriter, event_pb2, summary_pb2
+
+
+def require_tensorboard() -> None:
+    """Fail early, without importing it, when the ``tensorboard`` package is not installed.
+
+    Hooks call this in their constructor so that a missing extra is reported where the
+    hook is created (``MonitoredTrainingSession`` then leaves summaries out with a warning)
+    rather than when the session begins.
+    """
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ImportError(_INSTALL_HINT)
 
 
 def tensorboard_available() -> bool:

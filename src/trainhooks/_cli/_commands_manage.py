@@ -1,0 +1,124 @@
+"""``trainhooks prune`` and ``trainhooks export``: the two commands that write to disk.
+
+Both delegate the writing to the store, which does it crash-safely (prune: rename aside,
+fsync, then remove, under the directory's writer lock; export: temp file beside the
+target, fsync, rename). These commands only choose the arguments and report.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+import trainhooks
+from trainhooks._cli._errors import EXIT_USAGE, CliError
+from trainhooks._cli._render import (
+    emit_json,
+    human_bytes,
+    info_json,
+    json_option,
+    local_time,
+    stdout_console,
+)
+from trainhooks._cli._resolve import (
+    basename_for,
+    checkpoints_in,
+    no_checkpoints_error,
+    reading,
+    resolve_checkpoint,
+    resolve_run_directory,
+)
+
+
+@click.command("prune")
+@click.argument("directory", metavar="DIR")
+@click.option(
+    "--keep",
+    "keep",
+    type=click.IntRange(min=1),
+    required=True,
+    metavar="N",
+    help="How many of the newest valid checkpoints to keep (at least 1).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@json_option
+def prune(directory: str, keep: int, dry_run: bool, as_json: bool) -> int:
+    """Delete all but the newest N checkpoints in DIR, crash-safely.
+
+    Damaged checkpoints are left alone for inspection; the newest valid checkpoint is
+    never deleted. Fails (exit 3) while a training run holds DIR's writer lock.
+    """
+    path = resolve_run_directory(directory, allow_checkpoint=False)
+    before = checkpoints_in(path)
+    if not before:
+        raise no_checkpoints_error(directory)
+    removed = trainhooks.prune_checkpoints(path, keep, dry_run=dry_run, basename=basename_for(path))
+    gone = {Path(info.path).resolve() for info in removed}
+    kept = [info for info in before if Path(info.path).resolve() not in gone]
+    if as_json:
+        emit_json(
+            {
+                "dry_run": dry_run,
+                "removed": [info_json(i) for i in removed],
+                "kept": [info_json(i) for i in kept],
+            }
+        )
+        return 0
+    console = stdout_console()
+    verb = "would remove" if dry_run else "removed"
+    if removed:
+        table = Table(
+            title=f"{verb} {len(removed)} of {len(before)} checkpoints in {path}",
+            title_justify="left",
+        )
+        for column in ("step", "saved", "size", "name"):
+            table.add_column(column, justify="right" if column in ("step", "size") else "left")
+        for info in removed:
+            table.add_row(
+                str(info.step),
+                local_time(info.time),
+                human_bytes(info.nbytes),
+                Text(info.path.name),
+            )
+        console.print(table)
+    else:
+        console.print(f"nothing to remove: {len(before)} checkpoints, keeping {keep}")
+    freed = human_bytes(sum(info.nbytes for info in removed))
+    steps = ", ".join(str(info.step) for info in kept)
+    console.print(f"{'would free' if dry_run else 'freed'} {freed}; kept steps: {steps}")
+    return 0
+
+
+@click.command("export")
+@click.argument("checkpoint", metavar="CKPT")
+@click.argument("output", metavar="OUT.safetensors")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+def export(checkpoint: str, output: str, force: bool, as_json: bool) -> int:
+    """Write CKPT as one standalone .safetensors file OUT.
+
+    Tensor names are the flat names `show` prints; the state tree and checkpoint facts go
+    into the file's __metadata__. CKPT may be a run directory (its newest checkpoint); OUT
+    may be a directory (the file is named after the checkpoint).
+    """
+    target = resolve_checkpoint(checkpoint)
+    out = Path(output).expanduser()
+    if out.is_dir():
+        out = out / f"{target.path.resolve().name}.safetensors"
+    if out.exists() and not force:
+        raise CliError(f"{out} exists; pass --force to replace it", EXIT_USAGE)
+    if not out.parent.is_dir():
+        raise CliError(f"no such directory: {out.parent}", EXIT_USAGE)
+    with reading(target.path):
+        written = Path(trainhooks.export_safetensors(target.path, out))
+    nbytes = os.stat(written).st_size
+    if as_json:
+        emit_json({"checkpoint": target.to_json(), "output": str(written), "nbytes": nbytes})
+        return 0
+    step = f"step {target.info.step} " if target.info is not None else ""
+    stdout_console().print(f"exported {step}{target.path} -> {written} ({human_bytes(nbytes)})")
+    return 0
