@@ -24,6 +24,7 @@ from trainhooks._state._apply import apply_state
 from trainhooks._state._arrays import empty_array, finish_array
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
+from trainhooks._state._mapped import MappedTensor
 from trainhooks._store._commit import commit_checkpoint
 from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
@@ -190,7 +191,7 @@ class Saver:
         self, path: Path, state: MutableMapping[str, Any], cast: bool, strict: bool
     ) -> CheckpointInfo:
         reader = CheckpointReader(path)
-        saved = read_tree(reader, verify=self.verify_on_restore)
+        saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
         if not isinstance(saved, dict):
             raise CheckpointCorruptError(
                 f"{path}: the saved state is not a mapping", path=path, step=reader.step
@@ -219,8 +220,11 @@ def _same_directory(directory: Path, inode: int) -> bool:
         return False
 
 
-def read_tree(reader: CheckpointReader, *, verify: bool = True, numpy_only: bool = False) -> Any:
-    """Decode a checkpoint's whole tree, reading every tensor into fresh (verified) arrays."""
+def read_tree(
+    reader: CheckpointReader, *, verify: bool = True, numpy_only: bool = False, mapped: bool = False
+) -> Any:
+    """Decode a checkpoint's whole tree, every tensor verified: read into fresh arrays, or with
+    ``mapped`` left as ``MappedTensor`` views of the file for a single copy into targets."""
     records = {record.name: record for record in reader.manifest.tensors}
 
     def read_tensor(name: str, kind: str) -> Any:
@@ -235,6 +239,9 @@ def read_tree(reader: CheckpointReader, *, verify: bool = True, numpy_only: bool
             )
         if numpy_only and kind != "numpy_scalar":
             kind = "numpy"
+        if mapped:
+            view = reader.mapped_view(record, verify=verify)
+            return MappedTensor(record.dtype, record.shape, kind, view)
         array, view = empty_array(record.dtype, record.shape, kind)
         if view.nbytes:
             reader.read_into(record, view, verify=verify)

@@ -168,6 +168,8 @@ def zygote() -> None:
 
     for name in ("Saver", "load", "CheckpointSaverListener", "SessionRunHook"):
         getattr(trainhooks, name)  # resolve lazily-imported modules before forking
+    # Warm up once: the first optimizer and backward pull in lazy torch modules (~1 s).
+    train_step(torch, build_state(torch, 1), 1)
     announce("ready", os.getpid())
     for line in sys.stdin:
         config = json.loads(line)

@@ -101,3 +101,32 @@ def test_prune_checkpoints_dry_run_then_real(tmp_path: Path, store_tools) -> Non
     removed = prune_checkpoints(tmp_path, keep=2)
     assert [i.step for i in removed] == [1, 2]
     assert _steps(tmp_path) == [3, 4]
+
+
+class _Clock:
+    """A wall clock the test moves by hand (the saver only reads ``time.time``)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_keep_every_n_hours_preserves_checkpoints_on_top(tmp_path, store_tools, monkeypatch):
+    import trainhooks._saver
+    import trainhooks._store._commit
+
+    clock = _Clock(1_000_000.0)
+    monkeypatch.setattr(trainhooks._saver, "time", clock)
+    monkeypatch.setattr(trainhooks._store._commit, "time", clock)
+    with Saver(max_to_keep=2, keep_checkpoint_every_n_hours=1.0) as saver:
+        for step in range(1, 11):
+            clock.now += 1000.0  # step s is saved at start + s * 1000 s
+            info = saver.save(store_tools.state_for(step), tmp_path, step=step)
+            assert info.time == clock.now
+    # TF's rule: from the saver's start, the first checkpoint falling out of the window
+    # at least an hour later is kept for good (step 4 at +4000 s), then an hour after it
+    # (step 8 at +8000 s); the last two are the max_to_keep window.
+    assert _steps(tmp_path) == [4, 8, 9, 10]
+

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import trainhooks
-from trainhooks._cli._errors import EXIT_USAGE, CliError
-from trainhooks._cli._render import info_json, note
+from trainhooks._cli._errors import EXIT_CORRUPT, EXIT_USAGE, CliError
+from trainhooks._cli._render import info_json, note, plural
 
 if TYPE_CHECKING:
     from trainhooks import CheckpointInfo
@@ -130,25 +130,32 @@ def resolve_checkpoint(arg: str) -> Resolved:
     """One checkpoint from a checkpoint path, a file inside one, or a run directory."""
     path = existing_path(arg)
     if path.is_file():
-        parent = listing_entry(path.parent)
-        if parent is None:
+        parent = path.resolve().parent
+        if committed_basename(parent.name) is None:
             raise CliError(
                 f"{arg} is a file, not a checkpoint: pass a checkpoint directory "
                 "(e.g. RUN/ckpt-000000000100) or a directory of checkpoints",
                 EXIT_USAGE,
             )
-        note(f"{arg} is a file inside a checkpoint; using the checkpoint {parent.path}")
-        return Resolved(Path(parent.path), parent)
+        note(f"{arg} is a file inside a checkpoint; using the checkpoint {parent}")
+        return Resolved(parent, listing_entry(parent))
     info = listing_entry(path)
-    if info is not None:
-        return Resolved(path, info)
-    if committed_basename(path.name) is None:
-        infos = checkpoints_in(path)
-        if infos:
-            newest = newest_in(path, infos)
-            note(f"{arg} is a directory of checkpoints; using the newest, step {newest.step}")
-            return Resolved(Path(newest.path), newest)
-    return Resolved(path, None)
+    if info is not None or committed_basename(path.resolve().name) is not None:
+        return Resolved(path, info)  # unlisted: damaged; reading it names the damage
+    infos = checkpoints_in(path)
+    if not infos:
+        if candidates_in(path):
+            raise no_checkpoints_error(arg)
+        return Resolved(path, None)  # perhaps a checkpoint under a foreign name
+    newest = newest_in(path, infos)
+    skipped = [
+        p.name
+        for p in candidates_in(path).get(basename_for(path), [])
+        if p.name > Path(newest.path).name
+    ]
+    damaged = f" (newer but damaged: {', '.join(skipped)})" if skipped else ""
+    note(f"{arg} is a directory of checkpoints; using the newest, step {newest.step}{damaged}")
+    return Resolved(Path(newest.path), newest)
 
 
 def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
@@ -170,13 +177,32 @@ def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
 
 
 def no_checkpoints_error(arg: str) -> CliError:
-    """The error for a directory that holds no committed checkpoint."""
-    return CliError(
-        f"no committed checkpoints in {arg} (not a checkpoint directory, or every "
-        "checkpoint in it is incomplete or damaged: `trainhooks verify` names the "
-        "damage)",
-        EXIT_USAGE,
-    )
+    """The error for a directory without a valid checkpoint, saying which case it is."""
+    path = Path(arg).expanduser()
+    damaged = candidates_in(path)
+    if damaged:
+        count = sum(len(paths) for paths in damaged.values())
+        return CliError(
+            f"no valid checkpoint in {arg}: its {plural(count, 'checkpoint')} "
+            f"{'is' if count == 1 else 'are'} damaged or incomplete "
+            f"(`trainhooks verify {arg}` names the damage)",
+            EXIT_CORRUPT,
+        )
+    return CliError(f"no checkpoints in {arg}{_nested_hint(path)}", EXIT_USAGE)
+
+
+def _nested_hint(path: Path, limit: int = 5) -> str:
+    """``; did you mean run1, run2?`` when sub-directories hold checkpoints."""
+    try:
+        subdirs = [e for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return ""
+    subdirs.sort(key=lambda e: e.name)
+    runs = [Path(e.path) for e in subdirs if candidates_in(Path(e.path))]
+    if not runs:
+        return ""
+    shown = ", ".join(str(run) for run in runs[:limit]) + (", ..." if len(runs) > limit else "")
+    return f"; sub-directories with checkpoints: {shown}"
 
 
 def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:
@@ -190,7 +216,10 @@ def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:
         return None
     if committed_basename(path.resolve().name) is not None:
         return None
-    return CliError(f"{path} is neither a checkpoint nor a directory of checkpoints", EXIT_USAGE)
+    return CliError(
+        f"{path} is neither a checkpoint nor a directory of checkpoints{_nested_hint(path)}",
+        EXIT_USAGE,
+    )
 
 
 @contextmanager

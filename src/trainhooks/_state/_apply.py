@@ -17,6 +17,7 @@ import numpy as np
 from trainhooks._exceptions import StateMismatchError
 from trainhooks._state._arrays import array_kind, to_numpy
 from trainhooks._state._decode import GeneratorValue, StatefulValue
+from trainhooks._state._mapped import MappedTensor
 
 __all__ = ["apply_state"]
 
@@ -45,7 +46,7 @@ class _Applier:
             return self._stateful(target, value, path)
         if isinstance(value, GeneratorValue):
             return _generator(target, value)
-        if array_kind(value) is not None:
+        if isinstance(value, MappedTensor) or array_kind(value) is not None:
             return self._array(target, value, path)
         if isinstance(value, dict):
             if isinstance(target, MutableMapping) and not _is_stateful_target(target):
@@ -91,7 +92,9 @@ class _Applier:
                 f"cannot restore {_where(path)}: the checkpoint holds the state_dict of a "
                 f"{value.cls}, but the target is {type(target).__name__} without load_state_dict()"
             )
-        state = value.state
+        # nn.Module.load_state_dict copies every tensor it is given, so it may read straight
+        # from the mapping; other objects may keep what they get, so they get fresh copies.
+        state = resolve_mapped(value.state, views=_is_torch_module(target))
         template = target.state_dict() if callable(getattr(target, "state_dict", None)) else None
         if template is not None:
             state = self._checked_against(template, state, path)
@@ -120,19 +123,23 @@ class _Applier:
         return value
 
     def _array(self, target: Any, value: Any, path: tuple[Any, ...]) -> Any:
+        """Copy ``value`` into an existing tensor/array ``target``; else hand out a fresh array."""
         kind = array_kind(target)
+        writable = kind == "torch" or (kind == "numpy" and target.flags.writeable)
+        if not writable:
+            return value.materialize() if isinstance(value, MappedTensor) else value
+        self._compatible(target, value, path)  # raises on a mismatch unless cast=True
         if kind == "torch":
             torch = sys.modules["torch"]
-            source = self._compatible(target, value, path)
+            source = value.as_torch() if isinstance(value, MappedTensor) else value
+            if not isinstance(source, torch.Tensor):
+                source = torch.as_tensor(to_numpy(source))
             with torch.no_grad():
-                target.copy_(
-                    torch.as_tensor(source) if not isinstance(source, torch.Tensor) else source
-                )
-            return target
-        if kind == "numpy" and target.flags.writeable:
-            np.copyto(target, to_numpy(self._compatible(target, value, path)), casting="unsafe")
-            return target
-        return value
+                target.copy_(source)  # one copy, mapping -> target; casts when asked to
+        else:
+            source = value.as_numpy() if isinstance(value, MappedTensor) else to_numpy(value)
+            np.copyto(target, source, casting="unsafe")
+        return target
 
     def _compatible(self, target: Any, value: Any, path: tuple[Any, ...]) -> Any:
         """``value`` if it matches ``target``'s shape and dtype; cast when ``cast=True``."""
@@ -169,7 +176,32 @@ def _is_stateful_target(target: Any) -> bool:
     return callable(getattr(target, "load_state_dict", None))
 
 
+def resolve_mapped(value: Any, *, views: bool) -> Any:
+    """Replace every ``MappedTensor`` in a structure by a view (``views``) or a fresh copy."""
+    if isinstance(value, MappedTensor):
+        if not views:
+            return value.materialize()
+        return value.as_torch() if value.kind == "torch" else value.as_numpy()
+    if isinstance(value, dict):
+        return {k: resolve_mapped(v, views=views) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [resolve_mapped(v, views=views) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, (StatefulValue, GeneratorValue)):
+        return type(value)(
+            value.cls if isinstance(value, StatefulValue) else value.kind,
+            resolve_mapped(value.state, views=views),
+        )
+    return value
+
+
+def _is_torch_module(target: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(target, torch.nn.Module)
+
+
 def _generator(target: Any, value: GeneratorValue) -> Any:
+    value = GeneratorValue(value.kind, resolve_mapped(value.state, views=False))
     if value.kind == "numpy_generator":
         generator = (
             target if isinstance(target, np.random.Generator) else _new_numpy_generator(value.state)

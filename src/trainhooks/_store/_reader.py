@@ -8,6 +8,7 @@ restored tensor is handed out.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from collections.abc import Callable
@@ -44,10 +45,30 @@ class CheckpointReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.step: int | None = None
+        self._maps: dict[str, mmap.mmap] = {}
         self.manifest = self._read_manifest()
         self.step = self.manifest.step
         for name in self.manifest.files:
             self._check_data_file(name)
+
+    def mapped_view(self, record: TensorRecord, *, verify: bool = True) -> memoryview:
+        """A zero-copy view of ``record``'s bytes in a private (copy-on-write) mapping of its
+        file, verified against its crc32c. Writes to the view never reach the file."""
+        mapping = self._maps.get(record.file)
+        if mapping is None:
+            with open(self._file_path(record.file), "rb") as f:
+                mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._maps[record.file] = mapping
+        view = memoryview(mapping)[record.begin : record.end]
+        if verify:
+            value = crc32c.crc32c(view)
+            if value != record.crc32c:
+                raise self._corrupt(
+                    f"tensor {record.name!r} in {record.file} fails its crc32c check over bytes "
+                    f"{record.begin}..{record.end} (stored {record.crc32c:08x}, read {value:08x})",
+                    record,
+                )
+        return view
 
     @property
     def info(self) -> CheckpointInfo:

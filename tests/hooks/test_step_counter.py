@@ -1,0 +1,80 @@
+"""StepCounterHook: steps/sec on the "trainhooks" logger, measured on the monotonic clock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from trainhooks import MonitoredSession, StepCounterHook, StopAtStepHook
+from trainhooks._session import _timer
+
+
+def rates_logged(caplog: pytest.LogCaptureFixture) -> list[float]:
+    return [
+        float(r.getMessage().split(": ")[1])
+        for r in caplog.records
+        if r.name == "trainhooks" and r.getMessage().startswith("global_step/sec: ")
+    ]
+
+
+def run_with_fake_clock(
+    hook: StepCounterHook, monkeypatch: pytest.MonkeyPatch, *, steps: int, secs_per_step: float
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(_timer, "_clock", lambda: now[0])
+
+    def step() -> None:
+        now[0] += secs_per_step
+
+    with MonitoredSession(hooks=[hook, StopAtStepHook(last_step=steps)]) as sess:
+        while not sess.should_stop():
+            sess.run(step)
+
+
+def test_logs_steps_per_second_every_n_steps(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trainhooks")
+
+    run_with_fake_clock(StepCounterHook(every_n_steps=5), monkeypatch, steps=16, secs_per_step=0.5)
+
+    # first trigger at step 1 starts the measurement; then steps 6, 11, 16
+    assert rates_logged(caplog) == [2.0, 2.0, 2.0]
+
+
+def test_logs_every_n_seconds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trainhooks")
+
+    run_with_fake_clock(
+        StepCounterHook(every_n_steps=None, every_n_secs=1.0),
+        monkeypatch,
+        steps=9,
+        secs_per_step=0.25,
+    )
+
+    assert rates_logged(caplog) == [4.0, 4.0]
+
+
+def test_write_summary_seam_receives_step_and_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[tuple[int, float]] = []
+
+    class Capturing(StepCounterHook):
+        def _write_summary(self, step: int, steps_per_sec: float) -> None:
+            written.append((step, steps_per_sec))
+
+    run_with_fake_clock(Capturing(every_n_steps=2), monkeypatch, steps=5, secs_per_step=0.1)
+
+    assert written == [(3, pytest.approx(10.0)), (5, pytest.approx(10.0))]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"every_n_steps": None}, {"every_n_secs": 5.0}],
+    ids=["neither", "both (every_n_steps defaults to 100)"],
+)
+def test_needs_exactly_one_interval(kwargs: dict[str, float | None]) -> None:
+    with pytest.raises(ValueError, match="every_n_steps=None, every_n_secs=SECONDS"):
+        StepCounterHook(**kwargs)

@@ -1,0 +1,421 @@
+"""MonitoredSession / MonitoredTrainingSession: lifecycle, hooks, recovery, fetches."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from session_helpers import Counter, RecordingHook, RecordingListener, events_of, save_pair
+
+from trainhooks import (
+    CheckpointSaverHook,
+    MonitoredSession,
+    MonitoredTrainingSession,
+    SessionRunArgs,
+    SessionRunHook,
+    SingularMonitoredSession,
+    StepCounterHook,
+    StopAtStepHook,
+    list_checkpoints,
+)
+
+
+def quiet_session(**kwargs: Any) -> MonitoredSession:
+    """MonitoredTrainingSession without the default summary and step-counter hooks."""
+    return MonitoredTrainingSession(save_summaries_steps=None, log_step_count_steps=None, **kwargs)
+
+
+def test_hook_events_come_in_tf_order_and_end_only_on_normal_exit(
+    trace: list[str], counter: Counter
+) -> None:
+    with quiet_session(hooks=[RecordingHook("h", trace), StopAtStepHook(last_step=2)]) as sess:
+        while not sess.should_stop():
+            sess.run(counter.step)
+
+    assert trace == [
+        "h.begin",
+        "h.after_create_session(0)",
+        "h.before_run(0)",
+        "h.after_run(1)",
+        "h.before_run(1)",
+        "h.after_run(2)",
+        "h.end(2)",
+    ]
+
+
+def test_exception_in_step_propagates_and_skips_hook_end(
+    trace: list[str], counter: Counter
+) -> None:
+    def boom() -> None:
+        raise KeyError("lost")
+
+    with pytest.raises(KeyError, match="lost"), quiet_session(hooks=[RecordingHook("h", trace)]) as sess:
+        sess.run(boom)
+
+    assert "h.end" not in " ".join(trace)
+    assert sess.should_stop()  # closed
+
+
+def test_stop_iteration_in_the_loop_ends_training_normally(
+    tmp_path: Path, trace: list[str], counter: Counter
+) -> None:
+    batches = iter(range(3))
+    hook = CheckpointSaverHook(tmp_path, save_steps=100, listeners=[RecordingListener("a", trace)])
+
+    with quiet_session(state=counter.state, chief_only_hooks=[hook]) as sess:
+        while not sess.should_stop():
+            next(batches)  # data runs out after 3 batches, as TF's OutOfRangeError
+            sess.run(counter.step)
+
+    assert trace == ["a.begin", *save_pair("a", 0, 3), "a.end(3)"]
+
+
+def test_close_runs_end_once_and_a_second_close_is_a_no_op(
+    trace: list[str], counter: Counter
+) -> None:
+    sess = quiet_session(hooks=[RecordingHook("h", trace)])
+    sess.run(counter.step)
+    sess.close()
+    sess.close()
+
+    assert events_of(trace, "h")[-1] == "h.end(1)"
+    assert sum(e.startswith("h.end") for e in trace) == 1
+    with pytest.raises(RuntimeError, match="closed session"):
+        sess.run(counter.step)
+
+
+def test_run_after_should_stop_raises(counter: Counter) -> None:
+    with quiet_session(hooks=[StopAtStepHook(last_step=1)]) as sess:
+        sess.run(counter.step)
+        assert sess.should_stop()
+        with pytest.raises(RuntimeError, match="should_stop"):
+            sess.run(counter.step)
+
+
+def test_run_passes_arguments_and_returns_the_step_result() -> None:
+    with quiet_session() as sess:
+        assert sess.run(lambda x, *, y: {"sum": x + y}, 2, y=3) == {"sum": 5}
+        assert sess.global_step == 1
+
+
+def test_chief_only_hooks_run_only_on_the_chief(trace: list[str], counter: Counter) -> None:
+    for chief in (True, False):
+        with quiet_session(
+            is_chief=chief,
+            hooks=[RecordingHook(f"everywhere-{chief}", trace)],
+            chief_only_hooks=[RecordingHook(f"chief-{chief}", trace)],
+        ) as sess:
+            sess.run(counter.step)
+
+    assert events_of(trace, "chief-True")
+    assert not events_of(trace, "chief-False")
+    assert events_of(trace, "everywhere-True") and events_of(trace, "everywhere-False")
+
+
+def test_non_chief_restores_but_installs_no_saver(tmp_path: Path, counter: Counter) -> None:
+    with quiet_session(checkpoint_dir=tmp_path, state=counter.state, save_checkpoint_steps=2) as s:
+        for _ in range(3):
+            s.run(counter.step)
+    worker = Counter()
+    with quiet_session(is_chief=False, checkpoint_dir=tmp_path, state=worker.state) as sess:
+        assert sess.global_step == 3
+        sess.run(worker.step)
+
+    assert worker.value == 4
+    assert [i.step for i in list_checkpoints(tmp_path)] == [0, 2, 3]
+
+
+def test_default_saver_installed_with_checkpoint_dir_saves_at_creation_and_end(
+    tmp_path: Path, counter: Counter
+) -> None:
+    with quiet_session(checkpoint_dir=tmp_path, state=counter.state) as sess:  # 600 s default
+        for _ in range(5):
+            sess.run(counter.step)
+
+    assert [i.step for i in list_checkpoints(tmp_path)] == [0, 5]
+
+
+def test_save_checkpoint_steps_replaces_the_600_second_default(
+    tmp_path: Path, counter: Counter
+) -> None:
+    with quiet_session(
+        checkpoint_dir=tmp_path, state=counter.state, save_checkpoint_steps=2, max_to_keep=2
+    ) as sess:
+        for _ in range(5):
+            sess.run(counter.step)
+
+    assert [i.step for i in list_checkpoints(tmp_path)] == [4, 5]
+
+
+def test_user_saver_hook_for_the_same_directory_replaces_the_default_one(
+    tmp_path: Path, trace: list[str], counter: Counter
+) -> None:
+    hook = CheckpointSaverHook(tmp_path, save_steps=2, listeners=[RecordingListener("a", trace)])
+    with quiet_session(checkpoint_dir=tmp_path, state=counter.state, chief_only_hooks=[hook]) as s:
+        for _ in range(3):
+            s.run(counter.step)
+
+    assert trace == ["a.begin", *save_pair("a", 0, 2, 3), "a.end(3)"]
+
+
+def test_step_counter_installed_on_chief_with_checkpoint_dir(
+    tmp_path: Path, counter: Counter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trainhooks")
+    with MonitoredTrainingSession(
+        checkpoint_dir=tmp_path, state=counter.state, log_step_count_steps=2, save_summaries_steps=None
+    ) as sess:
+        assert any(isinstance(h, StepCounterHook) for h in sess._hooks)
+        for _ in range(5):
+            sess.run(counter.step)
+
+    assert any("global_step/sec" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_summary_saver_is_skipped_with_one_warning(
+    tmp_path: Path, counter: Counter, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainhooks._session import _defaults
+
+    monkeypatch.setitem(sys.modules, "trainhooks._hooks._summary_saver", None)  # ImportError
+    monkeypatch.setattr(_defaults, "_warned_unavailable", set())
+    for _ in range(2):
+        with MonitoredTrainingSession(
+            checkpoint_dir=tmp_path, state=counter.state, save_summaries_steps=1
+        ) as sess:
+            sess.run(counter.step)
+
+    warnings = [r for r in caplog.records if "SummarySaverHook is unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_summary_saver_installed_when_available(tmp_path: Path, counter: Counter) -> None:
+    summary = pytest.importorskip("trainhooks._hooks._summary_saver")
+    with MonitoredTrainingSession(
+        checkpoint_dir=tmp_path, state=counter.state, save_summaries_steps=1
+    ) as sess:
+        assert any(isinstance(h, summary.SummarySaverHook) for h in sess._hooks)
+        sess.run(counter.step)
+
+
+def test_steps_per_run_advances_global_step_and_saves_follow_it(
+    tmp_path: Path, trace: list[str], counter: Counter
+) -> None:
+    hook = CheckpointSaverHook(tmp_path, save_steps=3, listeners=[RecordingListener("a", trace)])
+    runs = 0
+    with quiet_session(
+        state=counter.state,
+        chief_only_hooks=[hook],
+        hooks=[StopAtStepHook(last_step=10)],
+        steps_per_run=2,
+    ) as sess:
+        while not sess.should_stop():
+            sess.run(counter.step)
+            runs += 1
+
+    assert runs == 5
+    assert trace == ["a.begin", *save_pair("a", 0, 4, 8, 10), "a.end(10)"]
+
+
+@pytest.mark.parametrize("steps_per_run", [0, -1, 1.5])
+def test_steps_per_run_must_be_a_positive_int(steps_per_run: Any) -> None:
+    with pytest.raises(ValueError, match="steps_per_run"):
+        MonitoredTrainingSession(steps_per_run=steps_per_run)
+
+
+def test_recoverable_error_recreates_session_from_latest_checkpoint(
+    tmp_path: Path, trace: list[str], counter: Counter
+) -> None:
+    failed = []
+
+    def flaky_step() -> dict[str, float]:
+        if counter.runs == 5 and not failed:  # the 6th call fails once, after step 5
+            failed.append(True)
+            counter.runs += 1
+            raise ConnectionError("worker preempted")
+        return counter.step()
+
+    hook = CheckpointSaverHook(tmp_path, save_steps=2, listeners=[RecordingListener("a", trace)])
+    with quiet_session(
+        checkpoint_dir=tmp_path,
+        state=counter.state,
+        chief_only_hooks=[hook, RecordingHook("h", trace)],
+        hooks=[StopAtStepHook(last_step=8)],
+        recoverable_errors=(ConnectionError,),
+    ) as sess:
+        while not sess.should_stop():
+            sess.run(flaky_step)
+
+    assert [e for e in trace if "after_create_session" in e] == [
+        "h.after_create_session(0)",
+        "h.after_create_session(4)",  # restored from the latest checkpoint
+    ]
+    assert events_of(trace, "a") == [
+        "a.begin",
+        *save_pair("a", 0, 2, 4),
+        *save_pair("a", 4),  # the creation save after recovery (not rewritten on disk)
+        *save_pair("a", 6, 8),
+        "a.end(8)",
+    ]
+    assert counter.value == 8  # steps 5 was redone from the restored state at 4
+
+
+def test_errors_not_listed_as_recoverable_propagate(counter: Counter) -> None:
+    def step() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError), quiet_session(recoverable_errors=(TimeoutError,)) as sess:
+        sess.run(step)
+
+
+class FetchingHook(SessionRunHook):
+    def __init__(self, fetches: Any) -> None:
+        self.fetches = fetches
+        self.results: list[Any] = []
+
+    def before_run(self, run_context: Any) -> SessionRunArgs:
+        return SessionRunArgs(self.fetches)
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
+        self.results.append(run_values.results)
+
+
+class ResultHook(SessionRunHook):
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
+        self.results.append((run_values.results, run_values.step_result))
+
+
+def test_fetches_named_in_session_run_args_reach_after_run() -> None:
+    one, many, named, silent = (
+        FetchingHook("loss"),
+        FetchingHook(["loss", "acc"]),
+        FetchingHook({"l": "loss"}),
+        ResultHook(),
+    )
+    with quiet_session(hooks=[one, many, named, silent]) as sess:
+        sess.run(lambda: {"loss": 0.5, "acc": 0.9, "other": 1})
+
+    assert one.results == [0.5]
+    assert many.results == [[0.5, 0.9]]
+    assert named.results == [{"l": 0.5}]
+    assert silent.results == [(None, {"loss": 0.5, "acc": 0.9, "other": 1})]
+
+
+def test_fetch_of_a_missing_name_says_what_the_step_returned() -> None:
+    with quiet_session(hooks=[FetchingHook("loss")]) as sess, pytest.raises(KeyError, match="acc"):
+        sess.run(lambda: {"acc": 1.0})
+
+
+class FeedingHook(SessionRunHook):
+    def __init__(self, feeds: dict[str, Any]) -> None:
+        self.feeds = feeds
+
+    def before_run(self, run_context: Any) -> SessionRunArgs:
+        return SessionRunArgs(feed_dict=self.feeds)
+
+
+def test_feed_dict_entries_become_keyword_arguments_of_the_step() -> None:
+    with quiet_session(hooks=[FeedingHook({"lr": 0.1})]) as sess:
+        assert sess.run(lambda x, lr: x * lr, 10) == pytest.approx(1.0)
+
+
+def test_two_hooks_feeding_the_same_argument_is_an_error() -> None:
+    with quiet_session(hooks=[FeedingHook({"lr": 0.1}), FeedingHook({"lr": 0.2})]) as sess:
+        with pytest.raises(RuntimeError, match="lr"):
+            sess.run(lambda lr: lr)
+
+
+def test_run_step_fn_runs_hooked_steps_and_can_request_stop(
+    trace: list[str], counter: Counter
+) -> None:
+    def step_fn(step_context: Any) -> int:
+        step_context.run_with_hooks(counter.step)
+        if step_context.session.global_step >= 3:
+            step_context.request_stop()
+        return step_context.session.global_step
+
+    returned = []
+    with quiet_session(hooks=[RecordingHook("h", trace)]) as sess:
+        while not sess.should_stop():
+            returned.append(sess.run_step_fn(step_fn))
+
+    assert returned == [1, 2, None]
+    assert events_of(trace, "h")[-1] == "h.end(3)"
+
+
+def test_hook_list_must_be_a_list(counter: Counter) -> None:
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        quiet_session(hooks=StopAtStepHook(last_step=1))
+
+
+def test_singular_monitored_session_restores_from_checkpoint_dir(
+    tmp_path: Path, counter: Counter
+) -> None:
+    with quiet_session(checkpoint_dir=tmp_path, state=counter.state, save_checkpoint_steps=1) as s:
+        s.run(counter.step)
+        s.run(counter.step)
+
+    fresh = Counter()
+    with SingularMonitoredSession(checkpoint_dir=tmp_path, state=fresh.state) as sess:
+        assert sess.global_step == 2
+    assert fresh.value == 2
+
+
+def test_session_creator_is_refused_with_a_pointer() -> None:
+    with pytest.raises(TypeError, match="state=.*checkpoint_dir="):
+        MonitoredSession(session_creator=object())  # type: ignore[arg-type]
+
+
+def test_importing_and_running_a_session_never_imports_torch(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import trainhooks as th
+        with th.MonitoredTrainingSession(checkpoint_dir={str(tmp_path)!r},
+                                         hooks=[th.StopAtStepHook(last_step=3)]) as s:
+            while not s.should_stop():
+                s.run(lambda: None)
+        assert "torch" not in sys.modules, "torch was imported"
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_is_chief_defaults_to_rank_0_of_torch_distributed(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import torch.distributed as dist
+        import trainhooks as th
+        rank = int(sys.argv[1])
+        dist.init_process_group("gloo", init_method="file://{tmp_path}/rendezvous",
+                                rank=rank, world_size=2)
+        ran = []
+        class Chief(th.SessionRunHook):
+            def begin(self):
+                ran.append(True)
+        with th.MonitoredTrainingSession(chief_only_hooks=[Chief()]) as sess:
+            sess.run(lambda: None)
+        print(f"rank={{rank}} chief_hook_ran={{bool(ran)}}")
+        dist.destroy_process_group()
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(rank)], stdout=subprocess.PIPE, text=True
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=240)[0].strip() for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == ["rank=0 chief_hook_ran=True", "rank=1 chief_hook_ran=False"]
