@@ -130,23 +130,18 @@ class ParentLink:
     def __init__(self, report_fd: int, ack_fd: int) -> None:
         self.report = os.fdopen(report_fd, "wb", buffering=0)
         self.ack = os.fdopen(ack_fd, "rb", buffering=0)
+        self.refresh: Any = None  # redraws the progress bar: the kill leaves it as it is
 
     def step_done(self, step: int) -> None:
+        if self.refresh is not None:
+            self.refresh()
         self.report.write(f"{step}\n".encode())
         self.ack.read(1)  # the parent answers, or kills us while we wait
 
 
-def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None) -> dict:
-    """Train to ``args.steps`` in ``args.dir``, resuming from its latest checkpoint."""
+def make_eval_fn(console: Any, model: Any, x_test: Any, y_test: Any) -> Any:
+    """The evaluation run after each save: held-out accuracy and loss, printed."""
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    import trainhooks as th
-
-    torch.set_num_threads(1)
-    x_train, y_train, x_test, y_test = load_data()
-    model, optimizer = make_model()
-    state = {"model": model, "optimizer": optimizer, "rng": th.RNGState()}
 
     def evaluate(session: Any) -> dict[str, float]:
         with torch.no_grad():
@@ -159,6 +154,33 @@ def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None
         )
         return {"accuracy": accuracy, "loss": loss}
 
+    return evaluate
+
+
+def make_progress(console: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        console=console,
+    )
+
+
+def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None) -> dict:
+    """Train to ``args.steps`` in ``args.dir``, resuming from its latest checkpoint."""
+    import torch
+
+    import trainhooks as th
+
+    torch.set_num_threads(1)
+    x_train, y_train, x_test, y_test = load_data()
+    model, optimizer = make_model()
+    state = {"model": model, "optimizer": optimizer, "rng": th.RNGState()}
+
+    evaluate = make_eval_fn(console, model, x_test, y_test)
     evaluator = th.EvaluationListener(evaluate, output_dir=args.dir)
     exporter = th.BestCheckpointExporter(
         "accuracy",
@@ -182,14 +204,10 @@ def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None
             link.step_done(session.global_step + 1)
         return {"loss": loss.detach()}
 
-    progress = Progress(
-        TextColumn("  {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        console=console,
-    )
+    progress = make_progress(console)
     bar = ProgressHook(progress, args.steps)
+    if link is not None:
+        link.refresh = progress.refresh
     reporter = ResumeReporter(console)
     started = time.perf_counter()
     with (
@@ -258,7 +276,8 @@ def run_child_and_kill(args: argparse.Namespace, console: Any) -> int:
         f"--report-fd={report_w}",
         f"--ack-fd={ack_r}",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a SIGKILL loses unflushed output
+    sys.stdout.flush()  # our lines first, then the child's on the same stdout
     child = subprocess.Popen(command, pass_fds=(report_w, ack_r), env=env)
     os.close(report_w)
     os.close(ack_r)

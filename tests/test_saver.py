@@ -20,7 +20,6 @@ from trainhooks import (
     Saver,
     latest_checkpoint,
     list_checkpoints,
-    load,
     verify_checkpoint,
 )
 

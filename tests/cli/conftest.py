@@ -59,7 +59,8 @@ def cli() -> Callable[..., Result]:
 
 
 def make_run(directory: Path) -> list[trainhooks.CheckpointInfo]:
-    """Three checkpoints of a real torch model + SGD momentum + NumPy arrays + plain values."""
+    """Three checkpoints of a real torch model + SGD momentum + NumPy arrays + plain values
+    (11 tensors each)."""
     import torch
 
     torch.manual_seed(0)
@@ -70,6 +71,7 @@ def make_run(directory: Path) -> list[trainhooks.CheckpointInfo]:
         "optimizer": optimizer,
         "ema": np.arange(6, dtype=np.float32).reshape(2, 3),
         "mask": np.array([True, False, True]),
+        "scale": np.float64(0.5),  # a NumPy scalar is stored as a 0-d tensor
         "epoch": 0,
         "config": {"lr": 0.1, "name": "run-a"},
     }

@@ -15,23 +15,28 @@ def test_ls_json_lists_every_committed_checkpoint_with_the_promised_fields(cli, 
     rows = result.json()
     expected = trainhooks.list_checkpoints(pristine_run)
     assert [row["step"] for row in rows] == [0, 10, 20]
-    for row, info in zip(rows, expected):
+    for row, info in zip(rows, expected, strict=True):
         assert Path(row["path"]) == info.path.absolute()
         assert row["time"] == info.time
         assert row["nbytes"] == info.nbytes
-        assert row["num_tensors"] == info.num_tensors == 10
+        assert row["num_tensors"] == info.num_tensors == 11
     assert [row["newest"] for row in rows] == [False, False, True]
 
 
-def test_ls_table_marks_the_newest_and_hides_staging_and_foreign_entries(cli, run):
+def test_ls_table_marks_the_newest_hides_staging_and_foreign_entries_and_notes_damage(
+    cli, run, damage
+):
     (run / "ckpt-000000000030.tmp-0123456789abcdef0123456789abcdef").mkdir()
     (run / "tensorboard").mkdir()
+    damage.truncate(run, 20)
     result = cli("ls", run)
     assert result.code == 0, result.err
     lines = [line for line in result.out.splitlines() if "ckpt-" in line]
-    assert len(lines) == 3
-    assert "newest" in lines[-1] and "ckpt-000000000020" in lines[-1]
+    assert len(lines) == 2
+    assert "newest" in lines[-1] and "ckpt-000000000010" in lines[-1]
     assert ".tmp-" not in result.out and "tensorboard" not in result.out
+    assert "ckpt-000000000020" not in result.out
+    assert "not listed, damaged or incomplete: ckpt-000000000020" in result.err
 
 
 def test_ls_of_a_checkpoint_lists_its_directory_and_says_so(cli, pristine_run):
@@ -67,7 +72,9 @@ def test_show_json_lists_tensors_with_dtype_shape_bytes_and_plain_values(cli, pr
     assert entries["mask"]["dtype"] == "bool"
     assert entries["epoch"] == {"name": "epoch", "kind": "value", "value": 1}
     assert entries["config/name"]["value"] == "run-a"
-    assert sum(e["kind"] == "tensor" for e in doc["entries"]) == 10
+    assert entries["scale"]["kind"] == "tensor" and entries["scale"]["shape"] == []
+    tensors = sum(e["kind"] == "tensor" for e in doc["entries"])
+    assert tensors == doc["checkpoint"]["num_tensors"] == 11
 
 
 def test_show_flat_prints_one_row_per_entry(cli, pristine_run):

@@ -61,8 +61,13 @@ def make_state() -> dict[str, Any]:
     return {"w": np.zeros(3, dtype=np.float32)}
 
 
-def run_until(hook: CheckpointSaverHook, last_step: int, state: dict[str, Any] | None = None,
-              step_fn: Any = None, checkpoint_dir: Path | None = None) -> None:
+def run_until(
+    hook: CheckpointSaverHook,
+    last_step: int,
+    state: dict[str, Any] | None = None,
+    step_fn: Any = None,
+    checkpoint_dir: Path | None = None,
+) -> None:
     state = make_state() if state is None else state
 
     def default_step() -> None:

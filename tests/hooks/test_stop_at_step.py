@@ -11,8 +11,13 @@ import pytest
 from trainhooks import CheckpointSaverHook, MonitoredSession, StopAtStepHook
 
 
-def count_runs(hook: StopAtStepHook, *, checkpoint_dir: Path | None = None,
-               steps_per_run: int = 1, extra_hooks: list[Any] | None = None) -> tuple[int, int]:
+def count_runs(
+    hook: StopAtStepHook,
+    *,
+    checkpoint_dir: Path | None = None,
+    steps_per_run: int = 1,
+    extra_hooks: list[Any] | None = None,
+) -> tuple[int, int]:
     """Runs made and the final global step of one session with ``hook``."""
     state = {"w": np.zeros(1)}
     runs = 0
@@ -41,8 +46,11 @@ def test_stop_is_at_or_past_last_step_with_steps_per_run() -> None:
 
 
 def test_num_steps_counts_from_the_restored_step(tmp_path: Path) -> None:
-    count_runs(StopAtStepHook(last_step=5), checkpoint_dir=tmp_path,
-               extra_hooks=[CheckpointSaverHook(tmp_path, save_steps=100)])
+    count_runs(
+        StopAtStepHook(last_step=5),
+        checkpoint_dir=tmp_path,
+        extra_hooks=[CheckpointSaverHook(tmp_path, save_steps=100)],
+    )
 
     hook = StopAtStepHook(num_steps=2)
     assert count_runs(hook, checkpoint_dir=tmp_path) == (2, 7)
@@ -51,8 +59,11 @@ def test_num_steps_counts_from_the_restored_step(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("last_step", [5, 3])
 def test_restart_at_or_past_last_step_runs_no_step(tmp_path: Path, last_step: int) -> None:
-    count_runs(StopAtStepHook(last_step=5), checkpoint_dir=tmp_path,
-               extra_hooks=[CheckpointSaverHook(tmp_path, save_steps=100)])
+    count_runs(
+        StopAtStepHook(last_step=5),
+        checkpoint_dir=tmp_path,
+        extra_hooks=[CheckpointSaverHook(tmp_path, save_steps=100)],
+    )
 
     assert count_runs(StopAtStepHook(last_step=last_step), checkpoint_dir=tmp_path) == (0, 5)
 

@@ -134,8 +134,8 @@ def run_session_worker(config: dict[str, Any]) -> None:
     with trainhooks.MonitoredTrainingSession(
         checkpoint_dir=directory,
         state=state,
-        hooks=[StartAnnouncer(), trainhooks.StopAtStepHook(last_step=config["last_step"])],
-        chief_only_hooks=[saver_hook],
+        hooks=[trainhooks.StopAtStepHook(last_step=config["last_step"])],
+        chief_only_hooks=[StartAnnouncer(), saver_hook],  # announce "start" before the save
         save_checkpoint_secs=None,
         save_checkpoint_steps=None,
         save_summaries_steps=None,

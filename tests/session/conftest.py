@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets tests import session_helpers
 
-from session_helpers import Counter  # noqa: E402
+from session_helpers import Counter
 
 
 @pytest.fixture

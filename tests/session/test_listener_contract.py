@@ -51,9 +51,7 @@ def steps_on_disk(directory: Path) -> list[int]:
 def test_save_steps_3_stop_at_10_saves_0_3_6_9_10_then_end(
     tmp_path: Path, trace: list[str], counter: Counter
 ) -> None:
-    runs = train(
-        tmp_path, counter, [RecordingListener("a", trace)], save_steps=3, last_step=10
-    )
+    runs = train(tmp_path, counter, [RecordingListener("a", trace)], save_steps=3, last_step=10)
 
     assert trace == ["a.begin", *save_pair("a", 0, 3, 6, 9, 10), "a.end(10)"]
     assert runs == 10
@@ -184,9 +182,7 @@ def test_exception_skips_final_save_and_end_and_keeps_committed_checkpoints(
             raise ValueError("bad batch")
         return counter.step()
 
-    hook = CheckpointSaverHook(
-        tmp_path, save_steps=2, listeners=[RecordingListener("a", trace)]
-    )
+    hook = CheckpointSaverHook(tmp_path, save_steps=2, listeners=[RecordingListener("a", trace)])
     with pytest.raises(ValueError, match="bad batch"):  # noqa: SIM117 - the raise is the point
         with MonitoredTrainingSession(state=counter.state, chief_only_hooks=[hook]) as sess:
             while not sess.should_stop():

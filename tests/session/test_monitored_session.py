@@ -54,7 +54,8 @@ def test_exception_in_step_propagates_and_skips_hook_end(
     def boom() -> None:
         raise KeyError("lost")
 
-    with pytest.raises(KeyError, match="lost"), quiet_session(hooks=[RecordingHook("h", trace)]) as sess:
+    hooks = [RecordingHook("h", trace)]
+    with pytest.raises(KeyError, match="lost"), quiet_session(hooks=hooks) as sess:
         sess.run(boom)
 
     assert "h.end" not in " ".join(trace)
@@ -168,7 +169,10 @@ def test_step_counter_installed_on_chief_with_checkpoint_dir(
 ) -> None:
     caplog.set_level(logging.INFO, logger="trainhooks")
     with MonitoredTrainingSession(
-        checkpoint_dir=tmp_path, state=counter.state, log_step_count_steps=2, save_summaries_steps=None
+        checkpoint_dir=tmp_path,
+        state=counter.state,
+        log_step_count_steps=2,
+        save_summaries_steps=None,
     ) as sess:
         assert any(isinstance(h, StepCounterHook) for h in sess._hooks)
         for _ in range(5):
@@ -178,7 +182,10 @@ def test_step_counter_installed_on_chief_with_checkpoint_dir(
 
 
 def test_missing_summary_saver_is_skipped_with_one_warning(
-    tmp_path: Path, counter: Counter, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    counter: Counter,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from trainhooks._session import _defaults
 
@@ -328,9 +335,9 @@ def test_feed_dict_entries_become_keyword_arguments_of_the_step() -> None:
 
 
 def test_two_hooks_feeding_the_same_argument_is_an_error() -> None:
-    with quiet_session(hooks=[FeedingHook({"lr": 0.1}), FeedingHook({"lr": 0.2})]) as sess:
-        with pytest.raises(RuntimeError, match="lr"):
-            sess.run(lambda lr: lr)
+    hooks = [FeedingHook({"lr": 0.1}), FeedingHook({"lr": 0.2})]
+    with quiet_session(hooks=hooks) as sess, pytest.raises(RuntimeError, match="lr"):
+        sess.run(lambda lr: lr)
 
 
 def test_run_step_fn_runs_hooked_steps_and_can_request_stop(
@@ -370,7 +377,7 @@ def test_singular_monitored_session_restores_from_checkpoint_dir(
 
 
 def test_session_creator_is_refused_with_a_pointer() -> None:
-    with pytest.raises(TypeError, match="state=.*checkpoint_dir="):
+    with pytest.raises(TypeError, match=r"state=.*checkpoint_dir="):
         MonitoredSession(session_creator=object())  # type: ignore[arg-type]
 
 
@@ -419,3 +426,90 @@ def test_is_chief_defaults_to_rank_0_of_torch_distributed(tmp_path: Path) -> Non
 
     assert [p.returncode for p in procs] == [0, 0]
     assert outputs == ["rank=0 chief_hook_ran=True", "rank=1 chief_hook_ran=False"]
+
+
+def test_fast_run_values_equal_the_ordinary_constructor() -> None:
+    from trainhooks import SessionRunValues
+    from trainhooks._session._dispatch import plain_run_values
+
+    result = {"loss": 1.0}
+    fast = plain_run_values(result)
+
+    assert type(fast) is SessionRunValues
+    assert fast == SessionRunValues(None, step_result=result)
+    assert fast.step_result is result
+
+
+def test_exception_from_a_listener_end_propagates_and_releases_the_directory(
+    tmp_path: Path, counter: Counter
+) -> None:
+    from trainhooks import CheckpointSaverListener, Saver
+
+    class BrokenEnd(CheckpointSaverListener):
+        def end(self, session: Any, global_step_value: int) -> None:
+            raise RuntimeError("report upload failed")
+
+    hook = CheckpointSaverHook(tmp_path, save_steps=10, listeners=[BrokenEnd()])
+    with pytest.raises(RuntimeError, match="report upload failed") as raised:  # noqa: SIM117
+        with quiet_session(state=counter.state, chief_only_hooks=[hook]) as sess:
+            sess.run(counter.step)
+
+    assert any("BrokenEnd.end() at step 1" in n for n in raised.value.__notes__)
+    assert [i.step for i in list_checkpoints(tmp_path)] == [0, 1]  # final save happened first
+    with Saver() as other:
+        other.save(counter.state, tmp_path, 2)
+
+
+def test_recovery_without_a_checkpoint_keeps_state_and_step(
+    trace: list[str], counter: Counter
+) -> None:
+    failures = [TimeoutError("slow"), None]
+
+    def step() -> dict[str, float]:
+        if counter.runs == 2 and failures and failures.pop(0):
+            raise TimeoutError("slow")
+        return counter.step()
+
+    with quiet_session(
+        state=counter.state, hooks=[RecordingHook("h", trace)], recoverable_errors=TimeoutError
+    ) as sess:
+        for _ in range(4):
+            sess.run(step)
+
+    assert [e for e in trace if "create" in e] == [
+        "h.after_create_session(0)",
+        "h.after_create_session(2)",
+    ]
+    assert (sess.global_step, counter.value) == (4, 4)
+
+
+def test_restore_into_mismatched_state_fails_session_creation_clearly(
+    tmp_path: Path, counter: Counter
+) -> None:
+    import numpy as np
+
+    from trainhooks import StateMismatchError
+
+    with quiet_session(checkpoint_dir=tmp_path, state=counter.state) as sess:
+        sess.run(counter.step)
+
+    wrong = {"w": np.zeros(7, dtype=np.float32)}
+    with pytest.raises(StateMismatchError):
+        quiet_session(checkpoint_dir=tmp_path, state=wrong)
+
+
+def test_monitored_training_session_takes_keywords_only_with_tf_defaults() -> None:
+    import inspect
+
+    parameters = inspect.signature(MonitoredTrainingSession).parameters
+
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
+    assert parameters["save_checkpoint_secs"].default == 600
+    assert parameters["save_summaries_steps"].default == 100
+    with pytest.raises(TypeError):
+        MonitoredTrainingSession("", True)  # type: ignore[misc]  # TF's (master, is_chief)
+
+
+def test_explicit_save_checkpoint_secs_with_steps_is_tf_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one of save_secs and save_steps"):
+        quiet_session(checkpoint_dir=tmp_path, save_checkpoint_secs=60, save_checkpoint_steps=10)

@@ -49,7 +49,7 @@ def assert_same_tree(actual: Any, expected: Any, path: str = "state") -> None:
             assert_same_tree(actual[key], value, f"{path}[{key!r}]")
     elif isinstance(expected, (list, tuple)):
         assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same_tree(a, e, f"{path}[{i}]")
     elif isinstance(expected, float):
         assert _same_float(actual, expected), f"{path}: {actual!r} != {expected!r}"

@@ -76,7 +76,7 @@ def test_module_shape_mismatch_names_the_parameter(tmp_path: Path) -> None:
 def test_module_dtype_mismatch_refused_then_cast(tmp_path: Path) -> None:
     source = torch.nn.Linear(4, 3)
     _save({"model": source}, tmp_path)
-    with pytest.raises(StateMismatchError, match="weight|bias"):
+    with pytest.raises(StateMismatchError, match=r"weight|bias"):
         Saver().restore({"model": torch.nn.Linear(4, 3).double()}, tmp_path)
     target = torch.nn.Linear(4, 3).double()
     Saver().restore({"model": target}, tmp_path, cast=True)

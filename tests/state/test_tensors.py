@@ -69,8 +69,9 @@ def _round_trip(state: dict[str, Any], template: dict[str, Any], directory: Path
 @pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
 def test_torch_tensor_of_each_dtype_round_trips_in_place(dtype, tmp_path, assert_same) -> None:
     shapes = {"matrix": (3, 5), "scalar": (), "empty": (0, 4), "vector": (7,)}
-    state = {name: _random_tensor(dtype, shape, seed=i) for i, (name, shape) in
-             enumerate(shapes.items())}
+    state = {
+        name: _random_tensor(dtype, shape, seed=i) for i, (name, shape) in enumerate(shapes.items())
+    }
     template = {name: torch.zeros(shape, dtype=dtype) for name, shape in shapes.items()}
     targets = dict(template)
     _round_trip(state, template, tmp_path)

@@ -70,7 +70,9 @@ def test_restored_training_continues_identically(tmp_path: Path, bits) -> None:
         saver.restore(resumed, tmp_path)
     _train(trained, steps=3, seed=7)
     _train(resumed, steps=3, seed=7)
-    for (name, a), b in zip(trained["model"].named_parameters(), resumed["model"].parameters()):
+    for (name, a), b in zip(
+        trained["model"].named_parameters(), resumed["model"].parameters(), strict=True
+    ):
         assert bits(a).tobytes() == bits(b).tobytes(), name
     assert trained["scheduler"].get_last_lr() == resumed["scheduler"].get_last_lr()
     assert trained["scaler"].get_scale() == resumed["scaler"].get_scale()
@@ -115,3 +117,19 @@ def test_optimizer_param_groups_keep_tuples_and_none(tmp_path: Path) -> None:
     assert group["betas"] == (0.9, 0.999) and type(group["betas"]) is tuple
     assert group["foreach"] is None
     assert group["initial_lr"] == 0.01
+
+
+def test_tied_weights_restore_into_the_shared_parameter(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight  # tied, as in language models
+    model = torch.nn.ModuleDict({"embed": embed, "head": head})
+    saved = embed.weight.detach().clone()
+    with Saver() as saver:
+        saver.save({"model": model}, tmp_path, step=1)
+        with torch.no_grad():
+            embed.weight.zero_()
+        saver.restore({"model": model}, tmp_path)
+    assert model["head"].weight is model["embed"].weight
+    assert torch.equal(model["embed"].weight.detach(), saved)

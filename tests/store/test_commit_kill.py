@@ -53,8 +53,9 @@ def _blank() -> dict:
     }
 
 
-def _run_and_kill(directory: Path, start: int, delay: float) -> int:
-    """Run the save loop, SIGKILL it ``delay`` s after it is ready; last reported step."""
+def _run_and_kill(directory: Path, start: int, delay: float, after_a_save: bool) -> int:
+    """Run the save loop and SIGKILL it ``delay`` s after it is ready (or, with
+    ``after_a_save``, after its first completed save); return the last step it reported."""
     child = subprocess.Popen(
         [sys.executable, "-c", _SAVE_LOOP, os.fspath(directory), str(start)],
         stdout=subprocess.PIPE,
@@ -63,12 +64,13 @@ def _run_and_kill(directory: Path, start: int, delay: float) -> int:
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
+    first = [int(child.stdout.readline())] if after_a_save else []  # progress on slow disks
     try:
         child.wait(timeout=delay)  # returns only if the loop died on its own
     except subprocess.TimeoutExpired:
         os.kill(child.pid, signal.SIGKILL)
     assert child.wait(timeout=60) == -signal.SIGKILL, "the save loop died on its own"
-    reported = [int(line) for line in child.stdout.read().split()]
+    reported = first + [int(line) for line in child.stdout.read().split()]
     child.stdout.close()
     return reported[-1] if reported else start
 
@@ -98,7 +100,7 @@ def test_sigkill_during_save_loop_never_loses_the_latest(tmp_path: Path) -> None
     latest = 0
     for kill in range(KILLS):
         delay = rng.uniform(0.0, 0.25)
-        reported = _run_and_kill(tmp_path, latest, delay)
+        reported = _run_and_kill(tmp_path, latest, delay, after_a_save=kill % 2 == 1)
         context = f"seed {seed}, kill {kill} after {delay:.3f}s, child reported {reported}"
         latest = _check_latest(tmp_path, max(latest, reported), context)
     assert latest > 0, "no save ever completed: the delays are too short for this machine"

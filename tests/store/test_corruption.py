@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from trainhooks import (
@@ -86,11 +87,11 @@ def two_checkpoints(tmp_path: Path, store_tools) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("damage", DAMAGE_NAMES)
-def test_damaged_newest_is_reported_and_skipped(damage, two_checkpoints, store_tools) -> None:
-    good, bad = two_checkpoints
+def test_damaged_checkpoint_fails_verification_naming_the_file(
+    damage, two_checkpoints, store_tools
+):
+    _, bad = two_checkpoints
     _damages(store_tools)[damage](bad)
-    directory = bad.parent
-
     with pytest.raises(CheckpointCorruptError) as caught:
         verify_checkpoint(bad)
     assert caught.value.step in (2, None)
@@ -98,20 +99,34 @@ def test_damaged_newest_is_reported_and_skipped(damage, two_checkpoints, store_t
     expected_file = MANIFEST if damage.startswith("manifest") else DATA
     assert expected_file in str(caught.value) or caught.value.file == expected_file
 
+
+@pytest.mark.parametrize("damage", DAMAGE_NAMES)
+def test_damaged_checkpoint_is_refused_when_asked_for_by_step(
+    damage, two_checkpoints, store_tools
+) -> None:
+    _, bad = two_checkpoints
+    _damages(store_tools)[damage](bad)
+    state = store_tools.blank_state()
+    with pytest.raises(CheckpointCorruptError):
+        Saver().restore(state, bad.parent, step=2)
+    assert state["extra"]["count"] == -1, "a refused restore wrote into the state"
+    with pytest.raises(CheckpointCorruptError):
+        load(bad)
+
+
+@pytest.mark.parametrize("damage", DAMAGE_NAMES)
+def test_damaged_newest_is_skipped_with_a_warning(damage, two_checkpoints, store_tools) -> None:
+    good, bad = two_checkpoints
+    _damages(store_tools)[damage](bad)
+    directory = bad.parent
     latest = latest_checkpoint(directory)
     assert latest is not None and latest.step in (1, 2)
     assert 1 in [info.step for info in list_checkpoints(directory)]
-
     state = store_tools.blank_state()
     with pytest.warns(Warning, match=r"ckpt-000000000002|step 2"):
         info = Saver().restore(state, directory)
     assert info.step == 1 and info.path == good
     assert store_tools.step_of(state) == 1
-
-    with pytest.raises(CheckpointCorruptError):
-        Saver().restore(store_tools.blank_state(), directory, step=2)
-    with pytest.raises(CheckpointCorruptError):
-        load(bad)
 
 
 @pytest.mark.parametrize("tensor", ["weight", "bias", "extra/half"])
@@ -191,3 +206,17 @@ def test_all_checkpoints_corrupt_is_an_error_not_silence(tmp_path: Path, store_t
         Saver().restore(state, tmp_path)  # a warning may come first; the error must follow
     assert "ckpt-000000000001" in str(caught.value) or str(tmp_path) in str(caught.value)
     assert state["extra"]["count"] == -1, "nothing may be restored from a corrupt checkpoint"
+
+
+def test_flip_deep_inside_a_multi_chunk_tensor_is_caught(tmp_path: Path, store_tools) -> None:
+    """A tensor larger than the read and write chunks: every chunk counts in its checksum."""
+    big = np.arange(5 * 1024 * 1024, dtype=np.float32)  # 20 MiB: several chunks each way
+    with Saver() as saver:
+        info = saver.save({"big": big}, tmp_path, step=1)
+    begin, end = store_tools.tensor_byte_range(info.path / DATA, "big")
+    store_tools.flip_bit(info.path / DATA, begin + (end - begin) * 3 // 4, 5)
+    with pytest.raises(CheckpointCorruptError) as caught:
+        verify_checkpoint(info.path)
+    assert caught.value.tensor == "big"
+    with pytest.raises(CheckpointCorruptError):
+        Saver().restore({"big": np.zeros_like(big)}, tmp_path, step=1)

@@ -68,7 +68,9 @@ def test_disk_full_raises_write_error_and_touches_nothing(tmp_path: Path, store_
     assert leftovers == [], "the staging directory was not removed"
     after = store_tools.hash_tree(tmp_path)
     after = {k: v for k, v in after.items() if k.startswith("ckpt-")}
-    assert after == {k: v for k, v in before.items() if k.startswith("ckpt-")}, "committed checkpoints changed (or retention ran) after a failure"
+    assert after == {k: v for k, v in before.items() if k.startswith("ckpt-")}, (
+        "committed checkpoints changed (or retention ran) after a failure"
+    )
     assert [i.step for i in list_checkpoints(tmp_path)] == [1, 2]
 
 

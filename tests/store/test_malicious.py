@@ -49,7 +49,9 @@ def _every_reader_refuses(checkpoint: Path, *, match: str | None = None) -> None
     readers: list[Callable[[], Any]] = [
         lambda: verify_checkpoint(checkpoint),
         lambda: load(checkpoint),
-        lambda: Saver().restore({"weight": np.zeros((16, 8), np.float32)}, checkpoint.parent, step=2),
+        lambda: Saver().restore(
+            {"weight": np.zeros((16, 8), np.float32)}, checkpoint.parent, step=2
+        ),
     ]
     for read in readers:
         with pytest.raises(TYPED) as caught:
@@ -107,9 +109,9 @@ def _set(name: str, field: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def _overlap(header: dict[str, Any]) -> None:
-    begin, end = header["weight"]["data_offsets"]
-    header["bias"]["data_offsets"] = [begin, begin + (header["bias"]["data_offsets"][1] -
-                                                      header["bias"]["data_offsets"][0])]
+    begin = header["weight"]["data_offsets"][0]
+    bias_begin, bias_end = header["bias"]["data_offsets"]
+    header["bias"]["data_offsets"] = [begin, begin + bias_end - bias_begin]
 
 
 FORGED_HEADERS: dict[str, Callable[[dict[str, Any]], None]] = {

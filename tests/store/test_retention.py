@@ -129,4 +129,3 @@ def test_keep_every_n_hours_preserves_checkpoints_on_top(tmp_path, store_tools, 
     # at least an hour later is kept for good (step 4 at +4000 s), then an hour after it
     # (step 8 at +8000 s); the last two are the max_to_keep window.
     assert _steps(tmp_path) == [4, 8, 9, 10]
-

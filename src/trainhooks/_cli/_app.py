@@ -65,12 +65,12 @@ for _command in (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = cli.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="trainhooks",
-            standalone_mode=False,
-        )
+        # click's own main() would turn a broken pipe into exit 1 (our "corrupt" code), so the
+        # context is driven here and every outcome is mapped to the documented codes.
+        with cli.make_context("trainhooks", args) as ctx:
+            result = cli.invoke(ctx)
     except click.exceptions.Exit as exit_:
         return exit_.exit_code
     except click.exceptions.Abort:
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
-        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        return EXIT_USAGE
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except (Exception, KeyboardInterrupt) as exc:
@@ -86,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(error_line(exc), file=sys.stderr)
         return exit_code_for(exc)
+    try:
+        sys.stdout.flush()  # surface a broken pipe here, not at interpreter exit
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     return result if isinstance(result, int) else EXIT_OK
 
 

@@ -18,6 +18,7 @@ from trainhooks._cli._render import (
     emit_json,
     human_bytes,
     json_option,
+    make_table,
     shape_text,
     short_repr,
     stdout_console,
@@ -97,7 +98,12 @@ def _print_diff(console: Console, a: Resolved, b: Resolved, result: TreeDiff) ->
     if result.changed_tensors:
         console.print(_changed_table(result.changed_tensors))
     if result.changed_values:
-        table = _table(f"values changed ({len(result.changed_values)})", "name", "A", "B")
+        table = make_table(
+            f"values changed ({len(result.changed_values)})",
+            ("name", "left"),
+            ("A", "left", 40),
+            ("B", "left", 40),
+        )
         for name, left, right in result.changed_values:
             table.add_row(Text(name), Text(_describe(left)), Text(_describe(right)))
         console.print(table)
@@ -106,7 +112,13 @@ def _print_diff(console: Console, a: Resolved, b: Resolved, result: TreeDiff) ->
         ("removed", result.removed, "red"),
     ):
         if entries:
-            table = _table(f"{title} ({len(entries)})", "name", "dtype / value", "shape", "size")
+            table = make_table(
+                f"{title} ({len(entries)})",
+                ("name", "left"),
+                ("dtype / value", "left", 40),
+                ("shape", "left"),
+                ("size", "right"),
+            )
             for name, value in entries.items():
                 table.add_row(Text(name, style=style), *_entry_cells(value))
             console.print(table)
@@ -119,14 +131,14 @@ def _print_diff(console: Console, a: Resolved, b: Resolved, result: TreeDiff) ->
 
 
 def _changed_table(changes: list[TensorChange]) -> Table:
-    table = _table(
+    table = make_table(
         f"tensors changed ({len(changes)})",
-        "name",
-        "dtype",
-        "shape",
-        "elements changed",
-        "max abs diff",
-        "max rel diff",
+        ("name", "left"),
+        ("dtype", "left"),
+        ("shape", "left"),
+        ("elements changed", "right"),
+        ("max abs diff", "right"),
+        ("max rel diff", "right"),
     )
     for change in changes:
         dtype = (
@@ -147,13 +159,6 @@ def _changed_table(changes: list[TensorChange]) -> Table:
             _float(change.max_abs),
             _float(change.max_rel),
         )
-    return table
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
     return table
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -19,6 +20,8 @@ from trainhooks._cli._render import (
     info_json,
     json_option,
     local_time,
+    make_table,
+    note,
     plural,
     shape_text,
     short_repr,
@@ -26,6 +29,8 @@ from trainhooks._cli._render import (
 )
 from trainhooks._cli._resolve import (
     Resolved,
+    basename_for,
+    candidates_in,
     checkpoints_in,
     newest_in,
     no_checkpoints_error,
@@ -60,29 +65,29 @@ def ls(directory: str, as_json: bool) -> int:
     if not infos:
         raise no_checkpoints_error(directory)
     newest = newest_in(path, infos).step
+    _note_unlisted(path, infos)
     if as_json:
         emit_json([info_json(info, newest=info.step == newest) for info in infos])
         return 0
     now = time.time()
-    table = Table(title=f"{len(infos)} checkpoints in {path}", title_justify="left")
-    for column, justify in (
+    table = make_table(
+        f"{plural(len(infos), 'checkpoint')} in {path}",
+        ("name", "left"),
         ("step", "right"),
         ("saved", "left"),
         ("age", "right"),
         ("size", "right"),
         ("tensors", "right"),
-        ("name", "left"),
         ("", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    )
     for info in infos:
         table.add_row(
+            Text(info.path.name),
             str(info.step),
             local_time(info.time),
             age(info.time, now),
             human_bytes(info.nbytes),
             str(info.num_tensors),
-            Text(info.path.name),
             Text("newest", style="bold green") if info.step == newest else "",
         )
     total = sum(info.nbytes for info in infos)
@@ -90,6 +95,19 @@ def ls(directory: str, as_json: bool) -> int:
     table.caption_justify = "left"
     stdout_console().print(table)
     return 0
+
+
+def _note_unlisted(path: Path, infos: list[CheckpointInfo]) -> None:
+    """Say on stderr which checkpoint directories ``ls`` leaves out as damaged."""
+    listed = {Path(info.path).resolve() for info in infos}
+    unlisted = [
+        p.name for p in candidates_in(path).get(basename_for(path), []) if p.resolve() not in listed
+    ]
+    if unlisted:
+        note(
+            f"not listed, damaged or incomplete: {', '.join(unlisted)} "
+            f"(`trainhooks verify {path}` says why)"
+        )
 
 
 @click.command("show")
@@ -100,7 +118,7 @@ def ls(directory: str, as_json: bool) -> int:
     metavar="NAME",
     help="Summary statistics of one tensor (full name, or a unique suffix).",
 )
-@click.option("--flat", is_flag=True, help="One row per entry instead of a tree.")
+@click.option("--flat", is_flag=True, help="One line per entry (full names) instead of a tree.")
 @json_option
 def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) -> int:
     """Show the state tree of CKPT: names, dtypes, shapes, bytes and plain values.
@@ -124,7 +142,11 @@ def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) ->
         return 0
     console = stdout_console()
     console.print(_header(target, leaves))
-    console.print(_flat_table(leaves) if flat else _tree(leaves))
+    if flat:
+        for line in _flat_lines(leaves):
+            console.print(line, soft_wrap=True)
+    else:
+        console.print(_tree(leaves))
     return 0
 
 
@@ -192,26 +214,19 @@ def _group_totals(leaves: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return totals
 
 
-def _flat_table(leaves: dict[str, Any]) -> Table:
-    table = Table()
-    for column, justify in (
-        ("name", "left"),
-        ("dtype", "left"),
-        ("shape", "left"),
-        ("size / value", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+def _flat_lines(leaves: dict[str, Any]) -> list[Text]:
+    """One line per entry, name first, never truncated: made for ``grep`` and ``cut``."""
+    width = min(max((len(name) for name in leaves), default=0), 60)
+    lines = []
     for name, value in leaves.items():
+        line = Text(name.ljust(width), style="cyan")
         if is_tensor(value):
-            table.add_row(
-                Text(name),
-                str(value.dtype),
-                shape_text(tuple(value.shape)),
-                human_bytes(value.nbytes),
-            )
+            dtype, shape = str(value.dtype), shape_text(tuple(value.shape))
+            line.append(f"  {dtype:<8} {shape:<14} {human_bytes(value.nbytes)}")
         else:
-            table.add_row(Text(name), "", "", Text(short_repr(value)))
-    return table
+            line.append(f"  = {short_repr(value)}")
+        lines.append(line)
+    return lines
 
 
 def _show_tensor(target: Resolved, leaves: dict[str, Any], name: str, as_json: bool) -> int:
@@ -228,7 +243,8 @@ def _show_tensor(target: Resolved, leaves: dict[str, Any], name: str, as_json: b
     if as_json:
         emit_json({"checkpoint": target.to_json(), "name": full_name, **stats})
         return 0
-    table = Table(title=f"{full_name}  ({target.path})", title_justify="left", show_header=False)
+    title = f"{full_name}  ({target.path})"
+    table = Table(title=title, title_justify="left", show_header=False, min_width=len(title))
     table.add_column("statistic", style="bold")
     table.add_column("value", justify="right")
     for key, stat in stats.items():

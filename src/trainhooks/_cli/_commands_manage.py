@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 import trainhooks
@@ -22,6 +21,7 @@ from trainhooks._cli._render import (
     info_json,
     json_option,
     local_time,
+    make_table,
     stdout_console,
 )
 from trainhooks._cli._resolve import (
@@ -71,18 +71,19 @@ def prune(directory: str, keep: int, dry_run: bool, as_json: bool) -> int:
     console = stdout_console()
     verb = "would remove" if dry_run else "removed"
     if removed:
-        table = Table(
-            title=f"{verb} {len(removed)} of {len(before)} checkpoints in {path}",
-            title_justify="left",
+        table = make_table(
+            f"{verb} {len(removed)} of {len(before)} checkpoints in {path}",
+            ("name", "left"),
+            ("step", "right"),
+            ("saved", "left"),
+            ("size", "right"),
         )
-        for column in ("step", "saved", "size", "name"):
-            table.add_column(column, justify="right" if column in ("step", "size") else "left")
         for info in removed:
             table.add_row(
+                Text(info.path.name),
                 str(info.step),
                 local_time(info.time),
                 human_bytes(info.nbytes),
-                Text(info.path.name),
             )
         console.print(table)
     else:

@@ -9,11 +9,13 @@ one run names all the damage; the exit code is 1 if anything failed.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -37,6 +39,7 @@ from trainhooks._cli._render import (
     human_bytes,
     info_json,
     json_option,
+    note,
     plural,
     stderr_console,
     stdout_console,
@@ -65,7 +68,7 @@ class Outcome:
         obj: dict[str, Any] = (
             info_json(self.info)
             if self.info is not None
-            else {"step": self.step, "path": str(self.path)}
+            else {"step": self.step, "path": str(self.path.absolute())}
         )
         obj["ok"] = self.error is None
         if self.error is not None:
@@ -89,9 +92,10 @@ def verify(target: str, as_json: bool) -> int:
     damaged checkpoint on stderr naming the file, tensor, byte range and step.
     """
     paths = _plan(target)
-    outcomes = _run(paths)
+    console = None if as_json else stdout_console()
+    outcomes = _run(paths, lambda outcome: _print_outcome(console, outcome) if console else None)
     failures = [o for o in outcomes if o.error is not None]
-    if as_json:
+    if console is None:
         emit_json(
             {
                 "ok": not failures,
@@ -101,7 +105,9 @@ def verify(target: str, as_json: bool) -> int:
             }
         )
     else:
-        _print_outcomes(outcomes)
+        summary = f"{plural(len(outcomes), 'checkpoint')} verified"
+        text = f"{summary}, {len(failures)} corrupt" if failures else f"{summary}, all intact"
+        console.print(Text(text, style="bold red" if failures else "bold green"))
     for failure in failures:
         print(error_line(failure.error), file=sys.stderr)  # type: ignore[arg-type]
     return EXIT_CORRUPT if failures else EXIT_OK
@@ -124,7 +130,12 @@ def _plan(target: str) -> list[Path]:
     return [every[key] for key in sorted(every, key=lambda p: p.name)]
 
 
-def _run(paths: list[Path]) -> list[Outcome]:
+def _run(paths: list[Path], on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+    """Verify each path in turn under one progress bar (stderr, terminals only).
+
+    Results are handed to ``on_outcome`` as they come, so a long directory scan shows
+    each verdict at once (rich prints stdout lines above the live bar).
+    """
     console = stderr_console()
     columns = (
         TextColumn("{task.description}"),
@@ -140,11 +151,16 @@ def _run(paths: list[Path]) -> list[Outcome]:
         task = progress.add_task("verifying", total=None)
         for index, path in enumerate(paths, 1):
             progress.reset(task, total=None, description=f"[{index}/{len(paths)}] {path.name}")
-            outcomes.append(_verify_one(path, progress, task, single=len(paths) == 1))
+            outcome = _verify_one(path, progress, task, single=len(paths) == 1)
+            if outcome is not None:
+                outcomes.append(outcome)
+                on_outcome(outcome)
     return outcomes
 
 
-def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -> Outcome:
+def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -> Outcome | None:
+    """The verdict on one checkpoint; None if retention removed it while we were looking."""
+
     def report(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
 
@@ -154,8 +170,19 @@ def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -
         usage = not_a_checkpoint(path, exc) if single else None
         if usage is not None:
             raise usage from exc
+        if not single and not path.exists():
+            return _vanished(path)
         return Outcome(path, exc.step if exc.step is not None else _step_of(path), None, exc)
+    except (trainhooks.CheckpointNotFoundError, FileNotFoundError):
+        if single:
+            raise
+        return _vanished(path)
     return Outcome(path, info.step, info, None)
+
+
+def _vanished(path: Path) -> None:
+    note(f"{path.name} was removed while verifying (a running job's retention); skipped")
+    return None
 
 
 def _step_of(path: Path) -> int | None:
@@ -163,21 +190,14 @@ def _step_of(path: Path) -> int | None:
     return int(name.rsplit("-", 1)[1]) if committed_basename(name) is not None else None
 
 
-def _print_outcomes(outcomes: list[Outcome]) -> None:
-    """One line per checkpoint on stdout; each damaged one's cause goes to stderr."""
-    console = stdout_console()
-    for outcome in outcomes:
-        step = "?" if outcome.step is None else str(outcome.step)
-        if outcome.error is None:
-            size = "  " + human_bytes(outcome.info.nbytes)
-            line = Text.assemble(
-                ("OK       ", "bold green"), f"step {step:>8}  ", str(outcome.path), (size, "dim")
-            )
-            console.print(line, soft_wrap=True)
-        else:
-            line = Text.assemble(("CORRUPT  ", "bold red"), f"step {step:>8}  ", str(outcome.path))
-            console.print(line, soft_wrap=True)  # the cause follows on stderr, one line each
-    bad = sum(o.error is not None for o in outcomes)
-    summary = f"{plural(len(outcomes), 'checkpoint')} verified"
-    text = f"{summary}, {bad} corrupt" if bad else f"{summary}, all intact"
-    console.print(Text(text, style="bold red" if bad else "bold green"))
+def _print_outcome(console: Console, outcome: Outcome) -> None:
+    """One line per checkpoint on stdout; a damaged one's cause goes to stderr at the end."""
+    step = "?" if outcome.step is None else str(outcome.step)
+    if outcome.error is None:
+        size = "  " + human_bytes(outcome.info.nbytes)
+        line = Text.assemble(
+            ("OK       ", "bold green"), f"step {step:>8}  ", str(outcome.path), (size, "dim")
+        )
+    else:
+        line = Text.assemble(("CORRUPT  ", "bold red"), f"step {step:>8}  ", str(outcome.path))
+    console.print(line, soft_wrap=True)

@@ -56,7 +56,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, (CheckpointLockedError, CheckpointError, OSError)):
         return EXIT_FAILED
-    if isinstance(exc, (TrainhooksError, ValueError)):
+    if isinstance(exc, TrainhooksError):
         return EXIT_USAGE
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -88,7 +88,7 @@ def error_line(exc: BaseException) -> str:
         text = "interrupted"
     elif isinstance(exc, OSError) and not str(exc).strip():
         text = f"{type(exc).__name__} on {exc.filename!r}"
-    elif isinstance(exc, (TrainhooksError, CliError, OSError, ValueError)):
+    elif isinstance(exc, (TrainhooksError, CliError, OSError)):
         text = str(exc)
         if isinstance(exc, CheckpointCorruptError):
             missing = corruption_parts(exc, text)

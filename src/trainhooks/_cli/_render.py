@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 if TYPE_CHECKING:
     from trainhooks import CheckpointInfo
@@ -27,11 +28,22 @@ if TYPE_CHECKING:
 _PIPE_WIDTH = 160
 
 
+class _ResultConsole(Console):
+    """A console whose reader closing the pipe ends the command quietly (exit 0).
+
+    rich's default turns a broken pipe into ``SystemExit(1)``, which would read as our
+    "corrupt checkpoint" exit code for ``trainhooks show DIR | head``.
+    """
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
     """The console for a command's human-readable result."""
-    console = Console(highlight=False)
+    console = _ResultConsole(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=_PIPE_WIDTH)
+        console = _ResultConsole(highlight=False, width=_PIPE_WIDTH)
     return console
 
 
@@ -137,3 +149,23 @@ def json_option(command: Any) -> Any:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."
     )(command)
+
+
+def make_table(title: str | None, *columns: tuple[str, str] | tuple[str, str, int]) -> Table:
+    """A table of ``(header, "left"|"right"[, max_width])`` columns, as every command prints.
+
+    The title gets its full width; the first column (names, paths) folds rather than being
+    cut with an ellipsis, since a truncated tensor name cannot be pasted into ``--tensor``;
+    a column given a ``max_width`` (long values) is cut with an ellipsis instead.
+    """
+    table = Table(title=title, title_justify="left", min_width=len(title) if title else None)
+    for index, (header, justify, *limit) in enumerate(columns):
+        if index == 0:
+            table.add_column(header, justify=justify, overflow="fold", min_width=12)  # type: ignore[arg-type]
+        elif limit:
+            table.add_column(
+                header, justify=justify, max_width=limit[0], overflow="ellipsis", no_wrap=True
+            )  # type: ignore[arg-type]
+        else:
+            table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    return table

@@ -192,7 +192,7 @@ def no_checkpoints_error(arg: str) -> CliError:
 
 
 def _nested_hint(path: Path, limit: int = 5) -> str:
-    """``; did you mean run1, run2?`` when sub-directories hold checkpoints."""
+    """``; sub-directories with checkpoints: A, B`` when the user pointed one level too high."""
     try:
         subdirs = [e for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
     except OSError:

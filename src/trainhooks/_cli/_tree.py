@@ -20,8 +20,9 @@ SEPARATOR = "/"
 
 
 def is_tensor(value: Any) -> bool:
-    """Whether a loaded leaf is an array (the store hands every tensor back as ndarray)."""
-    return isinstance(value, np.ndarray)
+    """Whether a loaded leaf is a stored tensor: an ndarray, or a NumPy scalar (a saved
+    ``np.float64(3.5)`` is stored as a 0-d tensor and loads back as a NumPy scalar)."""
+    return isinstance(value, (np.ndarray, np.generic))
 
 
 def flatten(tree: Any) -> dict[str, Any]:

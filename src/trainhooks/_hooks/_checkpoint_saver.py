@@ -153,8 +153,7 @@ class CheckpointSaverHook(SessionRunHook):
         for listener in self._listeners:
             if _call_listener(listener, "after_save", step, session):
                 _LOG.info(
-                    "A CheckpointSaverListener requested that training be stopped. "
-                    "listener: %r",
+                    "A CheckpointSaverListener requested that training be stopped. listener: %r",
                     listener,
                 )
                 should_stop = True

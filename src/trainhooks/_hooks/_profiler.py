@@ -26,6 +26,8 @@ MAX_PYTHON_EVENTS = 500_000  # bounds the memory of one traced step
 
 
 class _Tracer(Protocol):
+    def stop(self) -> None: ...
+
     def stop_and_export(self, path: Path) -> None: ...
 
 
@@ -96,9 +98,11 @@ class ProfilerHook(SessionRunHook):
             self.written.append(path)
         self._next_step = global_step + int(getattr(session, "steps_per_run", 1))
 
-    def end(self, session: Any) -> None:
+    def _release(self) -> None:
+        """Stop a trace left running when a traced step raised (the session calls this on
+        every exit path): a forgotten ``sys.setprofile`` would slow all later code."""
         tracer, self._tracer = self._tracer, None
-        if isinstance(tracer, _PythonTracer):
+        if tracer is not None:
             tracer.stop()
 
     def _start_tracer(self) -> _Tracer:
@@ -121,8 +125,11 @@ class _TorchTracer:
         self._profile = profile(activities=activities, profile_memory=show_memory)
         self._profile.start()
 
-    def stop_and_export(self, path: Path) -> None:
+    def stop(self) -> None:
         self._profile.stop()
+
+    def stop_and_export(self, path: Path) -> None:
+        self.stop()
         self._profile.export_chrome_trace(str(path))
 
 
@@ -166,18 +173,17 @@ class _PythonTracer:
             }
         )
 
-    def stop(self) -> list[dict[str, Any]]:
+    def stop(self) -> None:
         sys.setprofile(self._previous)
         now = time.perf_counter_ns()
         while self._stack:  # frames still open when tracing stopped end here
             name, start = self._stack.pop()
             self._record(name, start, now)
-        return self._events
 
     def stop_and_export(self, path: Path) -> None:
-        events = self.stop()
+        self.stop()
         trace = {
-            "traceEvents": events,
+            "traceEvents": self._events,
             "displayTimeUnit": "ms",
             "otherData": {"tracer": "trainhooks python", "truncated": self._truncated},
         }

@@ -38,7 +38,9 @@ class SummarySaverHook(SessionRunHook):
     ``result``); otherwise only the values ``scalars`` names (a list of names, or a dict
     ``{tag: name}``), which must be scalar-like. TF's ``summary_op`` has no meaning without a
     graph and is refused with a pointer to ``scalars``; ``scaffold`` is accepted and ignored.
-    Events are flushed after each write, so a crash loses none already written.
+    Events are flushed after each write, so a crash loses none already written; as in TF a
+    ``SessionLog.START`` marks the first step of each session, so TensorBoard drops what a
+    crashed earlier run wrote past the point this one resumed from.
     """
 
     def __init__(
@@ -92,6 +94,8 @@ class SummarySaverHook(SessionRunHook):
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         session = run_context.session
         global_step = int(session.global_step)
+        if self._next_step is None and isinstance(self._writer, ScalarWriter):
+            self._writer.add_session_start(global_step)
         if self._request:
             self._timer.update_last_triggered_step(global_step)
             if self._tags is None:
@@ -102,11 +106,14 @@ class SummarySaverHook(SessionRunHook):
         self._next_step = global_step + int(getattr(session, "steps_per_run", 1))
 
     def end(self, session: Any) -> None:
-        writer, self._writer = self._writer, (None if self._owns_writer else self._writer)
-        if isinstance(writer, ScalarWriter) and self._owns_writer:
+        if self._writer is not None and hasattr(self._writer, "flush"):
+            self._writer.flush()
+
+    def _release(self) -> None:
+        """Close the event file this hook opened; the session calls this on every exit."""
+        if self._owns_writer and isinstance(self._writer, ScalarWriter):
+            writer, self._writer = self._writer, None
             writer.close()
-        elif writer is not None and hasattr(writer, "flush"):
-            writer.flush()
 
     def _write(self, values: Mapping[str, float], step: int) -> None:
         writer = self._writer

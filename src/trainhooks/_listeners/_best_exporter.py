@@ -18,6 +18,7 @@ from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
 from trainhooks._store._durable import fsync_directory
+from trainhooks._store._faults import fault_point
 
 __all__ = ["BestCheckpointExporter", "BestExport"]
 
@@ -50,10 +51,14 @@ class BestCheckpointExporter(CheckpointSaverListener):
     holds complete exports only; leftovers are cleaned in ``begin()``, which also reloads
     the exports already there, so a restarted run keeps competing against them.
 
+    Which checkpoint: ``checkpoint_dir`` if given, else the session's (the directory of
+    ``MonitoredTrainingSession(checkpoint_dir=...)``). Pass it explicitly when the saver
+    hook writes elsewhere (TF's pattern of a ``CheckpointSaverHook`` in ``chief_only_hooks``
+    without ``checkpoint_dir`` on the session).
+
     The metric comes from ``source`` (an ``EvaluationListener`` placed before this one in
     the listener list) or ``metric_fn(session)``. Saves without a metric value are skipped;
-    ``end()`` looks again at the last step (the evaluator may evaluate it there). The
-    checkpoint's directory is ``checkpoint_dir`` or else the session's ``checkpoint_dir``.
+    ``end()`` looks again at the last step (the evaluator may evaluate it there).
     """
 
     def __init__(
@@ -85,7 +90,12 @@ class BestCheckpointExporter(CheckpointSaverListener):
 
     def begin(self) -> None:
         self.export_dir.mkdir(parents=True, exist_ok=True)
-        self._exports = self._load_existing()
+        exports = self._load_existing()
+        # a crash between committing a new export and removing the one it displaced
+        # leaves one too many: finish that removal now
+        self._exports, extra = exports[: self.keep], exports[self.keep :]
+        for old in extra:
+            self._remove(old)
         self._considered = set()
 
     def after_save(self, session: Any, global_step_value: int) -> None:
@@ -110,6 +120,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         ranked = sorted([*self._exports, export], key=self._rank_key)
         self._exports, dropped = ranked[: self.keep], ranked[self.keep :]
         for old in dropped:
+            fault_point("listener_export_before_remove")
             self._remove(old)
         logger.info("Exported step %d (%s = %s) to %s", step, self.metric, value, export.path)
 
@@ -120,7 +131,12 @@ class BestCheckpointExporter(CheckpointSaverListener):
     def _checkpoint_path(self, session: Any, step: int) -> Path:
         from trainhooks._store._reader import list_checkpoints
 
-        directory = self.checkpoint_dir or getattr(session, "checkpoint_dir", None)
+        directory = (
+            self.checkpoint_dir
+            or getattr(session, "checkpoint_dir", None)
+            # MonitoredSession keeps it private for now; see the module docstring
+            or getattr(session, "_checkpoint_dir", None)
+        )
         if directory is None:
             raise ValueError(
                 "BestCheckpointExporter: the session has no checkpoint_dir; pass "
@@ -141,6 +157,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         path = self.export_dir / f"{stem}.safetensors"
         metadata_path = self.export_dir / f"{stem}.json"
         export_safetensors(source, path)
+        fault_point("listener_export_before_metadata")
         metadata = {
             "format": EXPORT_FORMAT,
             "version": 1,

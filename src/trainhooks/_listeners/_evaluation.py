@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 class EvaluationListener(CheckpointSaverListener):
     """Calls ``eval_fn(session) -> {metric: number}`` after every ``every_n_saves``-th save.
+
+    Saves are counted from the one at session creation (the first), so with the default
+    ``every_n_saves=1`` the starting point is evaluated too.
 
     The state evaluated is exactly the one just committed (listeners run after the commit
     and before training goes on). Each result is kept in ``history`` (``{step: metrics}``,
@@ -151,6 +155,9 @@ class EvaluationListener(CheckpointSaverListener):
                 return
             assert self.output_dir is not None
             self._writer = ScalarWriter(self.output_dir / self.name)
+            # end() closes it; after an exception (no end) it closes with this listener
+            weakref.finalize(self, self._writer.close)
+            self._writer.add_session_start(step)  # drops a crashed run's later points
         self._writer.add_scalars(metrics, step)
         self._writer.flush()
 

@@ -73,7 +73,9 @@ def training_hooks(
             result.append(StepCounterHook(every_n_steps=int(every_n_steps), output_dir=output_dir))
         steps, secs = _positive(save_summaries_steps), _positive(save_summaries_secs)
         if steps is not None or secs is not None:
-            summary_hook = _summary_saver_hook(save_steps=steps, save_secs=secs, output_dir=output_dir)
+            summary_hook = _summary_saver_hook(
+                save_steps=steps, save_secs=secs, output_dir=output_dir
+            )
             if summary_hook is not None:
                 result.append(summary_hook)
     steps, secs = _positive(save_checkpoint_steps), _positive(save_checkpoint_secs)
@@ -81,7 +83,10 @@ def training_hooks(
         if _has_saver_for(checkpoint_dir, [*chief_only_hooks, *hooks]):
             # TF would install a second saver writing every checkpoint twice; here two
             # writers on one directory would collide on its lock, so the user's hook wins.
-            _LOG.info("a CheckpointSaverHook for %s was given; not adding the default one", checkpoint_dir)
+            _LOG.info(
+                "a CheckpointSaverHook for %s was given; not adding the default one",
+                checkpoint_dir,
+            )
         else:
             result.append(
                 CheckpointSaverHook._with_owned_saver(

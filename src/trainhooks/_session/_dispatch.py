@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainhooks._session._hook import overrides
+from trainhooks._session._hook import SessionRunValues, overrides
 
-__all__ = ["Coordinator", "HookCalls", "ReleaseHook"]
+__all__ = ["RELEASE_METHOD", "Coordinator", "HookCalls", "as_hook_list", "plain_run_values"]
 
 # A private protocol between the session and hooks that hold resources (a saver's directory
 # lock): ``_release()`` is called when the session closes, on every exit path, after
 # ``end`` on a normal exit. TF has no such event because TF's savers hold no locks.
-ReleaseHook = "_release"
+RELEASE_METHOD = "_release"
 
 
 def _implements(hook: object, method: str) -> bool:
@@ -62,7 +62,9 @@ class HookCalls:
             after_run=indexed("after_run"),
             end=calls("end"),
             release=tuple(
-                getattr(h, ReleaseHook) for h in hooks if callable(getattr(h, ReleaseHook, None))
+                getattr(h, RELEASE_METHOD)
+                for h in hooks
+                if callable(getattr(h, RELEASE_METHOD, None))
             ),
         )
 
@@ -103,3 +105,8 @@ def as_hook_list(hooks: Iterable[object] | None) -> list[object]:
             f"wrap it in a list: hooks=[{type(hooks).__name__}(...)]"
         )
     return list(hooks)
+
+
+def plain_run_values(result: Any) -> SessionRunValues:
+    """``SessionRunValues`` for a hook that asked for nothing: only the step's result."""
+    return SessionRunValues(None, None, None, result)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "SessionRunArgs",
@@ -91,9 +91,8 @@ class SessionRunContext:
         return self._stop_requested
 
 
-@dataclass(frozen=True)
-class SessionRunValues:
-    """What one step produced for one hook.
+class SessionRunValues(NamedTuple):
+    """What one step produced for one hook (a named tuple, as in TF).
 
     ``results`` holds the values named by that hook's ``SessionRunArgs`` (``None`` when it
     asked for nothing); ``options`` and ``run_metadata`` exist for TF compatibility.

@@ -118,6 +118,20 @@ class ScalarWriter:
         )
         shared.writer.add_event(event)
 
+    def add_session_start(self, step: int) -> None:
+        """Mark that a (re)started run writes from ``step`` on.
+
+        TensorBoard drops the events at ``step`` and later that an earlier, crashed run
+        left behind, so a resumed run's curves do not double back (TF's summary saver
+        writes the same ``SessionLog.START``).
+        """
+        shared = self._require_open()
+        session_log = shared.event_pb2.SessionLog(status=shared.event_pb2.SessionLog.START)
+        event = shared.event_pb2.Event(
+            wall_time=time.time(), step=int(step), session_log=session_log
+        )
+        shared.writer.add_event(event)
+
     def flush(self) -> None:
         """Write every pending event to disk (blocks until done)."""
         self._require_open().writer.flush()

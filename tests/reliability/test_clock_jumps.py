@@ -1,0 +1,110 @@
+"""Time-based saving keeps its cadence when the wall clock jumps forwards or backwards.
+
+The timer measures intervals with ``time.monotonic`` (reached through
+``trainhooks._session._timer._clock``, which the test drives: one second per step, no
+sleeping). ``time.time`` is patched to jump by days and years in both directions mid-run.
+The saved steps must be exactly those of the same run without jumps: a jump neither
+floods saves (forward) nor suppresses them (backward), as TF's wall-clock timer would.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _reliability_support import require_session
+
+import trainhooks
+from trainhooks._session import _timer
+
+DAY = 86400.0
+JUMPS = {7: 3 * DAY, 15: -365 * DAY, 23: 3600.0, 31: -2 * DAY}  # step -> wall-clock jump
+
+
+class Clocks:
+    """A monotonic clock advanced by the training step and a wall clock that jumps."""
+
+    def __init__(self, jumps: dict[int, float]) -> None:
+        self.monotonic = 1000.0
+        self.offset = 0.0
+        self.jumps = jumps
+        self._real_time = time.time
+
+    def wall(self) -> float:
+        return self._real_time() + self.offset
+
+    def step(self, step: int) -> None:
+        self.monotonic += 1.0
+        self.offset += self.jumps.get(step, 0.0)
+
+
+class SavedSteps(trainhooks.CheckpointSaverListener):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def after_save(self, session: Any, global_step_value: int) -> None:
+        self.steps.append(global_step_value)
+
+
+def run_with_clocks(
+    directory: Path, jumps: dict[int, float], monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """40 steps with a save every 10 s of monotonic time; returns the saved steps."""
+    import torch
+
+    clocks = Clocks(jumps)
+    monkeypatch.setattr(_timer, "_clock", lambda: clocks.monotonic)
+    monkeypatch.setattr(time, "time", clocks.wall)
+    listener = SavedSteps()
+    state = {"w": torch.zeros(4)}
+    hook = trainhooks.CheckpointSaverHook(
+        directory,
+        save_secs=10,
+        saver=trainhooks.Saver(max_to_keep=None),
+        listeners=[listener],
+    )
+
+    def train_step(step: int) -> None:
+        state["w"].add_(1.0)
+        clocks.step(step)
+
+    with trainhooks.MonitoredTrainingSession(
+        checkpoint_dir=directory,
+        state=state,
+        hooks=[trainhooks.StopAtStepHook(last_step=40)],
+        chief_only_hooks=[hook],
+        save_checkpoint_secs=None,
+        save_summaries_steps=None,
+        log_step_count_steps=None,
+    ) as session:
+        while not session.should_stop():
+            session.run(train_step, session.global_step + 1)
+    monkeypatch.undo()
+    return listener.steps
+
+
+def test_wall_clock_jumps_change_no_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_session()
+    steady = run_with_clocks(tmp_path / "steady", {}, monkeypatch)
+    jumping = run_with_clocks(tmp_path / "jumping", JUMPS, monkeypatch)
+    assert steady == [0, 10, 20, 30, 40]
+    assert jumping == steady
+    saved = [info.step for info in trainhooks.list_checkpoints(tmp_path / "jumping")]
+    assert saved == steady
+
+
+def test_the_timer_ignores_wall_clock_jumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    clocks = Clocks({})
+    monkeypatch.setattr(_timer, "_clock", lambda: clocks.monotonic)
+    monkeypatch.setattr(time, "time", clocks.wall)
+    timer = trainhooks.SecondOrStepTimer(every_secs=5)
+    fired = []
+    for step in range(1, 31):
+        clocks.step(step)
+        clocks.offset += -DAY if step % 2 else 7 * DAY  # the wall clock jumps at every step
+        if timer.should_trigger_for_step(step):
+            timer.update_last_triggered_step(step)
+            fired.append(step)
+    assert fired == [1, 6, 11, 16, 21, 26]

@@ -1,0 +1,57 @@
+"""The examples run as a user runs them: as subprocesses, checked by their output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_demo_is_killed_midway_resumes_and_learns(tmp_path):
+    run_dir = tmp_path / "demo"
+    out = run_example(
+        "demo_digits.py", f"--dir={run_dir}", "--steps=200", "--save-every=40", "--kill-at=100"
+    )
+    assert "killed the training process" in out
+    assert "resumed from step 80" in out
+    assert "this run ran steps 81–200 only" in out
+    assert "bit-identical to a run that was never interrupted: yes" in out
+    accuracy = float(re.search(r"final held-out accuracy at step 200: ([0-9.]+)", out)[1])
+    assert accuracy > 0.9
+    assert len(list((run_dir / "best").glob("best-*.safetensors"))) == 2
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_demo_refuses_to_delete_a_directory_it_did_not_make(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo_digits.py"), f"--dir={tmp_path}", "--no-crash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "did not write" in result.stderr
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_numpy_loop_trains_resumes_and_recovers_the_weights(tmp_path):
+    out = run_example("numpy_jax_loop.py", f"--dir={tmp_path}", "--steps=200", "--numpy")
+    assert "resumed from step 100" in out
+    mse = float(re.search(r"final validation mse: ([0-9.]+)", out)[1])
+    assert mse < 0.05
+    assert "checkpoints on disk: [0, 50, 100, 150, 200]" in out
