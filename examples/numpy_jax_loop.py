@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     train(directory, args.steps // 2, args.save_every, use_jax)
     print(f"session 2: same directory, train to step {args.steps}")
     result = train(directory, args.steps, args.save_every, use_jax)
-    w = np.asarray(result["params"]["w"])
+    w = [round(float(v), 3) for v in np.asarray(result["params"]["w"])]
     b = float(result["params"]["b"])
-    print(f"learned w = {np.round(w, 3).tolist()}, b = {b:.3f} (true {TRUE_W.tolist()}, {TRUE_B})")
+    print(f"learned w = {w}, b = {b:.3f} (true {TRUE_W.tolist()}, {TRUE_B})")
     print(f"final validation mse: {result['val_mse']:.5f}")
     print("checkpoints on disk:", [info.step for info in th.list_checkpoints(directory)])
 

@@ -55,3 +55,16 @@ def test_numpy_loop_trains_resumes_and_recovers_the_weights(tmp_path):
     mse = float(re.search(r"final validation mse: ([0-9.]+)", out)[1])
     assert mse < 0.05
     assert "checkpoints on disk: [0, 50, 100, 150, 200]" in out
+
+
+def test_numpy_loop_uses_jax_when_it_is_installed(tmp_path):
+    try:
+        import jax  # noqa: F401
+
+        backend = "JAX"
+    except ImportError:
+        backend = "NumPy"
+    out = run_example("numpy_jax_loop.py", f"--dir={tmp_path}", "--steps=100")
+    assert f"backend: {backend}" in out
+    assert "resumed from step 50" in out
+    assert float(re.search(r"final validation mse: ([0-9.]+)", out)[1]) < 0.05

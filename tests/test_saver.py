@@ -141,7 +141,7 @@ def test_export_safetensors_writes_one_standalone_file(tmp_path: Path) -> None:
 def _describe(value: Any) -> Any:
     """A JSON description of a loaded tree: type, dtype, shape and the raw bytes of arrays."""
     if isinstance(value, np.ndarray):
-        return ["array", value.dtype.str, list(value.shape), value.tobytes().hex()]
+        return ["array", value.dtype.name, list(value.shape), value.tobytes().hex()]
     if isinstance(value, dict):
         return ["dict", [[type(k).__name__, str(k), _describe(v)] for k, v in value.items()]]
     if isinstance(value, (list, tuple)):  # load() may return tuples as lists
@@ -165,6 +165,15 @@ _LOAD_IN_CHILD = _BLOCK_TORCH + textwrap.dedent(
 )
 
 
+def _bfloat16_or_uint16() -> np.dtype:
+    """What load() gives bfloat16 as: ml_dtypes' bfloat16 when installed, else raw uint16."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return np.dtype(np.uint16)
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def test_load_needs_no_torch_and_returns_nested_numpy(tmp_path: Path) -> None:
     import inspect
 
@@ -180,7 +189,7 @@ def test_load_needs_no_torch_and_returns_nested_numpy(tmp_path: Path) -> None:
         info = saver.save(state, tmp_path, step=5)
     expected = {
         "model": {k: v.numpy() for k, v in model.state_dict().items()},
-        "half": state["half"].view(torch.int16).numpy().view(np.uint16),  # no ml_dtypes here
+        "half": state["half"].view(torch.int16).numpy().view(_bfloat16_or_uint16()),
         "tree": {0: {"m": state["tree"][0]["m"].numpy()}, "lr": 0.5, "tag": None},
         "table": state["table"],
     }
@@ -210,3 +219,25 @@ def test_numpy_only_save_and_restore_work_without_torch(tmp_path: Path) -> None:
     result = _run_python(code, os.fspath(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_metadata_that_is_not_json_is_refused_before_writing(tmp_path: Path) -> None:
+    from trainhooks import CheckpointFormatError
+
+    with Saver() as saver:
+        for metadata in ({"lr": np.float32(0.1)}, {"loss": float("nan")}, {"obj": object()}):
+            with pytest.raises(CheckpointFormatError, match="metadata"):
+                saver.save({"w": np.zeros(2)}, tmp_path, step=1, metadata=metadata)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".trainhooks.lock"], "leftovers"
+
+
+def test_a_saved_step_is_always_listable(tmp_path: Path) -> None:
+    """Steps past 12 digits must either be refused or still be found afterwards."""
+    with Saver() as saver:
+        try:
+            info = saver.save({"w": np.zeros(2)}, tmp_path, step=10**12)
+        except ValueError:
+            assert not [p for p in tmp_path.iterdir() if p.name.startswith("ckpt")]
+            return
+    assert latest_checkpoint(tmp_path) == info
+    assert [i.step for i in list_checkpoints(tmp_path)] == [10**12]

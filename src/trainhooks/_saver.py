@@ -17,8 +17,10 @@ from typing import Any
 from trainhooks._exceptions import (
     CheckpointCorruptError,
     CheckpointError,
+    CheckpointFormatError,
     CheckpointNotFoundError,
     CheckpointWriteError,
+    StateMismatchError,
 )
 from trainhooks._state._apply import apply_state
 from trainhooks._state._arrays import empty_array, finish_array
@@ -29,7 +31,7 @@ from trainhooks._store._commit import commit_checkpoint
 from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
-from trainhooks._store._reader import CheckpointReader, list_checkpoints
+from trainhooks._store._reader import CheckpointReader, list_checkpoints, scan_checkpoints
 from trainhooks._store._retention import clean_leftovers, remove_checkpoint
 
 __all__ = ["Saver", "load"]
@@ -167,7 +169,11 @@ class Saver:
             return self._restore_from(
                 committed_path(directory, self.basename, step), state, cast, strict
             )
-        candidates = list_checkpoints(directory, basename=self.basename)
+        candidates, broken = scan_checkpoints(directory, self.basename)
+        newest_valid = candidates[-1].step if candidates else -1
+        for error in broken:
+            if error.step is None or error.step > newest_valid:
+                warnings.warn(f"{error}; skipping it", stacklevel=2)
         if not candidates:
             raise CheckpointNotFoundError(
                 f"no checkpoint to restore in {directory}", path=directory
@@ -196,7 +202,12 @@ class Saver:
             raise CheckpointCorruptError(
                 f"{path}: the saved state is not a mapping", path=path, step=reader.step
             )
-        apply_state(state, saved, strict=strict, cast=cast)
+        try:
+            apply_state(state, saved, strict=strict, cast=cast)
+        except StateMismatchError as exc:
+            raise StateMismatchError(
+                f"{exc} (restoring {path}, step {reader.step})", path=path, step=reader.step
+            ) from None
         return reader.info
 
     # -- lifetime -------------------------------------------------------------------
@@ -249,7 +260,7 @@ def read_tree(
 
     try:
         return decode_tree(reader.manifest.tree, read_tensor)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, CheckpointFormatError) as exc:
         raise CheckpointCorruptError(
             f"checkpoint {reader.path} (step {reader.step}) has a malformed state tree: {exc}",
             path=reader.path,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from safetensors import safe_open
 
 import trainhooks
@@ -85,8 +84,4 @@ def test_export_of_a_corrupt_checkpoint_fails_and_writes_nothing(cli, run, damag
     assert "'mask'" in result.err and "step 20" in result.err
     assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "run"]
-    if leftovers:
-        pytest.xfail(
-            f"store bug: export_safetensors leaves its temp file {leftovers} when a "
-            "tensor fails verification (only OSError triggers the cleanup)"
-        )
+    assert leftovers == [], "a failed export must not leave its temp file behind"

@@ -99,3 +99,14 @@ def test_a_missing_name_says_what_the_step_returned():
     hook = th.LoggingTensorHook(["nope"], every_n_iter=1)
     with pytest.raises(KeyError, match="nope"), th.MonitoredSession(hooks=[hook]) as session:
         session.run(lambda: {"loss": 1.0})
+
+
+def test_at_end_with_a_schedule_logs_both(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    run_steps(th.LoggingTensorHook(["count"], every_n_iter=2, at_end=True), 5)
+    assert [m.split(" (")[0] for m in messages(caplog)] == [
+        "count = 0",
+        "count = 2",
+        "count = 4",
+        "count = 4",
+    ]

@@ -66,3 +66,11 @@ def test_finite_losses_of_any_scalar_type_pass():
         for value in values:
             session.run(lambda value=value: {"loss": value})
         assert not session.should_stop()
+
+
+def test_a_missing_loss_says_what_the_step_returned():
+    hooks = [th.NanTensorHook("loss")]
+    with pytest.raises(KeyError, match=r"'loss'.*return it"), th.MonitoredSession(hooks=hooks) as s:
+        s.run(lambda: {"lose": 1.0})
+    with pytest.raises(KeyError, match="not a mapping"), th.MonitoredSession(hooks=hooks) as s:
+        s.run(lambda: 1.0)

@@ -202,3 +202,14 @@ def test_a_sigkill_during_an_export_is_finished_or_undone_at_restart(
     with safe_open(best / "best-000000000010.safetensors", framework="numpy") as f:
         (name,) = f.keys()
         np.testing.assert_array_equal(f.get_tensor(name), np.full(4, 10.0, dtype=np.float32))
+
+
+def test_exports_ranked_by_another_metric_are_never_mixed_in(tmp_path):
+    first = th.BestCheckpointExporter("acc", export_dir=tmp_path / "best", metric_fn=score)
+    train(tmp_path / "ckpt", [first], last_step=2)
+    other = th.BestCheckpointExporter(
+        "loss", mode="min", export_dir=tmp_path / "best", metric_fn=score
+    )
+    with pytest.raises(ValueError, match="own export_dir"):
+        train(tmp_path / "ckpt", [other], last_step=4)
+    assert exported_steps(tmp_path / "best") == [2]

@@ -51,6 +51,9 @@ def assert_same_tree(actual: Any, expected: Any, path: str = "state") -> None:
         assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same_tree(a, e, f"{path}[{i}]")
+    elif isinstance(expected, np.generic):  # NumPy scalars: compare their bits
+        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
+        assert actual.tobytes() == expected.tobytes(), f"{path}: {actual!r} != {expected!r}"
     elif isinstance(expected, float):
         assert _same_float(actual, expected), f"{path}: {actual!r} != {expected!r}"
     else:

@@ -186,6 +186,9 @@ FORGED_MANIFESTS: dict[str, Callable[[dict[str, Any]], None]] = {
         "tree", {"type": "dict", "items": [["weight", {"type": "tensor", "name": "../../x"}]]}
     ),
     "tree_is_a_list": lambda b: b.__setitem__("tree", [1, 2, 3]),
+    "tree_torch_dtype_names_a_function": lambda b: b.__setitem__(
+        "tree", {"type": "dict", "items": [["weight", {"type": "torch_dtype", "value": "load"}]]}
+    ),
 }
 
 

@@ -167,13 +167,13 @@ def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -
     try:
         info = trainhooks.verify_checkpoint(path, progress=report)
     except (trainhooks.CheckpointCorruptError, trainhooks.CheckpointFormatError) as exc:
-        usage = not_a_checkpoint(path, exc) if single else None
-        if usage is not None:
-            raise usage from exc
         if not single and not path.exists():
             return _vanished(path)
         return Outcome(path, exc.step if exc.step is not None else _step_of(path), None, exc)
-    except (trainhooks.CheckpointNotFoundError, FileNotFoundError):
+    except (trainhooks.CheckpointNotFoundError, FileNotFoundError) as exc:
+        usage = not_a_checkpoint(path, exc) if single else None
+        if usage is not None:
+            raise usage from exc
         if single:
             raise
         return _vanished(path)

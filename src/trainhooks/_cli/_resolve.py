@@ -208,13 +208,11 @@ def _nested_hint(path: Path, limit: int = 5) -> str:
 def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:
     """A usage error if ``exc`` (from reading ``path``) means it was never a checkpoint.
 
-    The store reports a directory without a manifest as corrupt with no step; for a
-    directory not named like a checkpoint that means "not a checkpoint" (exit 2), while a
-    ``ckpt-000000000100`` without a readable manifest stays corrupt (exit 1).
+    The store reports a directory that is not named like a checkpoint and has no manifest
+    as not found: that is a usage error (exit 2), while a ``ckpt-000000000100`` without a
+    readable manifest is corrupt (exit 1).
     """
-    if not isinstance(exc, trainhooks.CheckpointCorruptError) or exc.step is not None:
-        return None
-    if committed_basename(path.resolve().name) is not None:
+    if not isinstance(exc, trainhooks.CheckpointNotFoundError) or not path.is_dir():
         return None
     return CliError(
         f"{path} is neither a checkpoint nor a directory of checkpoints{_nested_hint(path)}",
@@ -227,7 +225,7 @@ def reading(path: Path) -> Iterator[None]:
     """Around a store call on ``path``: turn "no manifest in a foreign directory" into exit 2."""
     try:
         yield
-    except trainhooks.CheckpointCorruptError as exc:
+    except trainhooks.CheckpointNotFoundError as exc:
         usage = not_a_checkpoint(path, exc)
         if usage is not None:
             raise usage from exc

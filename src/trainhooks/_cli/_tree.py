@@ -10,6 +10,7 @@ of hundreds of leaves. Nothing here prints: rendering lives in the command modul
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,8 +72,6 @@ def find_leaf(leaves: Mapping[str, Any], name: str) -> str:
         return matches[0]
     if matches:
         raise KeyError(f"{name!r} is ambiguous; it matches {', '.join(matches[:8])}")
-    import difflib
-
     close = difflib.get_close_matches(name, list(leaves), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise KeyError(f"no entry named {name!r}{hint}")

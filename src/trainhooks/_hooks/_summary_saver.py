@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from trainhooks._session._hook import (
-    SessionRunArgs,
     SessionRunContext,
     SessionRunHook,
     SessionRunValues,
+    select_fetches,
 )
 from trainhooks._session._timer import SecondOrStepTimer
 from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like, require_tensorboard
@@ -74,36 +74,36 @@ class SummarySaverHook(SessionRunHook):
         self._writer: SupportsAddScalar | None = summary_writer
         self._owns_writer = summary_writer is None
         self._tags = _tag_map(scalars)
-        self._args = SessionRunArgs(self._tags) if self._tags is not None else None
-        self._next_step: int | None = None
-        self._request = False
+        self._started = False
 
     def begin(self) -> None:
         if self._owns_writer and self._writer is None:
             assert self._output_dir is not None
             self._writer = ScalarWriter(self._output_dir)
         self._timer.reset()
-        self._next_step = None
-
-    def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
-        self._request = self._next_step is None or self._timer.should_trigger_for_step(
-            self._next_step
-        )
-        return self._args if self._request else None
+        self._started = False
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
-        session = run_context.session
-        global_step = int(session.global_step)
-        if self._next_step is None and isinstance(self._writer, ScalarWriter):
-            self._writer.add_session_start(global_step)
-        if self._request:
+        # Decided here, not in before_run as TF must (it adds the summary op to the fetches
+        # beforehand): the values are in the step's result anyway, and a hook without
+        # before_run keeps every step on the session's fastest path.
+        global_step = run_context.session.global_step
+        first = not self._started
+        if first:
+            self._started = True
+            if isinstance(self._writer, ScalarWriter):
+                self._writer.add_session_start(global_step)
+        if first or self._timer.should_trigger_for_step(global_step):
             self._timer.update_last_triggered_step(global_step)
-            if self._tags is None:
-                values = scalar_summaries(run_values.step_result)
-            else:
-                values = {tag: _checked(tag, v) for tag, v in run_values.results.items()}
-            self._write(values, global_step)
-        self._next_step = global_step + int(getattr(session, "steps_per_run", 1))
+            self._write(self._values(run_values.step_result), global_step)
+
+    def _values(self, step_result: Any) -> dict[str, float]:
+        if self._tags is None:
+            return scalar_summaries(step_result)
+        return {
+            tag: _checked(tag, select_fetches(name, step_result))
+            for tag, name in self._tags.items()
+        }
 
     def end(self, session: Any) -> None:
         if self._writer is not None and hasattr(self._writer, "flush"):

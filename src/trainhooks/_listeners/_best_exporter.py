@@ -134,7 +134,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         directory = (
             self.checkpoint_dir
             or getattr(session, "checkpoint_dir", None)
-            # MonitoredSession keeps it private for now; see the module docstring
+            # MonitoredSession keeps it private for now; see the class docstring
             or getattr(session, "_checkpoint_dir", None)
         )
         if directory is None:
@@ -203,12 +203,20 @@ class BestCheckpointExporter(CheckpointSaverListener):
     def _read_export(self, metadata_path: Path, path: Path) -> BestExport | None:
         try:
             meta = json.loads(metadata_path.read_text(encoding="utf-8"))
-            if meta.get("format") != EXPORT_FORMAT or meta.get("metric") != self.metric:
-                return None  # another exporter's file: not ours to rank or delete
-            export = BestExport(int(meta["step"]), float(meta["value"]), path, metadata_path)
+            ours = isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT
+            if ours:
+                export = BestExport(int(meta["step"]), float(meta["value"]), path, metadata_path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("Ignoring unreadable export metadata %s: %s", metadata_path, exc)
             return None
+        if not ours:
+            return None  # not an export: not ours to rank or delete
+        if meta.get("metric") != self.metric or meta.get("mode") != self.mode:
+            raise ValueError(
+                f"BestCheckpointExporter: {self.export_dir} holds exports ranked by "
+                f"{meta.get('metric')!r} ({meta.get('mode')}), not {self.metric!r} "
+                f"({self.mode}); give each exporter its own export_dir"
+            )
         if not path.is_file():
             logger.warning("Ignoring %s: its tensor file %s is missing", metadata_path, path)
             return None

@@ -28,9 +28,9 @@ class EvaluationListener(CheckpointSaverListener):
 
     The state evaluated is exactly the one just committed (listeners run after the commit
     and before training goes on). Each result is kept in ``history`` (``{step: metrics}``,
-    in order), ``last_step`` and ``last_metrics``, so listeners placed after this one in the
-    list (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read the metrics of
-    the save they are called for.
+    latest evaluation last), ``last_step`` and ``last_metrics``, so listeners placed after
+    this one in the list (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read
+    the metrics of the save they are called for.
 
     With ``output_dir``, every evaluation is appended to ``output_dir/<name>.jsonl`` (one
     JSON object per line, flushed and fsynced, so it survives a crash right after) and, when
@@ -103,6 +103,7 @@ class EvaluationListener(CheckpointSaverListener):
         """Evaluate now, record the metrics at ``step`` and return them."""
         raw = self.eval_fn(session)
         metrics = self._as_metrics(raw, step)
+        self.history.pop(step, None)  # re-evaluated (after a recovery): it is the latest now
         self.history[step] = metrics
         if self.output_dir is not None:
             self._append_jsonl(step, metrics)

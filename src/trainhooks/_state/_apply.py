@@ -104,7 +104,9 @@ class _Applier:
     def _checked_against(self, template: Any, value: Any, path: tuple[Any, ...]) -> Any:
         """Check saved tensors against the target's current ones (shape/dtype), casting if asked."""
         if array_kind(value) is not None and array_kind(template) is not None:
-            return self._compatible(template, value, path)
+            if self._needs_cast(template, value, path):
+                return _cast_like(value, template)
+            return value
         if isinstance(value, dict) and isinstance(template, Mapping):
             return {
                 k: self._checked_against(template.get(k), v, (*path, k)) if k in template else v
@@ -128,7 +130,7 @@ class _Applier:
         writable = kind == "torch" or (kind == "numpy" and target.flags.writeable)
         if not writable:
             return value.materialize() if isinstance(value, MappedTensor) else value
-        self._compatible(target, value, path)  # raises on a mismatch unless cast=True
+        self._needs_cast(target, value, path)  # raises on a mismatch unless cast=True
         if kind == "torch":
             torch = sys.modules["torch"]
             source = value.as_torch() if isinstance(value, MappedTensor) else value
@@ -141,8 +143,9 @@ class _Applier:
             np.copyto(target, source, casting="unsafe")
         return target
 
-    def _compatible(self, target: Any, value: Any, path: tuple[Any, ...]) -> Any:
-        """``value`` if it matches ``target``'s shape and dtype; cast when ``cast=True``."""
+    def _needs_cast(self, target: Any, value: Any, path: tuple[Any, ...]) -> bool:
+        """Whether ``value`` must be cast to fit ``target``; raises on a shape mismatch, and on
+        a dtype mismatch unless ``cast=True``."""
         t_shape, v_shape = tuple(target.shape), tuple(value.shape)
         t_dtype, v_dtype = _dtype_name(target), _dtype_name(value)
         if t_shape != v_shape:
@@ -156,8 +159,8 @@ class _Applier:
                     f"cannot restore {_where(path)}: the checkpoint has dtype {v_dtype}, the "
                     f"target has {t_dtype}; pass cast=True to convert"
                 )
-            return _cast_like(value, target)
-        return value
+            return True
+        return False
 
 
 def _cast_like(value: Any, target: Any) -> Any:

@@ -68,7 +68,7 @@ def commit_checkpoint(
     replaced: Path | None = None
     try:
         os.mkdir(staging)
-        manifest = _write_contents(staging, step, tensors, tree, metadata)
+        manifest, manifest_size = _write_contents(staging, step, tensors, tree, metadata)
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
@@ -91,14 +91,15 @@ def commit_checkpoint(
     if replaced is not None:
         with contextlib.suppress(OSError):
             shutil.rmtree(replaced)
+    nbytes = manifest.nbytes + manifest_size
     return CheckpointInfo(
-        step, final, manifest.time, manifest.nbytes, len(manifest.tensors), manifest.format_version
+        step, final, manifest.time, nbytes, len(manifest.tensors), manifest.format_version
     )
 
 
 def _write_contents(
     staging: Path, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
-) -> Manifest:
+) -> tuple[Manifest, int]:
     header, entries = build_header(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
         {"format": "pt", "producer": "trainhooks", "step": str(step)},
@@ -116,8 +117,9 @@ def _write_contents(
     records = [_record(entry, crc) for entry, crc in zip(entries, checksums, strict=True)]
     manifest = Manifest(step, time.time(), files, records, tree, metadata)
     fault_point("before_manifest")
-    _write_file(staging / MANIFEST_FILE, [memoryview(manifest.to_bytes())])
-    return manifest
+    manifest_bytes = manifest.to_bytes()
+    _write_file(staging / MANIFEST_FILE, [memoryview(manifest_bytes)])
+    return manifest, len(manifest_bytes)
 
 
 def _record(entry: HeaderEntry, checksum: int) -> TensorRecord:

@@ -56,9 +56,11 @@ def export_safetensors(
             os.close(fd)
         os.rename(temp, out)
         fsync_directory(out.parent)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        if not isinstance(exc, OSError):
+            raise  # e.g. CheckpointCorruptError from verification: nothing is left behind
         raise CheckpointWriteError(
             f"could not export {checkpoint_path} to {out}: {exc.strerror or exc}",
             path=out,

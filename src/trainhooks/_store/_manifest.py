@@ -67,6 +67,7 @@ class Manifest:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the data files (the manifest's own size is added by its reader)."""
         return sum(f["size"] for f in self.files.values())
 
     def to_bytes(self) -> bytes:
@@ -92,15 +93,19 @@ class Manifest:
         if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
             raise ManifestError("not a trainhooks manifest (missing 'format')")
         version = body.get("format_version")
-        if isinstance(version, int) and version > FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        stored = body.pop(_CHECKSUM_KEY, None)
+        if stored != crc32c.crc32c(_canonical(body)):
+            hint = f" (it claims format version {version}; if a newer trainhooks wrote it, upgrade)"
+            raise ManifestError(
+                f"manifest checksum mismatch: the manifest is corrupt{hint if newer else ''}"
+            )
+        if newer:
             raise ManifestError(
                 f"format version {version} is newer than this trainhooks reads "
                 f"({FORMAT_VERSION}); upgrade trainhooks",
                 newer=True,
             )
-        stored = body.pop(_CHECKSUM_KEY, None)
-        if stored != crc32c.crc32c(_canonical(body)):
-            raise ManifestError("manifest checksum mismatch: the manifest is corrupt")
         return _from_body(body)
 
 

@@ -73,7 +73,8 @@ class CheckpointReader:
     @property
     def info(self) -> CheckpointInfo:
         m = self.manifest
-        return CheckpointInfo(m.step, self.path, m.time, m.nbytes, len(m.tensors), m.format_version)
+        nbytes = m.nbytes + self._manifest_size
+        return CheckpointInfo(m.step, self.path, m.time, nbytes, len(m.tensors), m.format_version)
 
     def read_into(self, record: TensorRecord, out: memoryview, *, verify: bool = True) -> None:
         """Read ``record``'s bytes into ``out`` (a writable flat byte view) and verify them."""
@@ -127,15 +128,23 @@ class CheckpointReader:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            if not self.path.is_dir():
+            if (
+                not self.path.is_dir()
+                or parse_committed(self.path.name, _basename_of(self.path)) is None
+            ):
                 raise CheckpointNotFoundError(
-                    f"{self.path} does not exist", path=self.path
+                    f"{self.path} is not a trainhooks checkpoint (no {MANIFEST_FILE}; it "
+                    "should be a directory like ckpt-000000000100)"
+                    if self.path.is_dir()
+                    else f"{self.path} does not exist",
+                    path=self.path,
                 ) from None
             raise self._corrupt(f"{MANIFEST_FILE} is missing: not a committed checkpoint") from None
         if not stat.S_ISREG(info.st_mode):
             raise self._corrupt(f"{MANIFEST_FILE} is not a plain file (symlinks are refused)")
         if info.st_size > MAX_MANIFEST_BYTES:
             raise self._corrupt(f"{MANIFEST_FILE} is {info.st_size} bytes, over the cap")
+        self._manifest_size = info.st_size
         try:
             manifest = Manifest.from_bytes(path.read_bytes())
         except ManifestError as exc:
@@ -154,9 +163,13 @@ class CheckpointReader:
         if not stat.S_ISREG(info.st_mode):
             raise self._corrupt(f"{name} is not a plain file (symlinks are refused)")
         if info.st_size != expected.get("size"):
+            cut = next(
+                (r for r in self.manifest.tensors if r.file == name and r.end > info.st_size), None
+            )
             raise self._corrupt(
                 f"{name} is {info.st_size} bytes, the manifest says {expected.get('size')} "
-                "(truncated or overwritten?)"
+                "(truncated or overwritten?)",
+                cut,
             )
         with open(path, "rb", buffering=0) as f:
             prefix = f.read(8)
@@ -240,3 +253,8 @@ def verify_checkpoint(
 ) -> CheckpointInfo:
     """Fully verify one checkpoint; raise :class:`CheckpointCorruptError` naming what is bad."""
     return CheckpointReader(path).verify(progress)
+
+
+def _basename_of(path: Path) -> str:
+    """The basename part of ``<basename>-<step>`` (any basename counts as a checkpoint name)."""
+    return path.name.rpartition("-")[0] or DEFAULT_BASENAME

@@ -42,6 +42,8 @@ def as_scalar(value: Any) -> float:
     A torch tensor on an accelerator is copied to the host by ``item()``: callers do this
     only on the steps they log, never on every step.
     """
+    if type(value) is float:  # the common case, checked first: hooks call this per step
+        return value
     if not is_scalar_like(value):
         shape = getattr(value, "shape", None)
         detail = f" of shape {tuple(shape)}" if shape is not None else ""
