@@ -35,6 +35,13 @@ def test_demo_is_killed_midway_resumes_and_learns(tmp_path):
     assert len(list((run_dir / "best").glob("best-*.safetensors"))) == 2
     assert list(run_dir.glob("events.out.tfevents.*"))
 
+    # --resume continues the finished run in the same directory for more steps
+    out = run_example(
+        "demo_digits.py", f"--dir={run_dir}", "--steps=240", "--save-every=40", "--resume"
+    )
+    assert "resumed from step 200" in out
+    assert "final held-out accuracy at step 240" in out
+
 
 def test_demo_refuses_to_delete_a_directory_it_did_not_make(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")

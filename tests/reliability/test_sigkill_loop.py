@@ -103,9 +103,9 @@ def drive(zygote: Zygote, config: dict[str, Any], plan: Plan) -> WorkerRun:
             run.status = status
             return run
         _record(run, event, value)
-        if not run.killed_by_parent and run.start is not None:
-            if len(run.saved) >= plan.saves_before_kill and _kill_after(zygote, run, plan):
-                return run
+        due = run.start is not None and len(run.saved) >= plan.saves_before_kill
+        if due and not run.killed_by_parent and _kill_after(zygote, run, plan):
+            return run
 
 
 def _record(run: WorkerRun, event: str, value: str) -> None:
@@ -260,4 +260,3 @@ def test_fault_env_var_kill_before_rename_leaves_previous_step_and_is_cleaned(
     assert events_of(resumed.stdout)[0] == ("start", 1)
     assert not leftovers(directory)
     assert [i.step for i in trainhooks.list_checkpoints(directory)] == [0, 1, 2, 3, 4]
-

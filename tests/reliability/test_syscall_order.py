@@ -123,7 +123,8 @@ def test_a_save_writes_fsyncs_closes_each_file_then_commits_by_rename(tmp_path: 
         synced = first(save, "fsync", pattern, opened.index)
         closing = first(save, "close", pattern, synced.index)
         assert writes and all(opened.index < w.index < synced.index for w in writes)
-        assert sum(w.result for w in writes) == (directory / "ckpt-000000000001" / name).stat().st_size
+        final_size = (directory / "ckpt-000000000001" / name).stat().st_size
+        assert sum(w.result for w in writes) == final_size
         closed[name] = closing.index
     manifest_open = first(save, "openat", f"{staging}/manifest.json$")
     assert closed["tensors.safetensors"] < manifest_open.index, "manifest must be written last"
@@ -151,7 +152,8 @@ def test_resaving_a_step_never_leaves_the_directory_without_that_step(
     if injected == "error=EIO":
         assert "RESAVE_ERROR 5" in stdout, stdout
     steps = [info.step for info in trainhooks.list_checkpoints(directory)]
-    assert steps == [0, 1], f"step 1 vanished; on disk: {sorted(p.name for p in directory.iterdir())}"
+    on_disk = sorted(p.name for p in directory.iterdir())
+    assert steps == [0, 1], f"step 1 vanished; on disk: {on_disk}"
     trainhooks.verify_checkpoint(directory / "ckpt-000000000001")
     with trainhooks.Saver(max_to_keep=None) as saver:  # the next start sweeps leftovers
         saver.save({"x": [1]}, directory, 2)

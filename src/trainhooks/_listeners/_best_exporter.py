@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainhooks._exceptions import CheckpointNotFoundError
 from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
@@ -131,12 +132,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
     def _checkpoint_path(self, session: Any, step: int) -> Path:
         from trainhooks._store._reader import list_checkpoints
 
-        directory = (
-            self.checkpoint_dir
-            or getattr(session, "checkpoint_dir", None)
-            # MonitoredSession keeps it private for now; see the class docstring
-            or getattr(session, "_checkpoint_dir", None)
-        )
+        directory = self.checkpoint_dir or getattr(session, "checkpoint_dir", None)
         if directory is None:
             raise ValueError(
                 "BestCheckpointExporter: the session has no checkpoint_dir; pass "
@@ -145,8 +141,10 @@ class BestCheckpointExporter(CheckpointSaverListener):
         for info in list_checkpoints(directory):
             if info.step == step:
                 return info.path
-        raise FileNotFoundError(
-            f"BestCheckpointExporter: no committed checkpoint for step {step} in {directory}"
+        raise CheckpointNotFoundError(
+            f"BestCheckpointExporter: no committed checkpoint for step {step} in {directory}",
+            path=directory,
+            step=step,
         )
 
     def _export(self, session: Any, step: int, value: float) -> BestExport:

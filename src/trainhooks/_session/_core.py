@@ -127,6 +127,11 @@ class MonitoredSession:
 
     # -- the public surface -------------------------------------------------------------
 
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The directory state was restored from (and the default saver writes), if any."""
+        return self._checkpoint_dir
+
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as one step with every hook; return its result.
 
