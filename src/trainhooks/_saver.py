@@ -7,6 +7,7 @@ named tensors, the store commits them crash-safely. It also owns retention (TF's
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -92,12 +93,11 @@ class Saver:
         retention. Returns only once the checkpoint survives a crash or power loss."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
+        metadata = _checked_metadata(metadata)
         tree, tensors = encode_state(state)
         directory = Path(directory).absolute()
         held = self._directory(directory, step)
-        info = commit_checkpoint(
-            directory, self.basename, step, tensors, tree, dict(metadata or {})
-        )
+        info = commit_checkpoint(directory, self.basename, step, tensors, tree, metadata)
         held.managed = [c for c in held.managed if c.step != step] + [info]
         self._apply_retention(held)
         return info
@@ -222,6 +222,20 @@ class Saver:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's metadata as a dict, refused up front unless it is plain JSON."""
+    metadata = dict(metadata or {})
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointFormatError(
+            f"checkpoint metadata must be plain JSON (str keys; str, int, finite float, bool, "
+            f"None, lists and dicts of them): {exc}; convert values such as NumPy scalars "
+            "with float() or int()"
+        ) from None
+    return metadata
 
 
 def _same_directory(directory: Path, inode: int) -> bool:

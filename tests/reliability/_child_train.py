@@ -159,8 +159,20 @@ def run_worker(config: dict[str, Any]) -> None:
         run_saver_worker(config)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphaned trainers)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed test run may leave a worker behind
+
+
 def zygote() -> None:
     """Import everything once, then fork one worker per config line read on stdin."""
+    die_with_parent()
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool exists at fork time; replays match bit for bit
@@ -175,6 +187,7 @@ def zygote() -> None:
         config = json.loads(line)
         pid = os.fork()
         if pid == 0:
+            die_with_parent()
             os._exit(_worker_exit_code(config))
         announce("worker", pid)
         _, status = os.waitpid(pid, 0)

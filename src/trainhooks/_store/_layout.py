@@ -51,16 +51,22 @@ def deleting_name(basename: str, step: int) -> str:
 
 def parse_committed(name: str, basename: str) -> int | None:
     """The step of a committed checkpoint's directory name, or None for any other name."""
-    match = re.fullmatch(rf"{re.escape(basename)}-(\d{{12}})", name)
-    return int(match.group(1)) if match else None
+    match = re.fullmatch(rf"{re.escape(basename)}-(\d{{12,}})", name)
+    return _canonical_step(match.group(1)) if match else None
 
 
 def leftover_step(name: str, basename: str) -> int | None:
     """The step of a staging or deletion entry this library made, or None."""
     match = re.fullmatch(
-        rf"{re.escape(basename)}-(\d{{12}})\.(?:tmp|deleting)-[0-9a-f]{{32}}", name
+        rf"{re.escape(basename)}-(\d{{12,}})\.(?:tmp|deleting)-[0-9a-f]{{32}}", name
     )
-    return int(match.group(1)) if match else None
+    return _canonical_step(match.group(1)) if match else None
+
+
+def _canonical_step(digits: str) -> int | None:
+    """The step, if ``digits`` is exactly how ``committed_name`` spells it (12+ digits)."""
+    step = int(digits)
+    return step if f"{step:012d}" == digits else None
 
 
 def committed_path(directory: Path, basename: str, step: int) -> Path:
