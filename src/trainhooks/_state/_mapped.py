@@ -14,29 +14,9 @@ from typing import Any
 import numpy as np
 
 from trainhooks._state._arrays import empty_array, finish_array
-from trainhooks._store._dtypes import numpy_dtype_for
+from trainhooks._store._dtypes import DTYPE_NAMES, numpy_dtype_for
 
-__all__ = ["DTYPE_NAMES", "MappedTensor"]
-
-# safetensors code -> dtype name as torch and NumPy spell it (for mismatch checks)
-DTYPE_NAMES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "U16": "uint16",
-    "I16": "int16",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "U32": "uint32",
-    "I32": "int32",
-    "F32": "float32",
-    "U64": "uint64",
-    "I64": "int64",
-    "F64": "float64",
-    "C64": "complex64",
-}
+__all__ = ["MappedTensor"]
 
 
 class MappedTensor:

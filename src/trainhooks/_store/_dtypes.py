@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DTYPE_ITEMSIZE", "numpy_dtype_for", "safetensors_code_for_numpy"]
+__all__ = ["DTYPE_ITEMSIZE", "DTYPE_NAMES", "numpy_dtype_for", "safetensors_code_for_numpy"]
 
 # safetensors code -> bytes per element. Anything else is refused on save and on load.
 DTYPE_ITEMSIZE: dict[str, int] = {
@@ -26,13 +26,17 @@ DTYPE_ITEMSIZE: dict[str, int] = {
     "C64": 8,
 }
 
-_NUMPY_BY_CODE: dict[str, str] = {
+# safetensors code -> the dtype's name as torch and NumPy (with ml_dtypes) spell it
+DTYPE_NAMES: dict[str, str] = {
     "BOOL": "bool",
     "U8": "uint8",
     "I8": "int8",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
     "U16": "uint16",
     "I16": "int16",
     "F16": "float16",
+    "BF16": "bfloat16",
     "U32": "uint32",
     "I32": "int32",
     "F32": "float32",
@@ -47,8 +51,8 @@ _ML_DTYPES_BY_CODE: dict[str, tuple[str, str]] = {
     "F8_E4M3": ("float8_e4m3fn", "uint8"),
     "F8_E5M2": ("float8_e5m2", "uint8"),
 }
-_CODE_BY_NUMPY: dict[str, str] = {name: code for code, name in _NUMPY_BY_CODE.items()}
-_CODE_BY_NUMPY.update({ml: code for code, (ml, _) in _ML_DTYPES_BY_CODE.items()})
+_NUMPY_BY_CODE = {c: n for c, n in DTYPE_NAMES.items() if c not in _ML_DTYPES_BY_CODE}
+_CODE_BY_NUMPY: dict[str, str] = {name: code for code, name in DTYPE_NAMES.items()}
 
 
 def numpy_dtype_for(code: str) -> np.dtype:
