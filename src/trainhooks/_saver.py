@@ -7,6 +7,7 @@ named tensors, the store commits them crash-safely. It also owns retention (TF's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -33,23 +34,48 @@ from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
 from trainhooks._store._reader import CheckpointReader, list_checkpoints, scan_checkpoints
-from trainhooks._store._retention import clean_leftovers, remove_checkpoint
+from trainhooks._store._retention import (
+    RetentionRecord,
+    clean_leftovers,
+    plan_retention,
+    remove_step,
+)
 
 __all__ = ["Saver", "load"]
 
 
 class _DirectoryState:
-    """What a saver knows about one directory it writes: its lock and retention window."""
+    """What a saver knows about one directory it writes: its lock and retention record."""
 
-    def __init__(self, directory: Path, basename: str, max_to_keep: int | None) -> None:
+    def __init__(self, directory: Path, saver: Saver) -> None:
+        self.directory = directory
         self.lock = DirectoryLock(directory)
         self.lock.acquire()
         self.inode = os.stat(directory).st_ino
-        clean_leftovers(directory, basename)
-        existing = list_checkpoints(directory, basename=basename)
-        # Like TF's recover_last_checkpoints: only the newest window of a previous run is
-        # managed; anything older was kept on purpose and is never deleted by retention.
-        self.managed: list[CheckpointInfo] = existing[-max_to_keep:] if max_to_keep else []
+        clean_leftovers(directory, saver.basename)
+        self.record = self._recover(saver)
+
+    def _recover(self, saver: Saver) -> RetentionRecord:
+        """Continue the retention of the run that wrote the newest checkpoint here.
+
+        Its manifest says which checkpoints are still managed and which were chosen for
+        deletion (a crash may have come before they were removed). Without
+        a record (no checkpoint yet, or one written by another tool), behave like TF's
+        ``recover_last_checkpoints``: manage the newest window, leave older ones alone.
+        """
+        existing = list_checkpoints(self.directory, basename=saver.basename)
+        fresh_keep_time = saver.first_keep_time
+        if not existing:
+            return RetentionRecord(next_keep_time=fresh_keep_time)
+        newest = existing[-1]
+        raw = CheckpointReader(newest.path).manifest.retention
+        record = RetentionRecord.from_json(raw) if raw is not None else None
+        if record is None:
+            window = existing[-saver.max_to_keep :] if saver.max_to_keep else []
+            return RetentionRecord(tuple((c.step, c.time) for c in window), (), fresh_keep_time)
+        # Victims a crash kept from being removed are deleted after the next commit.
+        pending = tuple(step for step in record.delete if step < newest.step)
+        return RetentionRecord(record.managed, pending, record.next_keep_time)
 
 
 class Saver:
@@ -57,7 +83,9 @@ class Saver:
 
     ``max_to_keep=None`` (or 0) keeps every checkpoint. Of the checkpoints that fall out of
     the ``max_to_keep`` window, one is kept for good every ``keep_checkpoint_every_n_hours``
-    (measured from the saver's creation, as TF does).
+    (measured from the first saver's creation, as TF does, and carried across restarts).
+    Retention survives crashes: its state is stored in each checkpoint's manifest, so the
+    next writer finishes deletions a crash interrupted (see ``docs/design.md``).
     """
 
     def __init__(
@@ -76,8 +104,8 @@ class Saver:
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.basename = check_basename(basename)
         self.verify_on_restore = verify_on_restore
-        self._keep_interval = keep_checkpoint_every_n_hours * 3600.0
-        self._next_keep_time = time.time() + self._keep_interval
+        self.keep_interval = keep_checkpoint_every_n_hours * 3600.0
+        self.first_keep_time = time.time() + self.keep_interval  # TF: from the saver's creation
         self._directories: dict[Path, _DirectoryState] = {}
 
     # -- saving ---------------------------------------------------------------------
@@ -97,9 +125,20 @@ class Saver:
         tree, tensors = encode_state(state)
         directory = Path(directory).absolute()
         held = self._directory(directory, step)
-        info = commit_checkpoint(directory, self.basename, step, tensors, tree, metadata)
-        held.managed = [c for c in held.managed if c.step != step] + [info]
-        self._apply_retention(held)
+        when = time.time()
+        plan = plan_retention(held.record, step, when, self.max_to_keep, self.keep_interval)
+        info = commit_checkpoint(
+            directory,
+            self.basename,
+            step,
+            tensors,
+            tree,
+            metadata,
+            when=when,
+            retention=plan.to_json(),
+        )
+        held.record = plan
+        self._delete_victims(held)  # only now that the new checkpoint is durable
         return info
 
     def _directory(self, directory: Path, step: int) -> _DirectoryState:
@@ -123,31 +162,24 @@ class Saver:
                     step=step,
                     errno=exc.errno,
                 ) from exc
-            held = _DirectoryState(directory, self.basename, self.max_to_keep)
+            held = _DirectoryState(directory, self)
             self._directories[directory] = held
         return held
 
-    def _apply_retention(self, held: _DirectoryState) -> None:
-        if self.max_to_keep is None:
-            held.managed = []
-            return
-        while len(held.managed) > self.max_to_keep:
-            victim = held.managed.pop(0)
-            if victim.time >= self._next_keep_time:
-                self._next_keep_time = victim.time + self._keep_interval
-                continue  # preserved for good, as keep_checkpoint_every_n_hours asks
+    def _delete_victims(self, held: _DirectoryState) -> None:
+        for step in held.record.delete:
             try:
-                remove_checkpoint(victim, self.basename)
-            except FileNotFoundError:
-                continue  # already gone (removed by hand): nothing to do
+                remove_step(held.directory, step, self.basename)
             except OSError as exc:
                 raise CheckpointWriteError(
-                    f"retention could not delete {victim.path} (step {victim.step}): "
-                    f"{exc.strerror}; the new checkpoint is committed",
-                    path=victim.path,
-                    step=victim.step,
+                    f"retention could not delete the checkpoint of step {step} in "
+                    f"{held.directory}: {exc.strerror}; the new checkpoint is committed and "
+                    "the next save retries the deletion",
+                    path=held.directory,
+                    step=step,
                     errno=exc.errno,
                 ) from exc
+        held.record = dataclasses.replace(held.record, delete=())
 
     # -- restoring ------------------------------------------------------------------
     def restore(

@@ -161,13 +161,13 @@ def run_worker(config: dict[str, Any]) -> None:
 
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no orphaned trainers)."""
+    import contextlib
     import ctypes
     import signal
 
-    try:
+    # not Linux: a killed test run may leave a worker behind
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: a killed test run may leave a worker behind
 
 
 def zygote() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability_support import LONG, report_figure
+from _reliability_support import LONG, long_timeout, report_figure
 
 import trainhooks
 
@@ -103,6 +103,7 @@ def test_a_second_saver_in_the_same_process_is_refused_until_the_first_closes(
     assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1, 2]
 
 
+@long_timeout
 def test_restoring_in_a_loop_while_a_writer_saves_and_deletes_never_fails(tmp_path: Path) -> None:
     directory = tmp_path / "ckpt"
     process = writer(directory, READER_SAVES, hold=False)
@@ -159,6 +160,7 @@ def load_latest_loop(directory: Path) -> int:
     return count
 
 
+@long_timeout
 def test_load_of_a_checkpoint_deleted_under_it_is_a_typed_error(tmp_path: Path) -> None:
     """``load(path)`` of a checkpoint that retention removes meanwhile: success or a typed
     ``CheckpointError``, never a bare ``FileNotFoundError``."""

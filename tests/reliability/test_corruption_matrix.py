@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability_support import LONG, report_figure
+from _reliability_support import LONG, long_timeout, report_figure
 
 import trainhooks
 
@@ -212,6 +212,7 @@ def check_fallback(directory: Path, score: Score, damage: Damage | None = None) 
         score.miss(f"silent fallback (no warning about step 2) for {damage}")
 
 
+@long_timeout
 def test_every_flip_and_cut_in_every_file_is_detected_and_named(two_checkpoints: Path) -> None:
     checkpoint = two_checkpoints / "ckpt-000000000002"
     layout = read_layout(checkpoint)

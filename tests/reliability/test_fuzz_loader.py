@@ -34,7 +34,7 @@ from typing import Any
 import crc32c
 import numpy as np
 import pytest
-from _reliability_support import LONG, report_figure
+from _reliability_support import LONG, long_timeout, report_figure
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,6 +155,7 @@ raw_edit = st.tuples(
 )
 
 
+@long_timeout
 @FUZZ
 @given(edits=st.lists(raw_edit, min_size=1, max_size=4))
 def test_raw_byte_damage_gives_typed_errors(template: dict[str, bytes], edits: list[Any]) -> None:
@@ -213,6 +214,7 @@ def replace_at(body: Any, path: tuple[Any, ...], value: Any, delete: bool) -> An
     return body
 
 
+@long_timeout
 @FUZZ
 @given(data=st.data())
 def test_any_sealed_manifest_value_gives_typed_errors(
@@ -242,6 +244,7 @@ header_entry = st.fixed_dictionaries(
 tensor_names = st.sampled_from(["model/weight", "model/bias", "arr", "half", "../x", "a/../../b"])
 
 
+@long_timeout
 @FUZZ
 @given(
     entries=st.dictionaries(tensor_names | st.text(max_size=12), header_entry, max_size=5),

@@ -132,7 +132,9 @@ def _kill_after(zygote: Zygote, run: WorkerRun, plan: Plan) -> bool:
     return False
 
 
-def check_after_kill(directory: Path, reference: Reference, run: WorkerRun, latest: int) -> int:
+def check_after_kill(
+    directory: Path, reference: Reference, run: WorkerRun, latest: int, kills_so_far: int
+) -> int:
     """All invariants after one dead worker; returns the new latest step."""
     assert run.sigkilled, f"worker {run.pid} was not killed (status {run.status})"
     if run.start is not None:
@@ -144,7 +146,8 @@ def check_after_kill(directory: Path, reference: Reference, run: WorkerRun, late
     announced = max([*run.saved, latest])
     assert info.step >= announced, f"step went back: {info.step} < {announced}"
     assert info.step <= max([announced, run.start or 0]) + 1, "a step was never trained"
-    assert_listing_clean(directory)
+    # all listed checkpoints verify in full every 10th kill, the newest three every time
+    assert_listing_clean(directory, verify_newest=None if kills_so_far % 10 == 0 else 3)
     assert_restores_exactly(directory, reference, info.step)
     tree = trainhooks.load(info.path)
     assert np.all(np.asarray(tree["marker"]) == float(info.step))
@@ -165,7 +168,7 @@ def kill_loop(
         if run.start is not None and any(step > run.start for step in run.saved):
             assert not before & leftovers(directory), "leftovers survived the next start"
             tally.leftovers_cleaned += len(before)
-        latest = check_after_kill(directory, reference, run, latest)
+        latest = check_after_kill(directory, reference, run, latest, tally.kills)
         tally.kills += 1
         tally.resumes_checked += run.start is not None
         if run.killed_by_parent:
@@ -260,3 +263,20 @@ def test_fault_env_var_kill_before_rename_leaves_previous_step_and_is_cleaned(
     assert events_of(resumed.stdout)[0] == ("start", 1)
     assert not leftovers(directory)
     assert [i.step for i in trainhooks.list_checkpoints(directory)] == [0, 1, 2, 3, 4]
+
+
+def test_a_kill_between_commit_and_retention_leaves_no_extra_checkpoint_forever(
+    tmp_path: Path,
+) -> None:
+    """max_to_keep=2, killed right after committing step 2 (before retention removed step 0):
+    once the next run has saved a few more steps, only the newest two may remain. Otherwise
+    every crash in that window leaks one checkpoint for good (12 kept instead of 2 after the
+    50-kill loop above)."""
+    directory = tmp_path / "ckpt"
+    config = {"mode": "saver", "directory": str(directory), "last_step": 10, "max_to_keep": 2}
+    killed = run_child(config, faults="after_rename=kill@3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-3000:]
+    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [0, 1, 2]
+    resumed = run_child({**config, "last_step": 6})
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [5, 6]

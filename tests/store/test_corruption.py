@@ -220,3 +220,19 @@ def test_flip_deep_inside_a_multi_chunk_tensor_is_caught(tmp_path: Path, store_t
     assert caught.value.tensor == "big"
     with pytest.raises(CheckpointCorruptError):
         Saver().restore({"big": np.zeros_like(big)}, tmp_path, step=1)
+
+
+@pytest.mark.parametrize("cut", [1, 300])
+def test_truncated_data_names_the_first_tensor_cut_off(cut, two_checkpoints, store_tools):
+    _, bad = two_checkpoints
+    path = bad / DATA
+    size = path.stat().st_size
+    _, header = store_tools.read_header(path)
+    names = [n for n in header if n != "__metadata__"]
+    ranges = {n: store_tools.tensor_byte_range(path, n) for n in names}
+    first_cut = min((n for n in names if ranges[n][1] > size - cut), key=lambda n: ranges[n][0])
+    _truncate(path, -cut)
+    with pytest.raises(CheckpointCorruptError) as caught:
+        verify_checkpoint(bad)
+    assert caught.value.file == DATA
+    assert caught.value.tensor == first_cut, str(caught.value)

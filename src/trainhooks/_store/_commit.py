@@ -11,6 +11,7 @@ staging directory and becomes a :class:`CheckpointWriteError` carrying errno, pa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -61,14 +62,23 @@ def commit_checkpoint(
     tensors: Sequence[TensorSource],
     tree: Any,
     metadata: dict[str, Any],
+    *,
+    when: float | None = None,
+    retention: dict[str, Any] | None = None,
 ) -> CheckpointInfo:
-    """Write and durably commit a checkpoint of ``tensors`` + ``tree`` at ``step``."""
+    """Write and durably commit a checkpoint of ``tensors`` + ``tree`` at ``step``.
+
+    ``when`` is the wall time recorded (default: now); ``retention`` is stored as is in the
+    manifest for the saver that writes after this one.
+    """
+    when = time.time() if when is None else when
     staging = directory / staging_name(basename, step)
     final = committed_path(directory, basename, step)
     replaced: Path | None = None
     try:
         os.mkdir(staging)
-        manifest, manifest_size = _write_contents(staging, step, tensors, tree, metadata)
+        skeleton = Manifest(step, when, {}, [], tree, metadata, retention=retention)
+        manifest, manifest_size = _write_contents(staging, skeleton, tensors)
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
@@ -77,9 +87,11 @@ def commit_checkpoint(
         fault_point("after_rename")
         fault_point("before_parent_fsync")
         fsync_directory(directory)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
+        if not isinstance(exc, OSError):
+            raise  # e.g. KeyboardInterrupt: nothing is left behind
         raise CheckpointWriteError(
             f"could not save the checkpoint of step {step} in {directory}: "
             f"{exc.strerror or exc} ({exc.filename or staging}); committed checkpoints are "
@@ -98,8 +110,10 @@ def commit_checkpoint(
 
 
 def _write_contents(
-    staging: Path, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+    staging: Path, skeleton: Manifest, tensors: Sequence[TensorSource]
 ) -> tuple[Manifest, int]:
+    """Write the data file, then the manifest (``skeleton`` completed with files and tensors)."""
+    step = skeleton.step
     header, entries = build_header(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
         {"format": "pt", "producer": "trainhooks", "step": str(step)},
@@ -115,7 +129,7 @@ def _write_contents(
         }
     }
     records = [_record(entry, crc) for entry, crc in zip(entries, checksums, strict=True)]
-    manifest = Manifest(step, time.time(), files, records, tree, metadata)
+    manifest = dataclasses.replace(skeleton, files=files, tensors=records)
     fault_point("before_manifest")
     manifest_bytes = manifest.to_bytes()
     _write_file(staging / MANIFEST_FILE, [memoryview(manifest_bytes)])

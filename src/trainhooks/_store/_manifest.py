@@ -64,6 +64,7 @@ class Manifest:
     tree: Any
     metadata: dict[str, Any]
     format_version: int = FORMAT_VERSION
+    retention: dict[str, Any] | None = None  # the saver's RetentionRecord, as JSON
 
     @property
     def nbytes(self) -> int:
@@ -81,6 +82,8 @@ class Manifest:
             "tree": self.tree,
             "metadata": self.metadata,
         }
+        if self.retention is not None:
+            body["retention"] = self.retention
         body[_CHECKSUM_KEY] = crc32c.crc32c(_canonical(body))
         return _canonical(body)
 
@@ -131,7 +134,11 @@ def _from_body(body: dict[str, Any]) -> Manifest:
     if not isinstance(metadata, dict):
         raise ManifestError("manifest 'metadata' is not an object")
     records = [_record(raw, files) for raw in tensors]
-    return Manifest(step, float(when), files, records, tree, metadata, body["format_version"])
+    retention = body.get("retention")
+    retention = retention if isinstance(retention, dict) else None
+    return Manifest(
+        step, float(when), files, records, tree, metadata, body["format_version"], retention
+    )
 
 
 def _record(raw: Any, files: dict[str, Any]) -> TensorRecord:
