@@ -68,7 +68,8 @@ class _DirectoryState:
         if not existing:
             return RetentionRecord(next_keep_time=fresh_keep_time)
         newest = existing[-1]
-        raw = CheckpointReader(newest.path).manifest.retention
+        with CheckpointReader(newest.path) as reader:
+            raw = reader.manifest.retention
         record = RetentionRecord.from_json(raw) if raw is not None else None
         if record is None:
             window = existing[-saver.max_to_keep :] if saver.max_to_keep else []
@@ -201,46 +202,63 @@ class Saver:
             return self._restore_from(
                 committed_path(directory, self.basename, step), state, cast, strict
             )
-        candidates, broken = scan_checkpoints(directory, self.basename)
-        newest_valid = candidates[-1].step if candidates else -1
-        for error in broken:
-            if error.step is None or error.step > newest_valid:
-                warnings.warn(f"{error}; skipping it", stacklevel=2)
-        if not candidates:
-            raise CheckpointNotFoundError(
-                f"no checkpoint to restore in {directory}", path=directory
-            )
-        failures: list[CheckpointError] = []
-        for info in reversed(candidates):
-            try:
-                restored = self._restore_from(info.path, state, cast, strict)
-            except CheckpointCorruptError as exc:
-                warnings.warn(f"{exc}; falling back to an older checkpoint", stacklevel=2)
-                failures.append(exc)
-                continue
-            return restored
-        raise CheckpointCorruptError(
-            f"every checkpoint in {directory} is corrupt ({len(failures)} tried); "
-            f"newest: {failures[0]}",
+        warned: set[str] = set()
+        for _ in range(_RESCANS):  # a live writer's retention may delete what we picked
+            candidates, broken = scan_checkpoints(directory, self.basename)
+            newest_valid = candidates[-1].step if candidates else -1
+            for error in broken:
+                if error.step is None or error.step > newest_valid:
+                    _warn_once(warned, f"{error}; skipping it")
+            if not candidates:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint to restore in {directory}", path=directory
+                )
+            failures: list[CheckpointError] = []
+            for info in reversed(candidates):
+                try:
+                    return self._restore_from(info.path, state, cast, strict)
+                except CheckpointNotFoundError:
+                    break  # deleted while we read it: newer ones exist; scan again
+                except CheckpointCorruptError as exc:
+                    _warn_once(warned, f"{exc}; falling back to an older checkpoint")
+                    failures.append(exc)
+            else:
+                raise CheckpointCorruptError(
+                    f"every checkpoint in {directory} is corrupt ({len(failures)} tried); "
+                    f"newest: {failures[0]}",
+                    path=directory,
+                )
+        raise CheckpointNotFoundError(
+            f"checkpoints in {directory} kept disappearing while being restored "
+            f"({_RESCANS} attempts): is another writer pruning it aggressively?",
             path=directory,
         )
 
     def _restore_from(
         self, path: Path, state: MutableMapping[str, Any], cast: bool, strict: bool
     ) -> CheckpointInfo:
-        reader = CheckpointReader(path)
-        saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
+        with CheckpointReader(path) as reader:
+            saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
+            info = reader.info
         if not isinstance(saved, dict):
             raise CheckpointCorruptError(
-                f"{path}: the saved state is not a mapping", path=path, step=reader.step
+                f"{path}: the saved state is not a mapping", path=path, step=info.step
             )
         try:
             apply_state(state, saved, strict=strict, cast=cast)
         except StateMismatchError as exc:
             raise StateMismatchError(
-                f"{exc} (restoring {path}, step {reader.step})", path=path, step=reader.step
+                f"{exc} (restoring {path}, step {info.step})", path=path, step=info.step
             ) from None
-        return reader.info
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+            # the bytes verified, so the checkpoint does not fit what it is loaded into
+            raise StateMismatchError(
+                f"cannot restore {path} (step {info.step}) into the given state: "
+                f"{type(exc).__name__}: {exc}",
+                path=path,
+                step=info.step,
+            ) from exc
+        return info
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
@@ -254,6 +272,15 @@ class Saver:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+_RESCANS = 5
+
+
+def _warn_once(warned: set[str], message: str) -> None:
+    if message not in warned:
+        warned.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -320,4 +347,5 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     Needs no framework: torch tensors come back as NumPy arrays (bfloat16 as
     ``ml_dtypes.bfloat16`` when installed, else as its raw ``uint16`` bits).
     """
-    return to_plain(read_tree(CheckpointReader(path), verify=verify, numpy_only=True))
+    with CheckpointReader(path) as reader:
+        return to_plain(read_tree(reader, verify=verify, numpy_only=True))

@@ -9,6 +9,7 @@ gone. A reader restoring the latest checkpoint in a loop while a writer process 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability_support import LONG, long_timeout, report_figure
+from _reliability_support import COMMITTED_NAME, LONG, long_timeout, report_figure
 
 import trainhooks
 
@@ -161,25 +162,59 @@ def load_latest_loop(directory: Path) -> int:
 
 
 @long_timeout
+def test_listing_while_a_writer_deletes_never_fails(tmp_path: Path) -> None:
+    """``latest_checkpoint`` while retention removes old checkpoints: never an exception,
+    never None once a checkpoint existed, never a step older than one seen before."""
+    directory = tmp_path / "ckpt"
+    process = writer(directory, READER_SAVES, hold=False)
+    newest_seen, calls = -1, 0
+    while process.poll() is None:
+        try:
+            latest = trainhooks.latest_checkpoint(directory)
+        except Exception as exc:
+            process.kill()
+            pytest.fail(f"latest_checkpoint raised {type(exc).__name__}: {exc}")
+        calls += 1
+        if latest is None:
+            assert newest_seen < 0, "latest_checkpoint said None after a checkpoint existed"
+            continue
+        assert latest.step >= newest_seen, f"latest went back from {newest_seen}"
+        newest_seen = latest.step
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    report_figure("concurrent_listing", calls=calls, newest_seen=newest_seen)
+
+
+@long_timeout
 def test_load_of_a_checkpoint_deleted_under_it_is_a_typed_error(tmp_path: Path) -> None:
     """``load(path)`` of a checkpoint that retention removes meanwhile: success or a typed
     ``CheckpointError``, never a bare ``FileNotFoundError``."""
     directory = tmp_path / "ckpt"
     process = writer(directory, READER_SAVES, hold=False)
     kinds: Counter[str] = Counter()
+    path = directory / "ckpt-000000000001"
     while process.poll() is None:
-        latest = trainhooks.latest_checkpoint(directory)
-        if latest is None:
-            continue
         try:
-            tree = trainhooks.load(latest.path)
+            tree = trainhooks.load(path)
         except trainhooks.CheckpointError as exc:
             kinds[type(exc).__name__] += 1
+            path = _newest_name(directory, path)
             continue
         except OSError as exc:
-            pytest.fail(f"bare {type(exc).__name__} from load({latest.path}): {exc}")
-        assert tree["c"]["n"] == latest.step
+            process.kill()
+            pytest.fail(f"bare {type(exc).__name__} from load({path}): {exc}")
+        assert tree["c"]["n"] == int(path.name.split("-")[-1])
         kinds["loaded"] += 1
+        path = _newest_name(directory, path)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr.decode()[-3000:]
     report_figure("concurrent_load", **kinds)
+
+
+def _newest_name(directory: Path, fallback: Path) -> Path:
+    """The newest committed-looking name in ``directory`` (plain listing, no validation)."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if COMMITTED_NAME.fullmatch(n))
+    except FileNotFoundError:
+        return fallback
+    return directory / names[-1] if names else fallback

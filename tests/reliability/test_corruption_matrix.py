@@ -201,11 +201,13 @@ def check_fallback(directory: Path, score: Score, damage: Damage | None = None) 
         warnings.simplefilter("always")
         with trainhooks.Saver() as saver:
             info = saver.restore(state, directory)
-    assert info.step == 1
-    assert_same_state(state, make_state(1))
     latest = trainhooks.latest_checkpoint(directory)
     assert latest is not None and latest.step in (1, 2)
     score.fallbacks_checked += 1
+    if info.step != 1:
+        score.miss(f"restore accepted the damaged step {info.step} for {damage}")
+        return
+    assert_same_state(state, make_state(1))
     if any("ckpt-000000000002" in str(w.message) for w in caught):
         score.fallbacks_warned += 1
     else:
@@ -270,7 +272,7 @@ def test_missing_or_replaced_files_fall_back_to_the_previous_checkpoint(
     assert target.name in str(caught.value)
     score = Score()
     check_fallback(two_checkpoints, score)
-    assert score.fallbacks_warned == 1, "restore fell back to step 1 without any warning"
+    assert not score.misses, score.misses
 
 
 def test_an_explicitly_requested_corrupt_step_raises_instead_of_falling_back(

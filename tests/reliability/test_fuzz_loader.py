@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import pickle
-import shutil
 import struct
 import subprocess
 import sys
@@ -35,17 +32,21 @@ import crc32c
 import numpy as np
 import pytest
 from _reliability_support import LONG, long_timeout, report_figure
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import trainhooks
 
 DATA, MANIFEST, NAME = "tensors.safetensors", "manifest.json", "ckpt-000000000001"
 EXAMPLES = 3000 if LONG else 150
+# Default runs are deterministic and skip shrinking (a failure reports the raw example in a
+# few seconds instead of minutes); long runs explore randomly and shrink to minimal examples.
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=not LONG,
+    database=None,
+    phases=tuple(Phase) if LONG else (Phase.explicit, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 MEMORY_SLACK = 4 * 1024 * 1024  # interpreter noise allowed on top of the input-size bound
@@ -183,9 +184,11 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12)
-    | st.sampled_from(["../../etc/passwd", "/etc/passwd", DATA, "F32", "BF16", "tensor"]),
+    | st.sampled_from(["../../etc/passwd", "/etc/passwd", DATA, "F32", "BF16", "tensor"])
+    | st.sampled_from([[], {}]),
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, min_size=1, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, min_size=1, max_size=4)
     ),
     max_leaves=12,
 )
@@ -367,65 +370,3 @@ def test_nasty_inputs_under_an_address_space_cap(
     untyped = {case: r for case, r in results.items() if any(x.startswith("UNTYPED") for x in r)}
     assert not untyped, untyped
     assert all(outcome[1] == "CheckpointCorruptError" for outcome in results.values()), results
-
-
-# -- a planted pickle is never executed --------------------------------------------------
-
-
-class Planted:
-    """Unpickling this creates ``marker``: proof that something ran a pickle."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.mkdir, (self.marker,))
-
-
-def pickle_payloads(marker: Path) -> dict[str, bytes]:
-    import io
-
-    import torch
-
-    raw = pickle.dumps(Planted(marker))
-    buffer = io.BytesIO()
-    torch.save({"weights": Planted(marker)}, buffer)
-    return {"pickle": raw, "torch_save": buffer.getvalue()}
-
-
-@pytest.mark.parametrize("target", [DATA, MANIFEST])
-@pytest.mark.parametrize("kind", ["pickle", "torch_save"])
-def test_a_planted_pickle_is_never_executed(
-    template: dict[str, bytes],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    target: str,
-    kind: str,
-) -> None:
-    marker = tmp_path / "pwned"
-    payload = pickle_payloads(marker)[kind]
-    pickle.loads(pickle.dumps(Planted(tmp_path / "selftest")))  # the payload does work...
-    assert (tmp_path / "selftest").is_dir()
-
-    def forbidden(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("trainhooks called an unpickler")
-
-    for module, name in ((pickle, "loads"), (pickle, "load"), (pickle, "Unpickler")):
-        monkeypatch.setattr(module, name, forbidden)
-    import torch
-
-    monkeypatch.setattr(torch, "load", forbidden)
-    directory = tmp_path / "ckpt"
-    with trainhooks.Saver() as saver:
-        saver.save(template_state(), directory, 1)
-        saver.save(template_state(), directory, 2)
-    (directory / "ckpt-000000000002" / target).write_bytes(payload)
-    for reader in (trainhooks.verify_checkpoint, trainhooks.load):
-        with pytest.raises(trainhooks.CheckpointCorruptError):
-            reader(directory / "ckpt-000000000002")
-    assert trainhooks.list_checkpoints(directory)[0].step == 1
-    with warnings.catch_warnings(), trainhooks.Saver() as saver:
-        warnings.simplefilter("ignore")
-        assert saver.restore(template_state(), directory).step == 1
-    assert not marker.exists(), "a pickle payload was executed"
-    shutil.rmtree(tmp_path / "selftest")

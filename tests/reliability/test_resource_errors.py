@@ -117,9 +117,14 @@ def run_child_save(directory: Path, preexec: Callable[[], None], fix: Callable[[
     finally:
         child.stdin.write(b"go\n")
         child.stdin.close()
-    second = json.loads(child.stdout.readline() or b"{}")
+    second_line = child.stdout.readline()
+    assert child.stderr is not None
+    errors = child.stderr.read().decode(errors="replace")
     child.wait(timeout=300)
-    return first, second
+    child.stdout.close()
+    child.stderr.close()
+    assert second_line, f"child died after the first attempt: {errors[-3000:]}"
+    return first, json.loads(second_line)
 
 
 def test_efbig_from_rlimit_fsize_is_a_write_error_and_the_next_save_succeeds(

@@ -24,7 +24,7 @@ from typing import Any
 import crc32c
 
 from trainhooks._exceptions import CheckpointWriteError
-from trainhooks._store._durable import fsync_directory, fsync_fd, write_all
+from trainhooks._store._durable import exchange_paths, fsync_directory, fsync_fd, write_all
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
@@ -83,8 +83,7 @@ def commit_checkpoint(
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
-        replaced = _move_aside(final, basename, step)
-        os.rename(staging, final)
+        replaced = _rename_into_place(staging, final, basename, step)
         fault_point("after_rename")
         fault_point("before_parent_fsync")
         fsync_directory(directory)
@@ -176,10 +175,20 @@ def _write_file(path: Path, chunks: Iterable[memoryview]) -> None:
     os.close(fd)
 
 
-def _move_aside(final: Path, basename: str, step: int) -> Path | None:
-    """Rename an existing checkpoint of the same step out of the way (it is being replaced)."""
+def _rename_into_place(staging: Path, final: Path, basename: str, step: int) -> Path | None:
+    """The commit point. Re-saving a step swaps the new checkpoint in atomically, so the step
+    is never missing, not even for an instant; returns where the old copy now is."""
     if not os.path.lexists(final):
+        os.rename(staging, final)
         return None
+    if exchange_paths(staging, final):
+        return staging  # the old checkpoint now lives under the staging name
+    # No atomic exchange here: move the old copy aside, and put it back if the rename fails.
     aside = final.parent / deleting_name(basename, step)
     os.rename(final, aside)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        os.rename(aside, final)
+        raise
     return aside

@@ -8,13 +8,16 @@ dirty pages, so a retry that succeeds would prove nothing.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from trainhooks._exceptions import (
     CheckpointLockedError,
@@ -23,7 +26,7 @@ from trainhooks._exceptions import (
 )
 from trainhooks._store._faults import fault_point
 
-__all__ = ["DirectoryLock", "fsync_directory", "fsync_fd", "write_all"]
+__all__ = ["DirectoryLock", "exchange_paths", "fsync_directory", "fsync_fd", "write_all"]
 
 LOCK_NAME = ".trainhooks.lock"
 
@@ -53,6 +56,44 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         fsync_fd(fd)
     finally:
         os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the platform or filesystem cannot (the caller falls back to two
+    renames); raises ``OSError`` for any other failure.
+    """
+    renameat2 = _libc_renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
+
+
+@functools.cache
+def _libc_renameat2() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
 
 
 class DirectoryLock:

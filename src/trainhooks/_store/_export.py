@@ -31,7 +31,11 @@ def export_safetensors(
     Tensor names are the checkpoint's (e.g. ``model/fc1.weight``); ``__metadata__`` holds
     ``trainhooks_step`` and ``trainhooks_tree`` (the JSON state tree).
     """
-    reader = CheckpointReader(checkpoint_path)
+    with CheckpointReader(checkpoint_path) as reader:
+        return _export(reader, Path(out_path))
+
+
+def _export(reader: CheckpointReader, out_path: Path) -> Path:
     records = reader.manifest.tensors
     header, _ = build_header(
         [(r.name, r.dtype, r.shape, r.end - r.begin) for r in records],
@@ -42,7 +46,7 @@ def export_safetensors(
             "trainhooks_tree": json.dumps(reader.manifest.tree, separators=(",", ":")),
         },
     )
-    out = Path(out_path).absolute()
+    out = out_path.absolute()
     temp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -62,7 +66,7 @@ def export_safetensors(
         if not isinstance(exc, OSError):
             raise  # e.g. CheckpointCorruptError from verification: nothing is left behind
         raise CheckpointWriteError(
-            f"could not export {checkpoint_path} to {out}: {exc.strerror or exc}",
+            f"could not export {reader.path} to {out}: {exc.strerror or exc}",
             path=out,
             step=reader.step,
             errno=exc.errno,

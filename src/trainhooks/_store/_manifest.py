@@ -90,13 +90,15 @@ class Manifest:
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
         try:
-            body = json.loads(data)
+            body = json.loads(data, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
             raise ManifestError(f"manifest is not valid JSON ({exc})") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
             raise ManifestError("not a trainhooks manifest (missing 'format')")
         version = body.get("format_version")
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+        if not _is_int(version):
+            raise ManifestError("manifest 'format_version' is missing or not an integer")
+        newer = version > FORMAT_VERSION
         stored = body.pop(_CHECKSUM_KEY, None)
         if stored != crc32c.crc32c(_canonical(body)):
             hint = f" (it claims format version {version}; if a newer trainhooks wrote it, upgrade)"
@@ -109,7 +111,15 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade trainhooks",
                 newer=True,
             )
+        if data.rstrip(b"\n") != _canonical({**body, _CHECKSUM_KEY: stored}):
+            # We write canonical JSON; other bytes were altered after writing, even where they
+            # parse to the same values (e.g. a float's last digit).
+            raise ManifestError("manifest bytes are not as written: the manifest is corrupt")
         return _from_body(body)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
@@ -149,7 +159,9 @@ def _record(raw: Any, files: dict[str, Any]) -> TensorRecord:
     ok = (
         isinstance(name, str)
         and len(name) <= MAX_NAME_LENGTH
+        and isinstance(file, str)
         and file in files
+        and isinstance(dtype, str)
         and dtype in DTYPE_ITEMSIZE
         and isinstance(shape, list)
         and len(shape) <= MAX_RANK

@@ -9,6 +9,7 @@ restored tensor is handed out.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import stat
@@ -41,36 +42,49 @@ Progress = Callable[[int, int], None]
 
 
 class CheckpointReader:
-    """One committed checkpoint, structure-checked on open; reads tensors with verification."""
+    """One committed checkpoint, structure-checked on open; reads tensors with verification.
+
+    Every file is opened once, relative to a descriptor of the checkpoint directory, and
+    kept open: a writer's retention renaming or deleting the checkpoint afterwards cannot
+    make a read fail halfway (the open files outlive their names). Use as a context manager
+    or call :meth:`close`.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.step: int | None = None
         self._maps: dict[str, mmap.mmap] = {}
-        self.manifest = self._read_manifest()
-        self.step = self.manifest.step
-        for name in self.manifest.files:
-            self._check_data_file(name)
+        self._files: dict[str, int] = {}
+        try:
+            self._dir = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise CheckpointNotFoundError(f"{self.path} does not exist", path=self.path) from None
+        try:
+            self.manifest = self._read_manifest()
+            self.step = self.manifest.step
+            for name in self.manifest.files:
+                self._check_data_file(name)
+        except BaseException:
+            self.close()
+            raise
 
-    def mapped_view(self, record: TensorRecord, *, verify: bool = True) -> memoryview:
-        """A zero-copy view of ``record``'s bytes in a private (copy-on-write) mapping of its
-        file, verified against its crc32c. Writes to the view never reach the file."""
-        mapping = self._maps.get(record.file)
-        if mapping is None:
-            with open(self._file_path(record.file), "rb") as f:
-                mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._maps[record.file] = mapping
-        view = memoryview(mapping)[record.begin : record.end]
-        _prefault(mapping, record.begin, record.end)
-        if verify:
-            value = crc32c.crc32c(view)
-            if value != record.crc32c:
-                raise self._corrupt(
-                    f"tensor {record.name!r} in {record.file} fails its crc32c check over bytes "
-                    f"{record.begin}..{record.end} (stored {record.crc32c:08x}, read {value:08x})",
-                    record,
-                )
-        return view
+    def close(self) -> None:
+        """Close the checkpoint's files (mappings handed out stay valid)."""
+        for fd in [*self._files.values(), getattr(self, "_dir", None)]:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._files.clear()
+        self._dir = None
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     @property
     def info(self) -> CheckpointInfo:
@@ -78,23 +92,30 @@ class CheckpointReader:
         nbytes = m.nbytes + self._manifest_size
         return CheckpointInfo(m.step, self.path, m.time, nbytes, len(m.tensors), m.format_version)
 
+    # -- reading tensors ----------------------------------------------------------------
+    def mapped_view(self, record: TensorRecord, *, verify: bool = True) -> memoryview:
+        """A zero-copy view of ``record``'s bytes in a private (copy-on-write) mapping of its
+        file, verified against its crc32c. Writes to the view never reach the file."""
+        mapping = self._maps.get(record.file)
+        if mapping is None:
+            mapping = mmap.mmap(self._files[record.file], 0, access=mmap.ACCESS_COPY)
+            self._maps[record.file] = mapping
+        view = memoryview(mapping)[record.begin : record.end]
+        _prefault(mapping, record.begin, record.end)
+        if verify:
+            self._check_crc(record, crc32c.crc32c(view))
+        return view
+
     def read_into(self, record: TensorRecord, out: memoryview, *, verify: bool = True) -> None:
         """Read ``record``'s bytes into ``out`` (a writable flat byte view) and verify them."""
-        with open(self._file_path(record.file), "rb", buffering=0) as f:
-            f.seek(record.begin)
-            value = 0
-            for start in range(0, record.end - record.begin, _CHUNK):
-                chunk = out[start : start + _CHUNK]
-                if f.readinto(chunk) != len(chunk):
-                    raise self._corrupt(f"{record.file} ends inside tensor {record.name!r}", record)
-                if verify:
-                    value = crc32c.crc32c(chunk, value)
-        if verify and value != record.crc32c:
-            raise self._corrupt(
-                f"tensor {record.name!r} in {record.file} fails its crc32c check over bytes "
-                f"{record.begin}..{record.end} (stored {record.crc32c:08x}, read {value:08x})",
-                record,
-            )
+        value = 0
+        for start in range(0, record.end - record.begin, _CHUNK):
+            chunk = out[start : start + _CHUNK]
+            self._pread_exactly(record, chunk, record.begin + start)
+            if verify:
+                value = crc32c.crc32c(chunk, value)
+        if verify:
+            self._check_crc(record, value)
 
     def verify(self, progress: Progress | None = None) -> CheckpointInfo:
         """Recompute every tensor's checksum without keeping the data (bounded memory)."""
@@ -102,68 +123,92 @@ class CheckpointReader:
         scratch = memoryview(bytearray(min(_CHUNK, max(total, 1))))
         done = 0
         for record in self.manifest.tensors:
-            with open(self._file_path(record.file), "rb", buffering=0) as f:
-                f.seek(record.begin)
-                value, remaining = 0, record.end - record.begin
-                while remaining:
-                    chunk = scratch[: min(remaining, len(scratch))]
-                    if f.readinto(chunk) != len(chunk):
-                        raise self._corrupt(
-                            f"{record.file} ends inside tensor {record.name!r}", record
-                        )
-                    value = crc32c.crc32c(chunk, value)
-                    remaining -= len(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-            if value != record.crc32c:
-                raise self._corrupt(
-                    f"tensor {record.name!r} in {record.file} fails its crc32c check over bytes "
-                    f"{record.begin}..{record.end}",
-                    record,
-                )
+            value, position = 0, record.begin
+            while position < record.end:
+                chunk = scratch[: min(record.end - position, len(scratch))]
+                self._pread_exactly(record, chunk, position)
+                value = crc32c.crc32c(chunk, value)
+                position += len(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            self._check_crc(record, value)
         return self.info
 
+    def _pread_exactly(self, record: TensorRecord, out: memoryview, offset: int) -> None:
+        fd = self._files[record.file]
+        while len(out):
+            n = os.preadv(fd, [out], offset)
+            if n <= 0:
+                raise self._corrupt(f"{record.file} ends inside tensor {record.name!r}", record)
+            out, offset = out[n:], offset + n
+
+    def _check_crc(self, record: TensorRecord, value: int) -> None:
+        if value != record.crc32c:
+            raise self._corrupt(
+                f"tensor {record.name!r} in {record.file} fails its crc32c check over bytes "
+                f"{record.begin}..{record.end} (stored {record.crc32c:08x}, read {value:08x})",
+                record,
+            )
+
     # -- structure checks -------------------------------------------------------------
-    def _read_manifest(self) -> Manifest:
-        path = self.path / MANIFEST_FILE
+    def _open_plain_file(self, name: str) -> tuple[int, os.stat_result]:
+        """Open ``name`` inside the checkpoint, refusing symlinks and anything not a file."""
+        if not name or name != os.path.basename(name) or name in {".", ".."} or "\\" in name:
+            raise self._corrupt(f"the manifest names a file outside the checkpoint: {name!r}")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            info = os.lstat(path)
+            fd = os.open(name, flags, dir_fd=self._dir)
         except FileNotFoundError:
-            if (
-                not self.path.is_dir()
-                or parse_committed(self.path.name, _basename_of(self.path)) is None
-            ):
-                raise CheckpointNotFoundError(
-                    f"{self.path} is not a trainhooks checkpoint (no {MANIFEST_FILE}; it "
-                    "should be a directory like ckpt-000000000100)"
-                    if self.path.is_dir()
-                    else f"{self.path} does not exist",
-                    path=self.path,
-                ) from None
-            raise self._corrupt(f"{MANIFEST_FILE} is missing: not a committed checkpoint") from None
+            raise self._missing(name) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._corrupt(f"{name} is a symlink (refused)", file=name) from None
+            raise
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise self._corrupt(f"{MANIFEST_FILE} is not a plain file (symlinks are refused)")
-        if info.st_size > MAX_MANIFEST_BYTES:
-            raise self._corrupt(f"{MANIFEST_FILE} is {info.st_size} bytes, over the cap")
-        self._manifest_size = info.st_size
+            os.close(fd)
+            raise self._corrupt(f"{name} is not a plain file", file=name)
+        return fd, info
+
+    def _missing(self, name: str) -> CheckpointError:
+        """A file missing from a checkpoint that still exists is damage; if the checkpoint
+        itself is gone (a writer's retention), it was simply deleted."""
+        if not self.path.is_dir():
+            return CheckpointNotFoundError(f"{self.path} was removed", path=self.path)
+        if (
+            name == MANIFEST_FILE
+            and parse_committed(self.path.name, _basename_of(self.path)) is None
+        ):
+            return CheckpointNotFoundError(
+                f"{self.path} is not a trainhooks checkpoint (no {MANIFEST_FILE}; it should be "
+                "a directory like ckpt-000000000100)",
+                path=self.path,
+            )
+        return self._corrupt(f"{name} is missing", file=name)
+
+    def _read_manifest(self) -> Manifest:
+        fd, info = self._open_plain_file(MANIFEST_FILE)
         try:
-            manifest = Manifest.from_bytes(path.read_bytes())
+            if info.st_size > MAX_MANIFEST_BYTES:
+                raise self._corrupt(
+                    f"{MANIFEST_FILE} is {info.st_size} bytes, over the cap", file=MANIFEST_FILE
+                )
+            data = os.pread(fd, info.st_size + 1, 0)
+        finally:
+            os.close(fd)
+        self._manifest_size = len(data)
+        try:
+            return Manifest.from_bytes(data)
         except ManifestError as exc:
             if exc.newer:
                 raise CheckpointFormatError(f"{self.path}: {exc}", path=self.path) from None
-            raise self._corrupt(f"{MANIFEST_FILE}: {exc}") from None
-        return manifest
+            raise self._corrupt(f"{MANIFEST_FILE}: {exc}", file=MANIFEST_FILE) from None
 
     def _check_data_file(self, name: str) -> None:
-        path = self._file_path(name)
+        fd, info = self._open_plain_file(name)
+        self._files[name] = fd
         expected = self.manifest.files[name]
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            raise self._corrupt(f"{name} is missing") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise self._corrupt(f"{name} is not a plain file (symlinks are refused)")
         if info.st_size != expected.get("size"):
             cut = next(
                 (r for r in self.manifest.tensors if r.file == name and r.end > info.st_size), None
@@ -172,39 +217,39 @@ class CheckpointReader:
                 f"{name} is {info.st_size} bytes, the manifest says {expected.get('size')} "
                 "(truncated or overwritten?)",
                 cut,
+                file=name,
             )
-        with open(path, "rb", buffering=0) as f:
-            prefix = f.read(8)
-            try:
-                length = header_length(prefix, info.st_size)
-                header = f.read(length)
-                if crc32c.crc32c(header, crc32c.crc32c(prefix)) != expected.get("header_crc32c"):
-                    raise HeaderError("header fails its crc32c check")
-                entries, _ = parse_header(header, info.st_size)
-            except HeaderError as exc:
-                raise self._corrupt(f"{name}: {exc}", tensor=exc.tensor) from None
+        try:
+            prefix = os.pread(fd, 8, 0)
+            length = header_length(prefix, info.st_size)
+            header = os.pread(fd, length, 8)
+            if crc32c.crc32c(header, crc32c.crc32c(prefix)) != expected.get("header_crc32c"):
+                raise HeaderError("header fails its crc32c check")
+            entries, _ = parse_header(header, info.st_size)
+        except HeaderError as exc:
+            raise self._corrupt(f"{name}: {exc}", tensor=exc.tensor, file=name) from None
         recorded = {
             (r.name, r.dtype, r.shape, r.begin, r.end)
             for r in self.manifest.tensors
             if r.file == name
         }
         if recorded != {(e.name, e.dtype, e.shape, e.begin, e.end) for e in entries}:
-            raise self._corrupt(f"{name}: its header disagrees with {MANIFEST_FILE}")
-
-    def _file_path(self, name: str) -> Path:
-        if not name or name != os.path.basename(name) or name in {".", ".."} or "\\" in name:
-            raise self._corrupt(f"the manifest names a file outside the checkpoint: {name!r}")
-        return self.path / name
+            raise self._corrupt(f"{name}: its header disagrees with {MANIFEST_FILE}", file=name)
 
     def _corrupt(
-        self, cause: str, record: TensorRecord | None = None, *, tensor: str | None = None
+        self,
+        cause: str,
+        record: TensorRecord | None = None,
+        *,
+        tensor: str | None = None,
+        file: str | None = None,
     ) -> CheckpointCorruptError:
         step = f" (step {self.step})" if self.step is not None else ""
         return CheckpointCorruptError(
             f"checkpoint {self.path}{step} is corrupt: {cause}",
             path=self.path,
             step=self.step,
-            file=record.file if record else None,
+            file=record.file if record else file,
             tensor=record.name if record else tensor,
             byte_range=(record.begin, record.end) if record else None,
         )
@@ -228,7 +273,10 @@ def scan_checkpoints(
         if path.is_symlink() or not path.is_dir():
             continue
         try:
-            valid.append(CheckpointReader(path).info)
+            with CheckpointReader(path) as reader:
+                valid.append(reader.info)
+        except CheckpointNotFoundError:
+            continue  # deleted by a writer's retention while we looked: not an error
         except (CheckpointCorruptError, CheckpointFormatError) as exc:
             broken.append(exc)
     valid.sort(key=lambda info: info.step)
@@ -254,7 +302,8 @@ def verify_checkpoint(
     path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> CheckpointInfo:
     """Fully verify one checkpoint; raise :class:`CheckpointCorruptError` naming what is bad."""
-    return CheckpointReader(path).verify(progress)
+    with CheckpointReader(path) as reader:
+        return reader.verify(progress)
 
 
 def _basename_of(path: Path) -> str:
