@@ -82,9 +82,11 @@ class CheckpointCorruptError(CheckpointError):
 
 
 class CheckpointWriteError(CheckpointError):
-    """A save failed before its commit point; nothing committed was touched.
+    """A save (or a deletion) failed; nothing committed before it was touched.
 
     ``errno`` holds the operating system's error number when the cause was an OSError.
+    ``committed`` is True in the one case where the new checkpoint did reach its commit
+    point but was not yet confirmed durable (the parent directory's fsync failed).
     """
 
     def __init__(
@@ -94,9 +96,11 @@ class CheckpointWriteError(CheckpointError):
         path: str | os.PathLike[str] | None = None,
         step: int | None = None,
         errno: int | None = None,
+        committed: bool = False,
     ) -> None:
         super().__init__(message, path=path, step=step)
         self.errno = errno
+        self.committed = committed
 
 
 class CheckpointNotFoundError(CheckpointError):

@@ -51,9 +51,19 @@ class _DirectoryState:
         self.directory = directory
         self.lock = DirectoryLock(directory)
         self.lock.acquire()
-        self.inode = os.stat(directory).st_ino
-        clean_leftovers(directory, saver.basename)
-        self.record = self._recover(saver)
+        try:
+            self.inode = os.stat(directory).st_ino
+            clean_leftovers(directory, saver.basename)
+            self.record = self._recover(saver)
+        except BaseException as exc:
+            self.lock.release()
+            if isinstance(exc, OSError):
+                raise CheckpointWriteError(
+                    f"cannot prepare {directory} for writing: {exc.strerror} ({exc.filename})",
+                    path=directory,
+                    errno=exc.errno,
+                ) from exc
+            raise
 
     def _recover(self, saver: Saver) -> RetentionRecord:
         """Continue the retention of the run that wrote the newest checkpoint here.
@@ -128,16 +138,21 @@ class Saver:
         held = self._directory(directory, step)
         when = time.time()
         plan = plan_retention(held.record, step, when, self.max_to_keep, self.keep_interval)
-        info = commit_checkpoint(
-            directory,
-            self.basename,
-            step,
-            tensors,
-            tree,
-            metadata,
-            when=when,
-            retention=plan.to_json(),
-        )
+        try:
+            info = commit_checkpoint(
+                directory,
+                self.basename,
+                step,
+                tensors,
+                tree,
+                metadata,
+                when=when,
+                retention=plan.to_json(),
+            )
+        except CheckpointWriteError as exc:
+            if exc.committed:  # on disk and in retention's care, though not yet durable
+                held.record = plan
+            raise
         held.record = plan
         self._delete_victims(held)  # only now that the new checkpoint is durable
         return info

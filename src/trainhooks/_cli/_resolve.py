@@ -14,7 +14,6 @@ damaged checkpoint that ``list_checkpoints`` leaves out, and tells a damaged che
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,12 +25,10 @@ import click
 import trainhooks
 from trainhooks._cli._errors import EXIT_CORRUPT, EXIT_USAGE, CliError
 from trainhooks._cli._render import info_json, note, plural
+from trainhooks._store._layout import DEFAULT_BASENAME, split_committed
 
 if TYPE_CHECKING:
     from trainhooks import CheckpointInfo
-
-DEFAULT_BASENAME = "ckpt"
-_COMMITTED_NAME = re.compile(r"(?P<basename>[A-Za-z0-9_][A-Za-z0-9_.]*)-(?P<step>\d{12})")
 
 
 @dataclass(frozen=True)
@@ -51,9 +48,9 @@ class Resolved:
 
 
 def committed_basename(name: str) -> str | None:
-    """The basename of a ``<basename>-<12 digits>`` directory name, else None."""
-    match = _COMMITTED_NAME.fullmatch(name)
-    return match.group("basename") if match else None
+    """The basename of a directory named like a committed checkpoint, else None."""
+    parsed = split_committed(name)
+    return parsed[0] if parsed else None
 
 
 def existing_path(arg: str) -> Path:

@@ -78,6 +78,7 @@ class ProfilerHook(SessionRunHook):
         self.written = []
 
     def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
+        self._release()  # a tracer left by a step that raised (and was retried) stops here
         if self._next_step is not None and self._timer.should_trigger_for_step(self._next_step):
             self._tracer = self._start_tracer()
         return None

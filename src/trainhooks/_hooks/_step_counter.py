@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from typing import Any
 
 from trainhooks._session._hook import SessionRunContext, SessionRunHook, SessionRunValues
@@ -40,6 +39,7 @@ class StepCounterHook(SessionRunHook):
         self._timer = SecondOrStepTimer(every_secs=every_n_secs, every_steps=every_n_steps)
         self._output_dir = output_dir
         self._summary_writer = summary_writer
+        self._owns_writer = False
         self._summary_tag = "global_step/sec"
 
     def after_create_session(self, session: Any, coord: Any) -> None:
@@ -64,7 +64,7 @@ class StepCounterHook(SessionRunHook):
 
         A no-op whenever ``output_dir`` and ``summary_writer`` are both None. With
         ``output_dir`` the directory's shared event file is opened at the first write and
-        released when the hook is garbage-collected; without the ``tensorboard`` package
+        closed when the session closes (``_release``); without the ``tensorboard`` package
         the rate is only logged (one warning).
         """
         if self._summary_writer is None:
@@ -80,7 +80,14 @@ class StepCounterHook(SessionRunHook):
                 )
                 self._output_dir = None
                 return
-            weakref.finalize(self, self._summary_writer.close)
+            self._owns_writer = True
         self._summary_writer.add_scalar(self._summary_tag, steps_per_sec, step)
         if hasattr(self._summary_writer, "flush"):
             self._summary_writer.flush()
+
+    def _release(self) -> None:
+        """Close the event file this hook opened; the session calls this on every exit."""
+        if self._owns_writer and self._summary_writer is not None:
+            writer, self._summary_writer = self._summary_writer, None
+            self._owns_writer = False
+            writer.close()

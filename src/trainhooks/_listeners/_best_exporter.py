@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainhooks._exceptions import CheckpointNotFoundError
 from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
-from trainhooks._store._durable import fsync_directory
+from trainhooks._store._durable import fsync_directory, write_file_atomically
 from trainhooks._store._faults import fault_point
+from trainhooks._store._layout import DEFAULT_BASENAME, committed_path
 
 __all__ = ["BestCheckpointExporter", "BestExport"]
 
@@ -55,7 +53,8 @@ class BestCheckpointExporter(CheckpointSaverListener):
     Which checkpoint: ``checkpoint_dir`` if given, else the session's (the directory of
     ``MonitoredTrainingSession(checkpoint_dir=...)``). Pass it explicitly when the saver
     hook writes elsewhere (TF's pattern of a ``CheckpointSaverHook`` in ``chief_only_hooks``
-    without ``checkpoint_dir`` on the session).
+    without ``checkpoint_dir`` on the session), and ``basename`` when the saver uses
+    ``Saver(basename=...)``.
 
     The metric comes from ``source`` (an ``EvaluationListener`` placed before this one in
     the listener list) or ``metric_fn(session)``. Saves without a metric value are skipped;
@@ -72,6 +71,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         source: EvaluationListener | None = None,
         metric_fn: MetricFn | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        basename: str = DEFAULT_BASENAME,
     ) -> None:
         if keep < 1:
             raise ValueError(f"BestCheckpointExporter: keep must be >= 1, got {keep}")
@@ -80,6 +80,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         self.keep = keep
         self.export_dir = Path(export_dir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.basename = basename
         self._read = MetricReader("BestCheckpointExporter", metric, source, metric_fn)
         self._exports: list[BestExport] = []
         self._considered: set[int] = set()
@@ -130,22 +131,13 @@ class BestCheckpointExporter(CheckpointSaverListener):
         return (-export.value if self.mode == "max" else export.value, export.step)
 
     def _checkpoint_path(self, session: Any, step: int) -> Path:
-        from trainhooks._store._reader import list_checkpoints
-
         directory = self.checkpoint_dir or getattr(session, "checkpoint_dir", None)
         if directory is None:
             raise ValueError(
                 "BestCheckpointExporter: the session has no checkpoint_dir; pass "
                 "checkpoint_dir=... to the exporter"
             )
-        for info in list_checkpoints(directory):
-            if info.step == step:
-                return info.path
-        raise CheckpointNotFoundError(
-            f"BestCheckpointExporter: no committed checkpoint for step {step} in {directory}",
-            path=directory,
-            step=step,
-        )
+        return committed_path(Path(directory), self.basename, step)
 
     def _export(self, session: Any, step: int, value: float) -> BestExport:
         from trainhooks._store._export import export_safetensors
@@ -222,15 +214,5 @@ class BestCheckpointExporter(CheckpointSaverListener):
 
 
 def _write_durably(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically and durably (temp beside, fsync, rename, fsync dir)."""
-    tmp = path.with_name(f".{path.name}{_TEMP_MARK}{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_directory(path.parent)
+    """Write ``text`` to ``path`` atomically and durably."""
+    write_file_atomically(path, text.encode("utf-8"))

@@ -13,6 +13,7 @@ Per-step cost is what the design optimises: the call lists are built once
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -122,7 +123,8 @@ class MonitoredSession:
                 begin()
             self._create_with_recovery()
         except BaseException:
-            self._release()
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                self._release()
             raise
 
     # -- the public surface -------------------------------------------------------------

@@ -83,10 +83,7 @@ def commit_checkpoint(
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
-        replaced = _rename_into_place(staging, final, basename, step)
-        fault_point("after_rename")
-        fault_point("before_parent_fsync")
-        fsync_directory(directory)
+        replaced = _rename_into_place(staging, final, basename, step)  # the commit point
     except BaseException as exc:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
@@ -100,9 +97,23 @@ def commit_checkpoint(
             step=step,
             errno=exc.errno,
         ) from exc
-    if replaced is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(replaced)
+    try:
+        fault_point("after_rename")
+        fault_point("before_parent_fsync")
+        fsync_directory(directory)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"the checkpoint of step {step} is committed at {final}, but the fsync of "
+            f"{directory} failed ({exc.strerror or exc}): it may not survive a power loss",
+            path=directory,
+            step=step,
+            errno=exc.errno,
+            committed=True,
+        ) from exc
+    finally:
+        if replaced is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(replaced)
     nbytes = manifest.nbytes + manifest_size
     return CheckpointInfo(
         step, final, manifest.time, nbytes, len(manifest.tensors), manifest.format_version
@@ -150,7 +161,11 @@ def _write_data_file(path: Path, header: bytes, tensors: Sequence[TensorSource])
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
         checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
-        _write_file(path, _chunks(header, tensors))
+        try:
+            _write_file(path, _chunks(header, tensors))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # report a write error without waiting
+            raise
         return [future.result() for future in checksums]
 
 
@@ -188,7 +203,7 @@ def _rename_into_place(staging: Path, final: Path, basename: str, step: int) -> 
     os.rename(final, aside)
     try:
         os.rename(staging, final)
-    except OSError:
+    except BaseException:
         os.rename(aside, final)
         raise
     return aside

@@ -16,6 +16,8 @@ import json
 import os
 import socket
 import time
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,14 @@ from trainhooks._exceptions import (
 )
 from trainhooks._store._faults import fault_point
 
-__all__ = ["DirectoryLock", "exchange_paths", "fsync_directory", "fsync_fd", "write_all"]
+__all__ = [
+    "DirectoryLock",
+    "exchange_paths",
+    "fsync_directory",
+    "fsync_fd",
+    "write_all",
+    "write_file_atomically",
+]
 
 LOCK_NAME = ".trainhooks.lock"
 
@@ -56,6 +65,27 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         fsync_fd(fd)
     finally:
         os.close(fd)
+
+
+def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` crash-safely: a temp file beside it, written, fsynced
+    and closed, renamed over ``path``, then the directory fsynced. Readers see the old file
+    or the new one, never a torn one."""
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            write_all(fd, memoryview(data))
+            fsync_fd(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_directory(target.parent)
 
 
 _AT_FDCWD = -100
@@ -106,7 +136,7 @@ class DirectoryLock:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / LOCK_NAME
-        self._fd: int | None = None
+        self._close: weakref.finalize | None = None
 
     def acquire(self) -> None:
         try:
@@ -132,16 +162,23 @@ class DirectoryLock:
                 "other writer or save to another directory.",
                 path=self.directory,
             ) from None
+        # A forgotten saver must not hold the lock for the rest of the process.
+        self._close = weakref.finalize(self, _close_quietly, fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
+        with contextlib.suppress(OSError):  # only feeds a second writer's error message
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        """Drop the lock (closing the descriptor drops the flock); safe to call twice."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> str:

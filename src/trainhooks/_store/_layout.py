@@ -19,6 +19,7 @@ __all__ = [
     "deleting_name",
     "leftover_step",
     "parse_committed",
+    "split_committed",
     "staging_name",
 ]
 
@@ -61,6 +62,16 @@ def leftover_step(name: str, basename: str) -> int | None:
         rf"{re.escape(basename)}-(\d{{12,}})\.(?:tmp|deleting)-[0-9a-f]{{32}}", name
     )
     return _canonical_step(match.group(1)) if match else None
+
+
+def split_committed(name: str) -> tuple[str, int] | None:
+    """``(basename, step)`` of a name shaped like a committed checkpoint with any valid
+    basename (for tools that look at directories whose saver they do not know)."""
+    basename = name.rpartition("-")[0]
+    if not _BASENAME_RE.fullmatch(basename) or ".." in basename:
+        return None
+    step = parse_committed(name, basename)
+    return None if step is None else (basename, step)
 
 
 def _canonical_step(digits: str) -> int | None:

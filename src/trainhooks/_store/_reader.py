@@ -25,7 +25,12 @@ from trainhooks._exceptions import (
     CheckpointNotFoundError,
 )
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._layout import DEFAULT_BASENAME, MANIFEST_FILE, parse_committed
+from trainhooks._store._layout import (
+    DEFAULT_BASENAME,
+    MANIFEST_FILE,
+    parse_committed,
+    split_committed,
+)
 from trainhooks._store._limits import MAX_MANIFEST_BYTES
 from trainhooks._store._manifest import Manifest, ManifestError, TensorRecord
 from trainhooks._store._safetensors import HeaderError, header_length, parse_header
@@ -59,13 +64,17 @@ class CheckpointReader:
             self._dir = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise CheckpointNotFoundError(f"{self.path} does not exist", path=self.path) from None
+        except OSError as exc:
+            raise self._os_error(exc) from exc
         try:
             self.manifest = self._read_manifest()
             self.step = self.manifest.step
             for name in self.manifest.files:
                 self._check_data_file(name)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, OSError):
+                raise self._os_error(exc) from exc
             raise
 
     def close(self) -> None:
@@ -98,7 +107,10 @@ class CheckpointReader:
         file, verified against its crc32c. Writes to the view never reach the file."""
         mapping = self._maps.get(record.file)
         if mapping is None:
-            mapping = mmap.mmap(self._files[record.file], 0, access=mmap.ACCESS_COPY)
+            try:
+                mapping = mmap.mmap(self._files[record.file], 0, access=mmap.ACCESS_COPY)
+            except OSError as exc:
+                raise self._os_error(exc, record) from exc
             self._maps[record.file] = mapping
         view = memoryview(mapping)[record.begin : record.end]
         _prefault(mapping, record.begin, record.end)
@@ -138,7 +150,10 @@ class CheckpointReader:
     def _pread_exactly(self, record: TensorRecord, out: memoryview, offset: int) -> None:
         fd = self._files[record.file]
         while len(out):
-            n = os.preadv(fd, [out], offset)
+            try:
+                n = os.preadv(fd, [out], offset)
+            except OSError as exc:
+                raise self._os_error(exc, record) from exc
             if n <= 0:
                 raise self._corrupt(f"{record.file} ends inside tensor {record.name!r}", record)
             out, offset = out[n:], offset + n
@@ -165,7 +180,11 @@ class CheckpointReader:
             if exc.errno == errno.ELOOP:
                 raise self._corrupt(f"{name} is a symlink (refused)", file=name) from None
             raise
-        info = os.fstat(fd)
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise self._corrupt(f"{name} is not a plain file", file=name)
@@ -176,10 +195,7 @@ class CheckpointReader:
         itself is gone (a writer's retention), it was simply deleted."""
         if not self.path.is_dir():
             return CheckpointNotFoundError(f"{self.path} was removed", path=self.path)
-        if (
-            name == MANIFEST_FILE
-            and parse_committed(self.path.name, _basename_of(self.path)) is None
-        ):
+        if name == MANIFEST_FILE and split_committed(self.path.name) is None:
             return CheckpointNotFoundError(
                 f"{self.path} is not a trainhooks checkpoint (no {MANIFEST_FILE}; it should be "
                 "a directory like ckpt-000000000100)",
@@ -236,6 +252,20 @@ class CheckpointReader:
         if recorded != {(e.name, e.dtype, e.shape, e.begin, e.end) for e in entries}:
             raise self._corrupt(f"{name}: its header disagrees with {MANIFEST_FILE}", file=name)
 
+    def _os_error(self, exc: OSError, record: TensorRecord | None = None) -> CheckpointError:
+        """A read that failed in the operating system: EIO means the medium lost the bytes
+        (corrupt: restore falls back); anything else (permissions, ...) is a plain error."""
+        where = f"{exc.filename or self.path}"
+        if exc.errno == errno.EIO:
+            return self._corrupt(f"I/O error reading {where}: {exc.strerror}", record)
+        error = CheckpointError(
+            f"cannot read checkpoint {self.path}: {exc.strerror or exc} ({where})",
+            path=self.path,
+            step=self.step,
+        )
+        error.errno = exc.errno  # type: ignore[attr-defined]
+        return error
+
     def _corrupt(
         self,
         cause: str,
@@ -277,7 +307,7 @@ def scan_checkpoints(
                 valid.append(reader.info)
         except CheckpointNotFoundError:
             continue  # deleted by a writer's retention while we looked: not an error
-        except (CheckpointCorruptError, CheckpointFormatError) as exc:
+        except CheckpointError as exc:  # corrupt, unknown format, unreadable
             broken.append(exc)
     valid.sort(key=lambda info: info.step)
     return valid, broken
@@ -304,11 +334,6 @@ def verify_checkpoint(
     """Fully verify one checkpoint; raise :class:`CheckpointCorruptError` naming what is bad."""
     with CheckpointReader(path) as reader:
         return reader.verify(progress)
-
-
-def _basename_of(path: Path) -> str:
-    """The basename part of ``<basename>-<step>`` (any basename counts as a checkpoint name)."""
-    return path.name.rpartition("-")[0] or DEFAULT_BASENAME
 
 
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainhooks._exceptions import CheckpointError
+from trainhooks._exceptions import CheckpointError, CheckpointWriteError
 from trainhooks._store._durable import DirectoryLock, fsync_directory
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
@@ -155,6 +155,13 @@ def prune_checkpoints(
         for info in victims:
             remove_checkpoint(info, basename)
         clean_leftovers(directory, basename)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"pruning {directory} failed: {exc.strerror or exc} ({exc.filename}); every "
+            "checkpoint not yet removed is intact",
+            path=directory,
+            errno=exc.errno,
+        ) from exc
     finally:
         lock.release()
     return victims
