@@ -33,7 +33,7 @@ from trainhooks._store._commit import commit_checkpoint
 from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
-from trainhooks._store._reader import CheckpointReader, list_checkpoints, scan_checkpoints
+from trainhooks._store._reader import CheckpointReader, committed_paths, list_checkpoints
 from trainhooks._store._retention import (
     RetentionRecord,
     clean_leftovers,
@@ -219,25 +219,20 @@ class Saver:
             )
         warned: set[str] = set()
         for _ in range(_RESCANS):  # a live writer's retention may delete what we picked
-            candidates, broken = scan_checkpoints(directory, self.basename)
-            newest_valid = candidates[-1].step if candidates else -1
-            for error in broken:
-                if error.step is None or error.step > newest_valid:
-                    _warn_once(warned, f"{error}; skipping it")
-            if not candidates:
-                raise CheckpointNotFoundError(
-                    f"no checkpoint to restore in {directory}", path=directory
-                )
             failures: list[CheckpointError] = []
-            for info in reversed(candidates):
+            for path in committed_paths(directory, self.basename):  # newest first
                 try:
-                    return self._restore_from(info.path, state, cast, strict)
+                    return self._restore_from(path, state, cast, strict)
                 except CheckpointNotFoundError:
                     break  # deleted while we read it: newer ones exist; scan again
-                except CheckpointCorruptError as exc:
+                except (CheckpointCorruptError, CheckpointFormatError) as exc:
                     _warn_once(warned, f"{exc}; falling back to an older checkpoint")
                     failures.append(exc)
             else:
+                if not failures:
+                    raise CheckpointNotFoundError(
+                        f"no checkpoint to restore in {directory}", path=directory
+                    )
                 raise CheckpointCorruptError(
                     f"every checkpoint in {directory} is corrupt ({len(failures)} tried); "
                     f"newest: {failures[0]}",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-from trainhooks._session._hook import SessionRunArgs, SessionRunContext, SessionRunHook
+from trainhooks._session._hook import SessionRunHook
 
 __all__ = ["GlobalStepWaiterHook"]
 
@@ -47,12 +48,14 @@ class GlobalStepWaiterHook(SessionRunHook):
     def begin(self) -> None:
         self._started = self._wait_until_step <= 0
 
-    def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
+    def after_create_session(self, session: Any, coord: Any) -> None:
+        # Waiting here rather than in before_run (TF) happens at the same moment — before
+        # the first step — but leaves the per-step path free of this hook.
         if self._started:
-            return None
+            return
         self._started = True
         if self._step_fn is None:
-            step = int(run_context.session.global_step)
+            step = int(session.global_step)
             if step < self._wait_until_step:
                 logger.info(
                     "GlobalStepWaiterHook: global step %d < %d, but no step_fn names a shared "
@@ -60,9 +63,8 @@ class GlobalStepWaiterHook(SessionRunHook):
                     step,
                     self._wait_until_step,
                 )
-            return None
+            return
         self._wait_for_shared_step(self._step_fn)
-        return None
 
     def _wait_for_shared_step(self, step_fn: Callable[[], int]) -> None:
         last_log = None

@@ -17,6 +17,8 @@ import numpy as np
 from trainhooks._exceptions import StateMismatchError
 from trainhooks._state._arrays import array_kind, to_numpy
 from trainhooks._state._decode import GeneratorValue, StatefulValue
+from trainhooks._state._encode import is_stateful
+from trainhooks._state._encode import where as _where
 from trainhooks._state._mapped import MappedTensor
 
 __all__ = ["apply_state"]
@@ -49,7 +51,7 @@ class _Applier:
         if isinstance(value, MappedTensor) or array_kind(value) is not None:
             return self._array(target, value, path)
         if isinstance(value, dict):
-            if isinstance(target, MutableMapping) and not _is_stateful_target(target):
+            if isinstance(target, MutableMapping) and not is_stateful(target):
                 self.fill_mapping(target, value, path, drop_extra=True)
                 return target
             return {k: self.apply(None, v, (*path, k)) for k, v in value.items()}
@@ -175,10 +177,6 @@ def _dtype_name(array: Any) -> str:
     return str(array.dtype).removeprefix("torch.")
 
 
-def _is_stateful_target(target: Any) -> bool:
-    return callable(getattr(target, "load_state_dict", None))
-
-
 def resolve_mapped(value: Any, *, views: bool) -> Any:
     """Replace every ``MappedTensor`` in a structure by a view (``views``) or a fresh copy."""
     if isinstance(value, MappedTensor):
@@ -215,8 +213,9 @@ def _generator(target: Any, value: GeneratorValue) -> Any:
         generator = target if isinstance(target, np.random.RandomState) else np.random.RandomState()
         generator.set_state(value.state)
         return generator
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # torch not in use: nothing to hand the state to
+        return value.state
     generator = target if isinstance(target, torch.Generator) else torch.Generator()
     generator.set_state(value.state)
     return generator
@@ -230,7 +229,3 @@ def _new_numpy_generator(state: Mapping[str, Any]) -> np.random.Generator:
     if name not in _BIT_GENERATORS:
         raise StateMismatchError(f"unknown NumPy bit generator {name!r} in the checkpoint")
     return np.random.Generator(getattr(np.random, name)())
-
-
-def _where(path: tuple[Any, ...]) -> str:
-    return "state" + "".join(f"[{part!r}]" for part in path)

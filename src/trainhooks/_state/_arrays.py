@@ -12,7 +12,7 @@ import numpy as np
 from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._store._dtypes import numpy_dtype_for, safetensors_code_for_numpy
 
-__all__ = ["ArrayBytes", "array_bytes", "array_kind", "empty_array", "is_array", "to_numpy"]
+__all__ = ["ArrayBytes", "array_bytes", "array_kind", "empty_array", "to_numpy"]
 
 ArrayBytes = tuple[str, tuple[int, ...], memoryview]  # (safetensors dtype, shape, flat bytes)
 
@@ -34,10 +34,6 @@ def array_kind(value: Any) -> str | None:
     if module.startswith(("jax", "jaxlib")) and hasattr(value, "__array__"):
         return "jax"
     return None
-
-
-def is_array(value: Any) -> bool:
-    return array_kind(value) is not None
 
 
 def array_bytes(value: Any, kind: str, where: str) -> ArrayBytes:
@@ -63,7 +59,7 @@ def array_bytes(value: Any, kind: str, where: str) -> ArrayBytes:
 
 def empty_array(code: str, shape: tuple[int, ...], kind: str) -> tuple[Any, memoryview]:
     """A fresh array of ``kind`` to read a tensor into, and its writable flat byte view."""
-    if kind == "torch" and _torch_available():
+    if kind == "torch" and _torch() is not None:  # no torch in use: nothing torch to fill
         from trainhooks._state._torch import empty_torch_tensor
 
         return empty_torch_tensor(code, shape)
@@ -90,13 +86,3 @@ def to_numpy(array: Any) -> np.ndarray:
 
         return torch_to_numpy(array)
     return np.asarray(array)
-
-
-def _torch_available() -> bool:
-    if _torch() is not None:
-        return True
-    try:
-        import torch  # noqa: F401  (restoring a torch checkpoint: the user has torch)
-    except ImportError:
-        return False
-    return True

@@ -6,6 +6,7 @@ the store, plain Python values, and markers for objects that restore through
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,10 +81,10 @@ def to_plain(value: Any) -> Any:
 
 
 def _torch_value(kind: str, text: str) -> Any:
-    """A torch dtype or device; its name as a string where torch is not installed."""
-    try:
-        import torch
-    except ImportError:
+    """A torch dtype or device; its name as a string where torch is not in use (as for
+    ``trainhooks.load``, which must not pull in a framework)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
         return text
     if kind == "torch_device":
         return torch.device(text)

@@ -19,7 +19,7 @@ from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._state._arrays import array_bytes, array_kind
 from trainhooks._store._commit import TensorSource
 
-__all__ = ["encode_state", "is_stateful"]
+__all__ = ["encode_state", "is_stateful", "where"]
 
 
 def is_stateful(value: Any) -> bool:
@@ -89,7 +89,7 @@ class _Encoder:
                 "state": self.encode(value.state_dict(), path),
             }
         raise CheckpointFormatError(
-            f"cannot checkpoint {_where(path)}: values of type {type(value).__qualname__} are "
+            f"cannot checkpoint {where(path)}: values of type {type(value).__qualname__} are "
             "not supported (no pickle is used). Store arrays, numbers, strings, None, "
             "dicts/lists/tuples of them, or an object with state_dict()/load_state_dict()."
         )
@@ -97,13 +97,13 @@ class _Encoder:
     def _item(self, key: Any, value: Any, path: tuple[Any, ...]) -> list[Any]:
         if isinstance(key, bool) or not isinstance(key, (str, int)):
             raise CheckpointFormatError(
-                f"cannot checkpoint {_where(path)}: dict key {key!r} is a "
+                f"cannot checkpoint {where(path)}: dict key {key!r} is a "
                 f"{type(key).__name__}; only str and int keys are supported"
             )
         return [key, self.encode(value, (*path, key))]
 
     def _tensor(self, value: Any, kind: str, path: tuple[Any, ...]) -> dict[str, Any]:
-        dtype, shape, data = array_bytes(value, kind, _where(path))
+        dtype, shape, data = array_bytes(value, kind, where(path))
         name = self._unique_name(path)
         self.tensors.append(TensorSource(name, dtype, shape, data))
         return {"type": "tensor", "name": name, "kind": kind}
@@ -118,5 +118,6 @@ class _Encoder:
         return name
 
 
-def _where(path: tuple[Any, ...]) -> str:
+def where(path: tuple[Any, ...]) -> str:
+    """How a position in the state reads in an error message: ``state['model']['w']``."""
     return "state" + "".join(f"[{part!r}]" for part in path)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from trainhooks._exceptions import CheckpointFormatError
 
-__all__ = ["CODE_BY_TORCH", "empty_torch_tensor", "torch_tensor_bytes", "torch_to_numpy"]
+__all__ = [
+    "CODE_BY_TORCH",
+    "TORCH_BY_CODE",
+    "empty_torch_tensor",
+    "torch_tensor_bytes",
+    "torch_to_numpy",
+]
 
 CODE_BY_TORCH: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
@@ -61,7 +65,3 @@ def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
         return raw.view(numpy_dtype_for(CODE_BY_TORCH[tensor.dtype])).reshape(tuple(tensor.shape))
     return tensor.numpy()
-
-
-def is_generator(value: Any) -> bool:
-    return isinstance(value, torch.Generator)

@@ -285,6 +285,23 @@ class CheckpointReader:
         )
 
 
+def committed_paths(
+    directory: str | os.PathLike[str], basename: str = DEFAULT_BASENAME
+) -> list[Path]:
+    """Directories named like committed checkpoints (not yet validated), newest step first."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        step = parse_committed(entry.name, basename)
+        if step is not None and entry.is_dir(follow_symlinks=False):
+            found.append((step, Path(entry.path)))
+    found.sort(reverse=True)
+    return [path for _, path in found]
+
+
 def scan_checkpoints(
     directory: str | os.PathLike[str], basename: str = DEFAULT_BASENAME
 ) -> tuple[list[CheckpointInfo], list[CheckpointError]]:
@@ -292,16 +309,7 @@ def scan_checkpoints(
     and the errors of those that do not."""
     valid: list[CheckpointInfo] = []
     broken: list[CheckpointError] = []
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return [], []
-    for name in names:
-        if parse_committed(name, basename) is None:
-            continue
-        path = Path(directory) / name
-        if path.is_symlink() or not path.is_dir():
-            continue
+    for path in committed_paths(directory, basename):
         try:
             with CheckpointReader(path) as reader:
                 valid.append(reader.info)
@@ -323,9 +331,18 @@ def list_checkpoints(
 def latest_checkpoint(
     directory: str | os.PathLike[str], *, basename: str = DEFAULT_BASENAME
 ) -> CheckpointInfo | None:
-    """The newest structurally valid checkpoint, or None only when there is none at all."""
-    checkpoints = list_checkpoints(directory, basename=basename)
-    return checkpoints[-1] if checkpoints else None
+    """The newest structurally valid checkpoint, or None only when there is none at all.
+
+    Checks checkpoints newest first and stops at the first valid one, so polling it is
+    cheap however many checkpoints a directory keeps.
+    """
+    for path in committed_paths(directory, basename):
+        try:
+            with CheckpointReader(path) as reader:
+                return reader.info
+        except CheckpointError:  # damaged, unreadable, or deleted while we looked
+            continue
+    return None
 
 
 def verify_checkpoint(
