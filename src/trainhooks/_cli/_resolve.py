@@ -118,9 +118,8 @@ def listing_entry(path: Path) -> CheckpointInfo | None:
 
 
 def newest_in(directory: Path, infos: list[CheckpointInfo]) -> CheckpointInfo:
-    """The newest checkpoint, as the store itself picks it."""
-    latest = trainhooks.latest_checkpoint(directory, basename=basename_for(directory))
-    return latest if latest is not None else infos[-1]
+    """The newest valid checkpoint (``infos`` is the store's listing, oldest first)."""
+    return infos[-1]
 
 
 def resolve_checkpoint(arg: str) -> Resolved:

@@ -6,7 +6,6 @@ chief gets. Kept apart from the session itself so the per-step code stays short.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -108,9 +107,10 @@ def _has_saver_for(checkpoint_dir: str | os.PathLike[str], hooks: list[object]) 
 def _summary_saver_hook(**kwargs: Any) -> object | None:
     """``SummarySaverHook(**kwargs)``, or None with one warning when TensorBoard is missing."""
     try:
-        module = importlib.import_module("trainhooks._hooks._summary_saver")
-        return module.SummarySaverHook(**kwargs)
-    except (ImportError, AttributeError) as exc:
+        from trainhooks._hooks._summary_saver import SummarySaverHook  # lazy: no TensorBoard
+
+        return SummarySaverHook(**kwargs)
+    except ImportError as exc:
         if "SummarySaverHook" not in _warned_unavailable:
             _warned_unavailable.add("SummarySaverHook")
             _LOG.warning(
