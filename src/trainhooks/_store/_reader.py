@@ -353,17 +353,16 @@ def verify_checkpoint(
         return reader.verify(progress)
 
 
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
+_READ_AHEAD = 64 * 1024 * 1024
 
 
 def _prefault(mapping: mmap.mmap, begin: int, end: int) -> None:
-    """Read a tensor's pages in with one call instead of one page fault per page (its bytes
-    are about to be checksummed and copied). Older kernels get read-ahead advice instead."""
+    """Ask the kernel to read a tensor's pages and the next 64 MiB in the background
+    (``MADV_WILLNEED`` is asynchronous), so the disk works on the next tensor while this one
+    is checksummed. Measured here: faster than faulting page by page, and than
+    ``MADV_POPULATE_READ``, which reads synchronously and so overlaps nothing."""
     start = begin - begin % mmap.PAGESIZE
-    if end <= start:
-        return
-    try:
-        mapping.madvise(_MADV_POPULATE_READ, start, end - start)
-    except (OSError, ValueError, AttributeError):
+    length = min(len(mapping), end + _READ_AHEAD) - start
+    if length > 0:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            mapping.madvise(mmap.MADV_WILLNEED, start, end - start)
+            mapping.madvise(mmap.MADV_WILLNEED, start, length)
