@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +68,19 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` crash-safely: a temp file beside it, written, fsynced
-    and closed, renamed over ``path``, then the directory fsynced. Readers see the old file
-    or the new one, never a torn one."""
+def write_file_atomically(path: str | os.PathLike[str], data: bytes | Iterable[memoryview]) -> None:
+    """Replace ``path`` with ``data`` (bytes, or chunks streamed in order) crash-safely: a
+    temp file beside it, written, fsynced and closed, renamed over ``path``, then the
+    directory fsynced. Readers see the old file or the new one, never a torn one; if
+    anything fails (including the chunk iterator) the temp file is removed."""
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    chunks = [memoryview(data)] if isinstance(data, (bytes, bytearray)) else data
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            write_all(fd, memoryview(data))
+            for chunk in chunks:
+                write_all(fd, chunk)
             fsync_fd(fd)
         finally:
             os.close(fd)

@@ -7,14 +7,13 @@ the single file is self-describing. Written crash-safely: temp file beside, fsyn
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from trainhooks._exceptions import CheckpointWriteError
-from trainhooks._store._durable import fsync_directory, fsync_fd, write_all
+from trainhooks._store._durable import write_file_atomically
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._safetensors import build_header
 
@@ -46,25 +45,18 @@ def _export(reader: CheckpointReader, out_path: Path) -> Path:
             "trainhooks_tree": json.dumps(reader.manifest.tree, separators=(",", ":")),
         },
     )
+
+    def chunks() -> Iterator[memoryview]:
+        yield memoryview(header)
+        for record in records:
+            data = reader.mapped_view(record)  # verified whole before any byte is written
+            for start in range(0, len(data), _CHUNK):
+                yield data[start : start + _CHUNK]
+
     out = out_path.absolute()
-    temp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            write_all(fd, memoryview(header))
-            buffer = memoryview(bytearray(_CHUNK))
-            for record in records:
-                _copy_verified(reader, record, fd, buffer)
-            fsync_fd(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, out)
-        fsync_directory(out.parent)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if not isinstance(exc, OSError):
-            raise  # e.g. CheckpointCorruptError from verification: nothing is left behind
+        write_file_atomically(out, chunks())
+    except OSError as exc:
         raise CheckpointWriteError(
             f"could not export {reader.path} to {out}: {exc.strerror or exc}",
             path=out,
@@ -72,15 +64,3 @@ def _export(reader: CheckpointReader, out_path: Path) -> Path:
             errno=exc.errno,
         ) from exc
     return out
-
-
-def _copy_verified(reader: CheckpointReader, record, fd: int, buffer: memoryview) -> None:
-    """Copy one tensor's bytes through ``reader`` (checksum verified) into ``fd``."""
-    size = record.end - record.begin
-    if size <= len(buffer):
-        reader.read_into(record, buffer[:size])
-        write_all(fd, buffer[:size])
-        return
-    data = bytearray(size)  # a large tensor is verified whole before any byte is exported
-    reader.read_into(record, memoryview(data))
-    write_all(fd, memoryview(data))
