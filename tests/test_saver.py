@@ -242,3 +242,13 @@ def test_a_saved_step_is_always_listable(tmp_path: Path) -> None:
             return
     assert latest_checkpoint(tmp_path) == info
     assert [i.step for i in list_checkpoints(tmp_path)] == [10**12]
+
+
+def test_saved_metadata_comes_back_with_the_checkpoint_info(tmp_path: Path) -> None:
+    with Saver() as saver:
+        info = saver.save({"w": np.zeros(2)}, tmp_path, step=3, metadata={"lr": 0.1, "tag": "a"})
+    assert info.metadata == {"lr": 0.1, "tag": "a"}
+    listed = list_checkpoints(tmp_path)[-1]
+    assert listed.metadata == {"lr": 0.1, "tag": "a"}
+    assert listed == info  # metadata is not part of equality or the hash
+    assert hash(listed) == hash(info)

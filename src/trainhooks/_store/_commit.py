@@ -116,7 +116,13 @@ def commit_checkpoint(
                 shutil.rmtree(replaced)
     nbytes = manifest.nbytes + manifest_size
     return CheckpointInfo(
-        step, final, manifest.time, nbytes, len(manifest.tensors), manifest.format_version
+        step,
+        final,
+        manifest.time,
+        nbytes,
+        len(manifest.tensors),
+        manifest.format_version,
+        manifest.metadata,
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["CheckpointInfo"]
 
@@ -14,6 +15,7 @@ class CheckpointInfo:
 
     ``time`` is the wall clock at save (``time.time()``), kept as metadata only: nothing
     in trainhooks schedules by it. ``nbytes`` counts every file of the checkpoint.
+    ``metadata`` is the JSON the caller passed to ``Saver.save(metadata=...)``.
     """
 
     step: int
@@ -22,3 +24,4 @@ class CheckpointInfo:
     nbytes: int
     num_tensors: int
     format_version: int
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)

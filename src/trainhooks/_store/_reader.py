@@ -99,7 +99,9 @@ class CheckpointReader:
     def info(self) -> CheckpointInfo:
         m = self.manifest
         nbytes = m.nbytes + self._manifest_size
-        return CheckpointInfo(m.step, self.path, m.time, nbytes, len(m.tensors), m.format_version)
+        return CheckpointInfo(
+            m.step, self.path, m.time, nbytes, len(m.tensors), m.format_version, m.metadata
+        )
 
     # -- reading tensors ----------------------------------------------------------------
     def mapped_view(self, record: TensorRecord, *, verify: bool = True) -> memoryview:
