@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from listener_helpers import train_counter
 
 import trainhooks as th
 
@@ -19,19 +19,6 @@ class Recorder(th.CheckpointSaverListener):
         self.trace.append(f"end({global_step_value})")
 
 
-def train(tmp_path, listeners: list, metric_by_step: dict[int, float], last_step: int = 20):
-    weight = torch.zeros(())
-    saver_hook = th.CheckpointSaverHook(tmp_path, save_steps=2, listeners=listeners)
-    with th.MonitoredTrainingSession(
-        state={"w": weight},
-        chief_only_hooks=[saver_hook],
-        hooks=[th.StopAtStepHook(last_step=last_step)],
-    ) as session:
-        while not session.should_stop():
-            session.run(lambda: weight.add_(1.0))
-        return session.global_step
-
-
 LOSSES = {0: 5.0, 2: 3.0, 4: 2.0, 6: 2.5, 8: 2.1, 10: 1.0, 12: 3.0, 14: 3.0}
 
 
@@ -40,7 +27,7 @@ def test_stops_after_patience_evaluations_without_improvement(tmp_path):
         "loss", patience=2, metric_fn=lambda s: {"loss": LOSSES[s.global_step]}
     )
     recorder = Recorder()
-    last = train(tmp_path, [stopper, recorder], LOSSES)
+    last = train_counter(tmp_path, [stopper, recorder])
     # best 2.0 at step 4; 6 and 8 do not improve: stop at 8, and every listener still ran
     assert last == 8
     assert (stopper.best, stopper.best_step, stopper.stopped_step) == (2.0, 4, 8)
@@ -53,21 +40,21 @@ def test_min_delta_and_max_mode(tmp_path):
     stopper = th.EarlyStoppingListener(
         "acc", patience=2, mode="max", min_delta=0.02, metric_fn=lambda s: accuracy[s.global_step]
     )
-    assert train(tmp_path, [stopper], accuracy) == 6
+    assert train_counter(tmp_path, [stopper]) == 6
 
 
 def test_only_evaluated_saves_count_with_an_evaluation_source(tmp_path):
     evaluator = th.EvaluationListener(lambda s: {"loss": LOSSES[s.global_step]}, every_n_saves=2)
     stopper = th.EarlyStoppingListener("loss", patience=1, source=evaluator)
     # evaluated saves: 2nd (step 2: 3.0), 4th (6: 2.5), 6th (10: 1.0), 8th (14: 3.0)
-    assert train(tmp_path, [evaluator, stopper], LOSSES) == 14
+    assert train_counter(tmp_path, [evaluator, stopper]) == 14
 
 
 def test_a_source_placed_after_it_is_reported(tmp_path):
     evaluator = th.EvaluationListener(lambda s: {"loss": 1.0})
     stopper = th.EarlyStoppingListener("loss", patience=1, source=evaluator)
     with pytest.warns(UserWarning, match="put it before"):
-        train(tmp_path, [stopper, evaluator], LOSSES, last_step=2)
+        train_counter(tmp_path, [stopper, evaluator], last_step=2)
 
 
 @pytest.mark.parametrize(

@@ -6,22 +6,10 @@ import json
 
 import pytest
 import torch
+from listener_helpers import train_counter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import trainhooks as th
-
-
-def train(tmp_path, listeners: list, last_step: int, save_steps: int) -> None:
-    """A real session on a real torch tensor: each step adds 1 to the weight."""
-    weight = torch.zeros(())
-    saver_hook = th.CheckpointSaverHook(tmp_path, save_steps=save_steps, listeners=listeners)
-    with th.MonitoredTrainingSession(
-        state={"w": weight},
-        chief_only_hooks=[saver_hook],
-        hooks=[th.StopAtStepHook(last_step=last_step)],
-    ) as session:
-        while not session.should_stop():
-            session.run(lambda: weight.add_(1.0))
 
 
 def weight_metrics(calls: list[int]):
@@ -35,7 +23,7 @@ def weight_metrics(calls: list[int]):
 def test_every_save_is_evaluated_once_and_end_does_not_repeat_the_last(tmp_path):
     calls: list[int] = []
     listener = th.EvaluationListener(weight_metrics(calls))
-    train(tmp_path, [listener], last_step=7, save_steps=3)
+    train_counter(tmp_path, [listener], last_step=7, save_steps=3)
     # saves at 0, 3, 6 and the final one at 7; end(7) sees 7 already evaluated
     assert calls == [0, 3, 6, 7]
     assert listener.history == {s: {"w": float(s), "double": 2.0 * s} for s in (0, 3, 6, 7)}
@@ -46,11 +34,11 @@ def test_every_save_is_evaluated_once_and_end_does_not_repeat_the_last(tmp_path)
 def test_end_evaluates_the_last_checkpoint_when_the_schedule_skipped_it(tmp_path):
     calls: list[int] = []
     listener = th.EvaluationListener(weight_metrics(calls), every_n_saves=3)
-    train(tmp_path, [listener], last_step=10, save_steps=2)
+    train_counter(tmp_path, [listener], last_step=10, save_steps=2)
     # saves 0, 2, 4, 6, 8, 10: the 3rd and 6th are evaluated by after_save
     assert calls == [4, 10]
     calls.clear()
-    train(tmp_path / "b", [listener], last_step=8, save_steps=2)
+    train_counter(tmp_path / "b", [listener], last_step=8, save_steps=2)
     # saves 0..8 (5 saves): after_save evaluates the 3rd (4); end adds the last step, 8
     assert calls == [4, 8]
 
@@ -58,7 +46,7 @@ def test_end_evaluates_the_last_checkpoint_when_the_schedule_skipped_it(tmp_path
 def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
     out = tmp_path / "out"
     listener = th.EvaluationListener(weight_metrics([]), output_dir=out, name="val")
-    train(tmp_path / "ckpt", [listener], last_step=4, save_steps=2)
+    train_counter(tmp_path / "ckpt", [listener], last_step=4, save_steps=2)
     records = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
     assert [(r["step"], r["metrics"]["double"]) for r in records] == [(0, 0), (2, 4), (4, 8)]
     accumulator = EventAccumulator(str(out / "val"))
@@ -68,7 +56,7 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
 
 def test_tensorboard_can_be_turned_off(tmp_path):
     listener = th.EvaluationListener(weight_metrics([]), output_dir=tmp_path, tensorboard=False)
-    train(tmp_path / "ckpt", [listener], last_step=2, save_steps=2)
+    train_counter(tmp_path / "ckpt", [listener], last_step=2, save_steps=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "eval.jsonl"]
 
 
@@ -90,7 +78,7 @@ def test_nothing_is_evaluated_at_end_after_an_exception(tmp_path):
 def test_a_non_numeric_metric_names_listener_metric_and_step(tmp_path):
     listener = th.EvaluationListener(lambda s: {"ok": 1.0, "bad": torch.zeros(3)}, name="val")
     with pytest.raises(TypeError, match=r"'val'.*'bad' at step 0") as info:
-        train(tmp_path, [listener], last_step=2, save_steps=1)
+        train_counter(tmp_path, [listener], last_step=2, save_steps=1)
     assert any("EvaluationListener.after_save() at step 0" in n for n in info.value.__notes__)
 
 

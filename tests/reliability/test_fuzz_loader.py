@@ -257,6 +257,14 @@ tensor_names = st.sampled_from(["model/weight", "model/bias", "arr", "half", "..
 def test_any_sealed_safetensors_header_gives_typed_errors(
     template: dict[str, bytes], entries: dict[str, Any], payload: bytes, prefix: int | None
 ) -> None:
+    exercise(_forged_files(template, entries, payload, prefix))
+
+
+def _forged_files(
+    template: dict[str, bytes], entries: dict[str, Any], payload: bytes, prefix: int | None
+) -> dict[str, bytes]:
+    """A data file with header ``entries`` (length prefix ``prefix``, default the true one)
+    and a manifest re-sealed to match it, so only the header validators stand in the way."""
     header = json.dumps(entries).encode()
     header += b" " * (-len(header) % 8)
     length = len(header) if prefix is None else prefix
@@ -271,7 +279,7 @@ def test_any_sealed_safetensors_header_gives_typed_errors(
     }
     start = 8 + len(header)
     body["tensors"] = [_record(name, raw, start, payload) for name, raw in entries.items()]
-    exercise({DATA: data, MANIFEST: seal(body)})
+    return {DATA: data, MANIFEST: seal(body)}
 
 
 def _record(name: str, raw: dict[str, Any], start: int, payload: bytes) -> dict[str, Any]:
@@ -331,19 +339,7 @@ def nasty_cases(template: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
         ("overflow_shape", {"x": overflow}, None),
         ("many_tensors", {f"t{i}": empty for i in range(20000)}, None),
     ):
-        header = json.dumps(entries).encode()
-        header += b" " * (-len(header) % 8)
-        data = struct.pack("<Q", len(header) if length is None else length) + header
-        body = json.loads(template[MANIFEST])
-        body["files"] = {
-            DATA: {
-                "size": len(data),
-                "header_size": 8 + len(header),
-                "header_crc32c": crc32c.crc32c(data[: 8 + len(header)]),
-            }
-        }
-        body["tensors"] = [_record(n, r, 8 + len(header), b"") for n, r in entries.items()]
-        cases[name] = {DATA: data, MANIFEST: seal(body)}
+        cases[name] = _forged_files(template, entries, b"", length)
     depth = 100_000
     tree = '{"items":[' * depth + '{"type":"value","value":1}' + "]" + ',"type":"list"}' * depth
     manifest = template[MANIFEST].decode()
