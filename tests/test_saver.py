@@ -252,3 +252,16 @@ def test_saved_metadata_comes_back_with_the_checkpoint_info(tmp_path: Path) -> N
     assert listed.metadata == {"lr": 0.1, "tag": "a"}
     assert listed == info  # metadata is not part of equality or the hash
     assert hash(listed) == hash(info)
+
+
+def test_checkpoint_info_describes_one_checkpoint_without_listing_its_directory(
+    tmp_path: Path,
+) -> None:
+    from trainhooks import CheckpointNotFoundError, checkpoint_info
+
+    with Saver() as saver:
+        info = saver.save({"w": np.zeros(2)}, tmp_path, step=4, metadata={"k": 1})
+    assert checkpoint_info(info.path) == info
+    assert checkpoint_info(info.path).metadata == {"k": 1}
+    with pytest.raises(CheckpointNotFoundError):
+        checkpoint_info(tmp_path / "ckpt-000000000005")

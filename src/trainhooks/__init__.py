@@ -29,6 +29,7 @@ _PUBLIC: dict[str, str] = {
     "list_checkpoints": "trainhooks._store._reader",
     "latest_checkpoint": "trainhooks._store._reader",
     "verify_checkpoint": "trainhooks._store._reader",
+    "checkpoint_info": "trainhooks._store._reader",
     "prune_checkpoints": "trainhooks._store._retention",
     "export_safetensors": "trainhooks._store._export",
     # state and the saver

@@ -47,7 +47,6 @@ from trainhooks._cli._render import (
 from trainhooks._cli._resolve import (
     basename_for,
     candidates_in,
-    checkpoints_in,
     committed_basename,
     existing_path,
     listing_entry,
@@ -122,12 +121,11 @@ def _plan(target: str) -> list[Path]:
             raise CliError(f"{target} is a file, not a checkpoint or a directory of checkpoints")
     if committed_basename(path.resolve().name) is not None:
         return [path]
-    listed = [Path(info.path) for info in checkpoints_in(path)]
-    damaged = candidates_in(path).get(basename_for(path), [])
-    every = {p.resolve(): p for p in [*listed, *damaged]}
+    # every directory named like a checkpoint, listed (valid) or damaged alike
+    every = candidates_in(path).get(basename_for(path), [])
     if not every:
         return [path]  # maybe a checkpoint under a foreign name; the store decides
-    return [every[key] for key in sorted(every, key=lambda p: p.name)]
+    return sorted(every, key=lambda p: p.name)
 
 
 def _run(paths: list[Path], on_outcome: Callable[[Outcome], None]) -> list[Outcome]:

@@ -106,15 +106,15 @@ def checkpoints_in(directory: Path) -> list[CheckpointInfo]:
 
 
 def listing_entry(path: Path) -> CheckpointInfo | None:
-    """The parent's listing entry for the checkpoint directory ``path``, if it has one."""
+    """The parent's listing entry for the checkpoint directory ``path``, if it has one
+    (named like a committed checkpoint and structurally valid)."""
     target = path.resolve()
-    base = committed_basename(target.name)
-    if base is None or not target.is_dir():
+    if committed_basename(target.name) is None or not target.is_dir():
         return None
-    for info in trainhooks.list_checkpoints(target.parent, basename=base):
-        if Path(info.path).resolve() == target:
-            return info
-    return None
+    try:
+        return trainhooks.checkpoint_info(target)
+    except trainhooks.CheckpointError:
+        return None
 
 
 def newest_in(directory: Path, infos: list[CheckpointInfo]) -> CheckpointInfo:

@@ -37,6 +37,7 @@ from trainhooks._store._safetensors import HeaderError, header_length, parse_hea
 
 __all__ = [
     "CheckpointReader",
+    "checkpoint_info",
     "latest_checkpoint",
     "list_checkpoints",
     "verify_checkpoint",
@@ -345,6 +346,13 @@ def latest_checkpoint(
         except CheckpointError:  # damaged, unreadable, or deleted while we looked
             continue
     return None
+
+
+def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """One checkpoint's facts after the cheap structure check (no tensor bytes are read);
+    raises ``CheckpointNotFoundError`` or ``CheckpointCorruptError`` like the readers."""
+    with CheckpointReader(path) as reader:
+        return reader.info
 
 
 def verify_checkpoint(
