@@ -8,7 +8,6 @@ named tensors, the store commits them crash-safely. It also owns retention (TF's
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import warnings
@@ -29,6 +28,7 @@ from trainhooks._state._arrays import empty_array, finish_array
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
+from trainhooks._store._admit import checked_metadata
 from trainhooks._store._commit import commit_checkpoint
 from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
@@ -132,7 +132,7 @@ class Saver:
         retention. Returns only once the checkpoint survives a crash or power loss."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        metadata = _checked_metadata(metadata)
+        metadata = checked_metadata(metadata)
         tree, tensors = encode_state(state)
         directory = Path(directory).absolute()
         held = self._directory(directory, step)
@@ -291,20 +291,6 @@ def _warn_once(warned: set[str], message: str) -> None:
     if message not in warned:
         warned.add(message)
         warnings.warn(message, stacklevel=3)
-
-
-def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The caller's metadata as a dict, refused up front unless it is plain JSON."""
-    metadata = dict(metadata or {})
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointFormatError(
-            f"checkpoint metadata must be plain JSON (str keys; str, int, finite float, bool, "
-            f"None, lists and dicts of them): {exc}; convert values such as NumPy scalars "
-            "with float() or int()"
-        ) from None
-    return metadata
 
 
 def _same_directory(directory: Path, inode: int) -> bool:

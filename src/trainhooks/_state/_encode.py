@@ -18,6 +18,7 @@ import numpy as np
 from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._state._arrays import array_bytes, array_kind
 from trainhooks._store._commit import TensorSource
+from trainhooks._store._limits import count_problem, depth_problem, name_problem, rank_problem
 
 __all__ = ["encode_state", "is_stateful", "where"]
 
@@ -45,7 +46,10 @@ class _Encoder:
         self.tensors: list[TensorSource] = []
         self._names: set[str] = {"__metadata__"}  # reserved by the safetensors header
 
-    def encode(self, value: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+    def encode(self, value: Any, path: tuple[Any, ...], depth: int = 1) -> dict[str, Any]:
+        """The node of ``value``, which sits at JSON level ``depth`` of the tree; each node
+        reaches one level deeper (its scalars), a container's children further."""
+        _refuse(path, depth_problem(depth + 1))
         kind = array_kind(value)
         if kind is not None:
             return self._tensor(value, kind, path)
@@ -56,27 +60,29 @@ class _Encoder:
                 return {"type": "value", "value": value}
             return {"type": "float", "value": repr(value)}
         if isinstance(value, Mapping):
-            return {"type": "dict", "items": [self._item(k, v, path) for k, v in value.items()]}
+            items = [self._item(k, v, path, depth) for k, v in value.items()]
+            return {"type": "dict", "items": items}
         if isinstance(value, (list, tuple)):
-            items = [self.encode(v, (*path, i)) for i, v in enumerate(value)]
+            items = [self.encode(v, (*path, i), depth + 2) for i, v in enumerate(value)]
             return {"type": "list" if isinstance(value, list) else "tuple", "items": items}
         if isinstance(value, (bytes, bytearray)):
             return {"type": "bytes", "value": base64.b64encode(value).decode()}
-        return self._special(value, path)
+        return self._special(value, path, depth)
 
-    def _special(self, value: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+    def _special(self, value: Any, path: tuple[Any, ...], depth: int) -> dict[str, Any]:
         if isinstance(value, np.random.Generator):
             return {
                 "type": "numpy_generator",
-                "state": self.encode(value.bit_generator.state, path),
+                "state": self.encode(value.bit_generator.state, path, depth + 1),
             }
         if isinstance(value, np.random.RandomState):
             state = value.get_state(legacy=False)
-            return {"type": "numpy_random_state", "state": self.encode(state, path)}
+            return {"type": "numpy_random_state", "state": self.encode(state, path, depth + 1)}
         torch = sys.modules.get("torch")
         if torch is not None:
             if isinstance(value, torch.Generator):
-                return {"type": "torch_generator", "state": self.encode(value.get_state(), path)}
+                state = self.encode(value.get_state(), path, depth + 1)
+                return {"type": "torch_generator", "state": state}
             if isinstance(value, torch.dtype):
                 return {"type": "torch_dtype", "value": str(value).removeprefix("torch.")}
             if isinstance(value, torch.device):
@@ -86,7 +92,7 @@ class _Encoder:
             return {
                 "type": "stateful",
                 "class": f"{cls.__module__}.{cls.__qualname__}",
-                "state": self.encode(value.state_dict(), path),
+                "state": self.encode(value.state_dict(), path, depth + 1),
             }
         raise CheckpointFormatError(
             f"cannot checkpoint {where(path)}: values of type {type(value).__qualname__} are "
@@ -94,17 +100,19 @@ class _Encoder:
             "dicts/lists/tuples of them, or an object with state_dict()/load_state_dict()."
         )
 
-    def _item(self, key: Any, value: Any, path: tuple[Any, ...]) -> list[Any]:
+    def _item(self, key: Any, value: Any, path: tuple[Any, ...], depth: int) -> list[Any]:
         if isinstance(key, bool) or not isinstance(key, (str, int)):
             raise CheckpointFormatError(
                 f"cannot checkpoint {where(path)}: dict key {key!r} is a "
                 f"{type(key).__name__}; only str and int keys are supported"
             )
-        return [key, self.encode(value, (*path, key))]
+        return [key, self.encode(value, (*path, key), depth + 3)]  # node, items, pair
 
     def _tensor(self, value: Any, kind: str, path: tuple[Any, ...]) -> dict[str, Any]:
         dtype, shape, data = array_bytes(value, kind, where(path))
         name = self._unique_name(path)
+        _refuse(path, name_problem(name) or rank_problem(len(shape)))
+        _refuse(path, count_problem(len(self.tensors) + 1))
         self.tensors.append(TensorSource(name, dtype, shape, data))
         return {"type": "tensor", "name": name, "kind": kind}
 
@@ -116,6 +124,12 @@ class _Encoder:
             name = f"{base}#{n}"
         self._names.add(name)
         return name
+
+
+def _refuse(path: tuple[Any, ...], problem: str | None) -> None:
+    """Raise for a value past a limit every reader enforces (``_store._limits``)."""
+    if problem is not None:
+        raise CheckpointFormatError(f"cannot checkpoint {where(path)}: {problem}")
 
 
 def where(path: tuple[Any, ...]) -> str:

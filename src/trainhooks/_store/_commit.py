@@ -23,7 +23,8 @@ from typing import Any
 
 import crc32c
 
-from trainhooks._exceptions import CheckpointWriteError
+from trainhooks._exceptions import CheckpointFormatError, CheckpointWriteError
+from trainhooks._store._admit import admit_sizes, admit_tensors, admit_tree, checked_metadata
 from trainhooks._store._durable import exchange_paths, fsync_directory, fsync_fd, write_all
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
@@ -73,13 +74,13 @@ def commit_checkpoint(
     manifest for the saver that writes after this one.
     """
     when = time.time() if when is None else when
+    planned, header = _admitted_plan(step, when, tensors, tree, metadata, retention)
     staging = directory / staging_name(basename, step)
     final = committed_path(directory, basename, step)
     replaced: Path | None = None
     try:
         os.mkdir(staging)
-        skeleton = Manifest(step, when, {}, [], tree, metadata, retention=retention)
-        manifest, manifest_size = _write_contents(staging, skeleton, tensors)
+        manifest, manifest_size = _write_contents(staging, planned, header, tensors)
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
@@ -126,27 +127,52 @@ def commit_checkpoint(
     )
 
 
-def _write_contents(
-    staging: Path, skeleton: Manifest, tensors: Sequence[TensorSource]
-) -> tuple[Manifest, int]:
-    """Write the data file, then the manifest (``skeleton`` completed with files and tensors)."""
-    step = skeleton.step
+def _admitted_plan(
+    step: int,
+    when: float,
+    tensors: Sequence[TensorSource],
+    tree: Any,
+    metadata: dict[str, Any],
+    retention: dict[str, Any] | None,
+) -> tuple[Manifest, bytes]:
+    """The manifest to write (checksums still unknown) and the data file's header, after
+    refusing anything a reader would refuse: nothing is on disk yet."""
+    metadata = checked_metadata(metadata)
+    admit_tensors((t.name, t.shape) for t in tensors)
+    admit_tree(tree)
     header, entries = build_header(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
         {"format": "pt", "producer": "trainhooks", "step": str(step)},
     )
+    size = entries[-1].end if entries else len(header)
+    files = {DATA_FILE: {"size": size, "header_size": len(header), "header_crc32c": _WIDEST}}
+    records = [_record(entry, _WIDEST) for entry in entries]
+    planned = Manifest(step, when, files, records, tree, metadata, retention=retention)
+    try:
+        bound = planned.size_bound()
+    except (TypeError, ValueError) as exc:  # e.g. an int too long for JSON
+        raise CheckpointFormatError(
+            f"cannot save the state of step {step}: it does not serialize as JSON ({exc})"
+        ) from None
+    admit_sizes(len(header), bound)
+    return planned, header
+
+
+_WIDEST = 2**32 - 1  # a placeholder checksum as wide as any real one
+
+
+def _write_contents(
+    staging: Path, planned: Manifest, header: bytes, tensors: Sequence[TensorSource]
+) -> tuple[Manifest, int]:
+    """Write the data file, then the manifest (``planned`` with the real checksums)."""
     checksums = _write_data_file(staging / DATA_FILE, header, tensors)
     fault_point("after_data_file")
-    size = entries[-1].end if entries else len(header)
-    files = {
-        DATA_FILE: {
-            "size": size,
-            "header_size": len(header),
-            "header_crc32c": crc32c.crc32c(header),
-        }
-    }
-    records = [_record(entry, crc) for entry, crc in zip(entries, checksums, strict=True)]
-    manifest = dataclasses.replace(skeleton, files=files, tensors=records)
+    files = {DATA_FILE: {**planned.files[DATA_FILE], "header_crc32c": crc32c.crc32c(header)}}
+    records = [
+        dataclasses.replace(record, crc32c=crc)
+        for record, crc in zip(planned.tensors, checksums, strict=True)
+    ]
+    manifest = dataclasses.replace(planned, files=files, tensors=records)
     fault_point("before_manifest")
     manifest_bytes = manifest.to_bytes()
     _write_file(staging / MANIFEST_FILE, [memoryview(manifest_bytes)])

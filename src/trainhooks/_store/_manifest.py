@@ -15,7 +15,13 @@ from typing import Any
 import crc32c
 
 from trainhooks._store._dtypes import DTYPE_ITEMSIZE
-from trainhooks._store._limits import MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS, MAX_TREE_DEPTH
+from trainhooks._store._limits import (
+    CHECKSUM_DIGITS,
+    MAX_NAME_LENGTH,
+    MAX_RANK,
+    MAX_TENSORS,
+    MAX_TREE_DEPTH,
+)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Manifest", "ManifestError", "TensorRecord"]
 
@@ -72,6 +78,15 @@ class Manifest:
         return sum(f["size"] for f in self.files.values())
 
     def to_bytes(self) -> bytes:
+        body = self._body()
+        body[_CHECKSUM_KEY] = crc32c.crc32c(_canonical(body))
+        return _canonical(body)
+
+    def size_bound(self) -> int:
+        """Length of :meth:`to_bytes` with its own checksum counted at its widest (10 digits)."""
+        return len(_canonical(self._body())) + len(f',"{_CHECKSUM_KEY}":') + CHECKSUM_DIGITS
+
+    def _body(self) -> dict[str, Any]:
         body = {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -84,8 +99,7 @@ class Manifest:
         }
         if self.retention is not None:
             body["retention"] = self.retention
-        body[_CHECKSUM_KEY] = crc32c.crc32c(_canonical(body))
-        return _canonical(body)
+        return body
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
