@@ -32,7 +32,12 @@ from trainhooks._store._admit import checked_metadata
 from trainhooks._store._commit import commit_checkpoint
 from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
+from trainhooks._store._layout import (
+    DEFAULT_BASENAME,
+    MANIFEST_FILE,
+    check_basename,
+    committed_path,
+)
 from trainhooks._store._reader import CheckpointReader, committed_paths, list_checkpoints
 from trainhooks._store._retention import (
     RetentionRecord,
@@ -78,7 +83,7 @@ class _DirectoryState:
         if not existing:
             return RetentionRecord(next_keep_time=fresh_keep_time)
         newest = existing[-1]
-        with CheckpointReader(newest.path) as reader:
+        with CheckpointReader(newest.path, follow_symlinks=False) as reader:
             raw = reader.manifest.retention
         record = RetentionRecord.from_json(raw) if raw is not None else None
         if record is None:
@@ -222,12 +227,19 @@ class Saver:
             failures: list[CheckpointError] = []
             for path in committed_paths(directory, self.basename):  # newest first
                 try:
-                    return self._restore_from(path, state, cast, strict)
+                    info = self._restore_from(path, state, cast, strict)
                 except CheckpointNotFoundError:
                     break  # deleted while we read it: newer ones exist; scan again
                 except (CheckpointCorruptError, CheckpointFormatError) as exc:
-                    _warn_once(warned, f"{exc}; falling back to an older checkpoint")
                     failures.append(exc)
+                    continue
+                for failure in failures:
+                    _warn_once(
+                        warned,
+                        f"{failure}; restored step {info.step} ({info.path.name}) instead; "
+                        f"inspect the skipped checkpoint with `trainhooks verify {failure.path}`",
+                    )
+                return info
             else:
                 if not failures:
                     raise CheckpointNotFoundError(
@@ -247,7 +259,7 @@ class Saver:
     def _restore_from(
         self, path: Path, state: MutableMapping[str, Any], cast: bool, strict: bool
     ) -> CheckpointInfo:
-        with CheckpointReader(path) as reader:
+        with CheckpointReader(path, follow_symlinks=False) as reader:
             saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
             info = reader.info
         if not isinstance(saved, dict):
@@ -259,6 +271,13 @@ class Saver:
         except StateMismatchError as exc:
             raise StateMismatchError(
                 f"{exc} (restoring {path}, step {info.step})", path=path, step=info.step
+            ) from None
+        except CheckpointCorruptError as exc:  # a value no save could have written
+            raise CheckpointCorruptError(
+                f"checkpoint {path} (step {info.step}) is corrupt: {exc}",
+                path=path,
+                step=info.step,
+                file=MANIFEST_FILE,
             ) from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
             # the bytes verified, so the checkpoint does not fit what it is loaded into
@@ -329,11 +348,13 @@ def read_tree(
 
     try:
         return decode_tree(reader.manifest.tree, read_tensor)
-    except (KeyError, TypeError, ValueError, CheckpointFormatError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, CheckpointFormatError) as exc:
         raise CheckpointCorruptError(
-            f"checkpoint {reader.path} (step {reader.step}) has a malformed state tree: {exc}",
+            f"checkpoint {reader.path} (step {reader.step}) is corrupt: {MANIFEST_FILE} holds "
+            f"a malformed state tree ({exc})",
             path=reader.path,
             step=reader.step,
+            file=MANIFEST_FILE,
         ) from exc
 
 

@@ -6,6 +6,7 @@ the store, plain Python values, and markers for objects that restore through
 from __future__ import annotations
 
 import base64
+import binascii
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,16 +50,26 @@ def decode_tree(node: Any, read_tensor: ReadTensor) -> Any:
         items = [decode_tree(v, read_tensor) for v in node["items"]]
         return items if kind == "list" else tuple(items)
     if kind == "float":
-        return float(node["value"])
+        return float(_text(node, "value"))
     if kind == "bytes":
-        return base64.b64decode(node["value"])
+        try:
+            return base64.b64decode(_text(node, "value"), validate=True)
+        except binascii.Error as exc:
+            raise CheckpointFormatError(f"a bytes value is not valid base64 ({exc})") from None
     if kind == "stateful":
         return StatefulValue(str(node.get("class")), decode_tree(node["state"], read_tensor))
     if kind in ("numpy_generator", "numpy_random_state", "torch_generator"):
         return GeneratorValue(kind, decode_tree(node["state"], read_tensor))
     if kind in ("torch_dtype", "torch_device"):
-        return _torch_value(kind, str(node["value"]))
-    raise CheckpointFormatError(f"unknown tree node type {kind!r}")
+        return _torch_value(kind, _text(node, "value"))
+    raise CheckpointFormatError(f"unknown tree node type {str(kind)[:80]!r}")
+
+
+def _text(node: dict[str, Any], key: str) -> str:
+    value = node.get(key)
+    if not isinstance(value, str):
+        raise CheckpointFormatError(f"a {node.get('type')} node's {key!r} is not a string")
+    return value
 
 
 def _key(key: Any) -> str | int:
@@ -87,7 +98,10 @@ def _torch_value(kind: str, text: str) -> Any:
     if torch is None:
         return text
     if kind == "torch_device":
-        return torch.device(text)
+        try:
+            return torch.device(text)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointFormatError(f"invalid torch device {text[:80]!r} ({exc})") from None
     dtype = getattr(torch, text, None)
     if not isinstance(dtype, torch.dtype):
         raise CheckpointFormatError(f"unknown torch dtype {text!r} in the checkpoint tree")

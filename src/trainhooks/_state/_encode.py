@@ -60,8 +60,8 @@ class _Encoder:
                 return {"type": "value", "value": value}
             return {"type": "float", "value": repr(value)}
         if isinstance(value, Mapping):
-            items = [self._item(k, v, path, depth) for k, v in value.items()]
-            return {"type": "dict", "items": items}
+            pairs = [self._item(k, v, path, depth) for k, v in value.items()]
+            return {"type": "dict", "items": pairs}
         if isinstance(value, (list, tuple)):
             items = [self.encode(v, (*path, i), depth + 2) for i, v in enumerate(value)]
             return {"type": "list" if isinstance(value, list) else "tuple", "items": items}

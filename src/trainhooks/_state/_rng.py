@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from trainhooks._exceptions import CheckpointCorruptError
+
 __all__ = ["RNGState"]
 
 
@@ -31,6 +33,19 @@ class RNGState:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set the generators from ``state``; a state no generator produces (a forged or
+        damaged checkpoint) raises ``CheckpointCorruptError`` and leaves them unchanged."""
+        saved = (random.getstate(), np.random.get_state(legacy=False))
+        try:
+            self._set(state)
+        except (TypeError, ValueError, OverflowError, KeyError, IndexError, RuntimeError) as exc:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            raise CheckpointCorruptError(
+                f"the saved RNGState is invalid ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def _set(self, state: dict[str, Any]) -> None:
         python = state["python"]
         random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
         np.random.set_state(state["numpy"])

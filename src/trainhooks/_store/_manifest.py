@@ -9,18 +9,21 @@ crc32c over its own canonical body so that a flipped bit anywhere in it is caugh
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import crc32c
 
 from trainhooks._store._dtypes import DTYPE_ITEMSIZE
 from trainhooks._store._limits import (
     CHECKSUM_DIGITS,
-    MAX_NAME_LENGTH,
-    MAX_RANK,
     MAX_TENSORS,
     MAX_TREE_DEPTH,
+    json_depth,
+    name_problem,
+    rank_problem,
 )
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Manifest", "ManifestError", "TensorRecord"]
@@ -103,6 +106,14 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and validate manifest bytes; any flaw is a :class:`ManifestError`.
+
+        The checksum is verified on the raw bytes *before* they are parsed, so damaged bytes
+        never reach the JSON parser; the size cap (checked by the caller) bounds what a
+        forged but re-sealed manifest can make the parser allocate.
+        """
+        data = data.rstrip(b"\n")
+        _check_seal(data)
         try:
             body = json.loads(data, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
@@ -110,26 +121,55 @@ class Manifest:
         if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
             raise ManifestError("not a trainhooks manifest (missing 'format')")
         version = body.get("format_version")
-        if not _is_int(version):
-            raise ManifestError("manifest 'format_version' is missing or not an integer")
-        newer = version > FORMAT_VERSION
-        stored = body.pop(_CHECKSUM_KEY, None)
-        if stored != crc32c.crc32c(_canonical(body)):
-            hint = f" (it claims format version {version}; if a newer trainhooks wrote it, upgrade)"
+        if not _is_int(version) or version < 1:
             raise ManifestError(
-                f"manifest checksum mismatch: the manifest is corrupt{hint if newer else ''}"
+                f"manifest 'format_version' is {version!r}, not a version trainhooks ever wrote"
             )
-        if newer:
+        if version > FORMAT_VERSION:
             raise ManifestError(
                 f"format version {version} is newer than this trainhooks reads "
                 f"({FORMAT_VERSION}); upgrade trainhooks",
                 newer=True,
             )
-        if data.rstrip(b"\n") != _canonical({**body, _CHECKSUM_KEY: stored}):
+        try:
+            canonical = _canonical(body)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise ManifestError(f"manifest holds a value JSON cannot hold ({exc})") from None
+        if data != canonical:
             # We write canonical JSON; other bytes were altered after writing, even where they
             # parse to the same values (e.g. a float's last digit).
             raise ManifestError("manifest bytes are not as written: the manifest is corrupt")
-        return _from_body(body)
+        body.pop(_CHECKSUM_KEY, None)
+        try:
+            return _from_body(body)
+        except (TypeError, ValueError, OverflowError, KeyError, RecursionError) as exc:
+            # the checks below should leave nothing to these; never let one escape untyped
+            cause = f"{type(exc).__name__}: {exc}"
+            raise ManifestError(f"manifest fails its schema ({cause})") from None
+
+
+_SEAL = re.compile(rb',"' + _CHECKSUM_KEY.encode() + rb'":(\d{1,10})(?=[,}])')
+_VERSION = re.compile(rb'"format_version":(\d{1,6})[,}]')
+
+
+def _check_seal(data: bytes) -> None:
+    """Verify the manifest's own checksum on its raw bytes: it covers the canonical JSON of
+    every other key, which is exactly ``data`` without its ``,"manifest_crc32c":N`` member
+    (the first one: only ``files`` and ``format`` sort before it, and hold no such key)."""
+    match = _SEAL.search(data)
+    if match is not None:
+        unsealed = data[: match.start()] + data[match.end() :]
+        if int(match.group(1)) == crc32c.crc32c(unsealed):
+            return
+    version = _VERSION.search(data)
+    claimed = int(version.group(1)) if version else None
+    hint = (
+        f" (it claims format version {claimed}; if a newer trainhooks wrote it, upgrade)"
+        if claimed is not None and claimed > FORMAT_VERSION
+        else ""
+    )
+    what = "checksum mismatch" if match else "no checksum found"
+    raise ManifestError(f"manifest {what}: the manifest is corrupt{hint}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -143,8 +183,10 @@ def _canonical(body: dict[str, Any]) -> bytes:
 def _from_body(body: dict[str, Any]) -> Manifest:
     step, when, files = body.get("step"), body.get("time"), body.get("files")
     tensors, tree = body.get("tensors"), body.get("tree")
-    if not _is_int(step) or step < 0 or not isinstance(when, (int, float)):
-        raise ManifestError("manifest 'step' or 'time' is missing or invalid")
+    if not _is_int(step) or step < 0:
+        raise ManifestError(f"manifest 'step' is {_short(step)}, not a non-negative integer")
+    if not _is_finite(when):
+        raise ManifestError(f"manifest 'time' is {_short(when)}, not a finite number")
     if not isinstance(files, dict) or not all(
         isinstance(v, dict) and all(_is_int(x) and x >= 0 for x in v.values())
         for v in files.values()
@@ -152,17 +194,44 @@ def _from_body(body: dict[str, Any]) -> Manifest:
         raise ManifestError("manifest 'files' is invalid")
     if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
         raise ManifestError("manifest 'tensors' is invalid")
-    if _depth(tree) > MAX_TREE_DEPTH:
+    if json_depth(tree) > MAX_TREE_DEPTH:
         raise ManifestError(f"manifest tree is nested deeper than {MAX_TREE_DEPTH}")
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise ManifestError("manifest 'metadata' is not an object")
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict) or json_depth(metadata) > MAX_TREE_DEPTH:
+        raise ManifestError(
+            f"manifest 'metadata' is not an object nested at most {MAX_TREE_DEPTH} deep"
+        )
     records = [_record(raw, files) for raw in tensors]
     retention = body.get("retention")
-    retention = retention if isinstance(retention, dict) else None
+    if retention is not None:
+        _check_retention(retention)
     return Manifest(
         step, float(when), files, records, tree, metadata, body["format_version"], retention
     )
+
+
+def _check_retention(raw: Any) -> None:
+    """The retention record a writer left: its shape is checked here, so that one forged
+    record can never make the next save fail (``RetentionRecord`` reads it back)."""
+    managed = raw.get("managed") if isinstance(raw, dict) else None
+    delete = raw.get("delete") if isinstance(raw, dict) else None
+    keep = raw.get("next_keep_time") if isinstance(raw, dict) else None
+    ok = (
+        isinstance(managed, list)
+        and all(
+            isinstance(item, list)
+            and len(item) == 2
+            and _is_int(item[0])
+            and item[0] >= 0
+            and _is_finite(item[1])
+            for item in managed
+        )
+        and isinstance(delete, list)
+        and all(_is_int(step) and step >= 0 for step in delete)
+        and (keep is None or _is_finite(keep))
+    )
+    if not ok:
+        raise ManifestError("manifest 'retention' record is invalid")
 
 
 def _record(raw: Any, files: dict[str, Any]) -> TensorRecord:
@@ -170,40 +239,43 @@ def _record(raw: Any, files: dict[str, Any]) -> TensorRecord:
         raise ManifestError("a manifest tensor entry is not an object")
     name, file, dtype = raw.get("name"), raw.get("file"), raw.get("dtype")
     shape, offsets, crc = raw.get("shape"), raw.get("offsets"), raw.get("crc32c")
-    ok = (
+    if not (
         isinstance(name, str)
-        and len(name) <= MAX_NAME_LENGTH
+        and name_problem(name) is None
         and isinstance(file, str)
         and file in files
         and isinstance(dtype, str)
         and dtype in DTYPE_ITEMSIZE
-        and isinstance(shape, list)
-        and len(shape) <= MAX_RANK
-        and all(_is_int(d) and d >= 0 for d in shape)
-        and isinstance(offsets, list)
+        and _int_list(shape)
+        and rank_problem(len(shape)) is None
+        and all(d >= 0 for d in shape)
+        and _int_list(offsets)
         and len(offsets) == 2
-        and all(_is_int(o) and o >= 0 for o in offsets)
+        and all(o >= 0 for o in offsets)
         and _is_int(crc)
-    )
-    if not ok:
-        raise ManifestError(f"manifest entry for tensor {name!r} is invalid")
+    ):
+        raise ManifestError(f"manifest entry for tensor {_short(name)} is invalid")
     return TensorRecord(name, file, dtype, tuple(shape), offsets[0], offsets[1], crc)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _depth(node: Any, limit: int = MAX_TREE_DEPTH + 1) -> int:
-    """Nesting depth of a JSON value, iteratively, stopping once past ``limit``."""
-    deepest, stack = 0, [(node, 1)]
-    while stack:
-        value, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        children = (
-            value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        )
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+def _int_list(value: object) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and all(_is_int(item) for item in value)
+
+
+def _is_finite(value: object) -> TypeGuard[int | float]:
+    """A JSON number that is a finite double (an int too large for one is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a huge int"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -56,19 +56,17 @@ class CheckpointReader:
     or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> None:
         self.path = Path(path)
         self.step: int | None = None
         self._maps: dict[str, mmap.mmap] = {}
         self._files: dict[str, int] = {}
-        try:
-            self._dir = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise CheckpointNotFoundError(f"{self.path} does not exist", path=self.path) from None
-        except OSError as exc:
-            raise self._os_error(exc) from exc
+        self._dir: int | None = None
+        self._manifest_size = 0
+        self._open_directory(follow_symlinks)
         try:
             self.manifest = self._read_manifest()
+            self._check_step_matches_name()
             self.step = self.manifest.step
             for name in self.manifest.files:
                 self._check_data_file(name)
@@ -77,6 +75,37 @@ class CheckpointReader:
             if isinstance(exc, OSError):
                 raise self._os_error(exc) from exc
             raise
+
+    def _open_directory(self, follow_symlinks: bool) -> None:
+        """Open the checkpoint directory; without ``follow_symlinks`` (a checkpoint found in
+        a directory scan or asked for by step) a symlink in its place is refused."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        try:
+            self._dir = os.open(self.path, flags | (0 if follow_symlinks else os.O_NOFOLLOW))
+        except (FileNotFoundError, NotADirectoryError):
+            if not follow_symlinks and self.path.is_symlink():
+                raise self._symlinked() from None
+            raise CheckpointNotFoundError(f"{self.path} does not exist", path=self.path) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._symlinked() from None
+            raise self._os_error(exc) from exc
+
+    def _symlinked(self) -> CheckpointCorruptError:
+        return self._corrupt(
+            "it is a symlink, not a checkpoint directory (refused: a checkpoint found by "
+            "name is never read through a link)"
+        )
+
+    def _check_step_matches_name(self) -> None:
+        """A checkpoint named for one step whose manifest claims another was tampered with."""
+        named = split_committed(self.path.name)
+        if named is not None and named[1] != self.manifest.step:
+            raise self._corrupt(
+                f"{MANIFEST_FILE} says step {self.manifest.step} but the directory is named "
+                f"for step {named[1]}",
+                file=MANIFEST_FILE,
+            )
 
     def close(self) -> None:
         """Close the checkpoint's files (mappings handed out stay valid)."""
@@ -314,7 +343,7 @@ def scan_checkpoints(
     broken: list[CheckpointError] = []
     for path in committed_paths(directory, basename):
         try:
-            with CheckpointReader(path) as reader:
+            with CheckpointReader(path, follow_symlinks=False) as reader:
                 valid.append(reader.info)
         except CheckpointNotFoundError:
             continue  # deleted by a writer's retention while we looked: not an error
@@ -341,7 +370,7 @@ def latest_checkpoint(
     """
     for path in committed_paths(directory, basename):
         try:
-            with CheckpointReader(path) as reader:
+            with CheckpointReader(path, follow_symlinks=False) as reader:
                 return reader.info
         except CheckpointError:  # damaged, unreadable, or deleted while we looked
             continue

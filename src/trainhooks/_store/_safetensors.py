@@ -12,10 +12,10 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainhooks._store._dtypes import DTYPE_ITEMSIZE
-from trainhooks._store._limits import MAX_HEADER_BYTES, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS
+from trainhooks._store._limits import MAX_HEADER_BYTES, MAX_TENSORS, name_problem, rank_problem
 
 __all__ = ["HeaderEntry", "HeaderError", "build_header", "parse_header"]
 
@@ -87,7 +87,7 @@ def parse_header(header: bytes, file_size: int) -> tuple[list[HeaderEntry], dict
         raise HeaderError(f"header is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise HeaderError("header JSON is not an object")
-    metadata = body.pop("__metadata__", None) or {}
+    metadata = body.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -115,17 +115,18 @@ def _order(entry: HeaderEntry) -> tuple[int, int]:
 
 
 def _entry(name: str, raw: Any, start: int) -> HeaderEntry:
-    if len(name) > MAX_NAME_LENGTH:
-        raise HeaderError(f"tensor name of {len(name)} characters exceeds {MAX_NAME_LENGTH}")
+    problem = name_problem(name)
+    if problem is not None:
+        raise HeaderError(f"a tensor is refused: {problem}")
     if not isinstance(raw, dict):
         raise HeaderError(f"entry for tensor {name!r} is not an object", name)
     dtype, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
-    if dtype not in DTYPE_ITEMSIZE:
-        raise HeaderError(f"tensor {name!r} has unknown dtype {dtype!r}", name)
-    if not _int_list(shape) or len(shape) > MAX_RANK or any(d < 0 for d in shape):
-        raise HeaderError(f"tensor {name!r} has an invalid shape {shape!r}", name)
+    if not isinstance(dtype, str) or dtype not in DTYPE_ITEMSIZE:
+        raise HeaderError(f"tensor {name!r} has unknown dtype {_short(dtype)}", name)
+    if not _int_list(shape) or rank_problem(len(shape)) or any(d < 0 for d in shape):
+        raise HeaderError(f"tensor {name!r} has an invalid shape {_short(shape)}", name)
     if not _int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
-        raise HeaderError(f"tensor {name!r} has invalid data_offsets {offsets!r}", name)
+        raise HeaderError(f"tensor {name!r} has invalid data_offsets {_short(offsets)}", name)
     nbytes = math.prod(shape) * DTYPE_ITEMSIZE[dtype]  # Python ints: no overflow to wrap
     if nbytes != offsets[1] - offsets[0]:
         raise HeaderError(
@@ -136,7 +137,12 @@ def _entry(name: str, raw: Any, start: int) -> HeaderEntry:
     return HeaderEntry(name, dtype, tuple(shape), start + offsets[0], start + offsets[1])
 
 
-def _int_list(value: Any) -> bool:
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _int_list(value: object) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     )
