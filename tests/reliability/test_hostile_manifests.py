@@ -17,6 +17,7 @@ import json
 import os
 import re
 import struct
+import tracemalloc
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from _reliability_support import report_figure
 import trainhooks
 from trainhooks import CheckpointCorruptError, RNGState, Saver
 from trainhooks._cli._app import main as cli_main
+from trainhooks._store._limits import MAX_MANIFEST_BYTES
 
 DATA, MANIFEST = "tensors.safetensors", "manifest.json"
 COUNTS = {"inputs": 0, "reader_calls": 0, "typed_errors": 0, "cli_calls": 0}
@@ -330,3 +332,61 @@ def test_restore_of_a_symlinked_checkpoint_directory_is_refused(tmp_path: Path) 
     restored = state_for(0)
     assert Saver().restore(restored, directory).step == 1
     COUNTS["inputs"] += 1
+
+
+# -- memory: parse work is bounded before the content is trusted --------------------------
+
+MIB = 1024 * 1024
+PARSE_BYTES_PER_BYTE = 30  # json.loads of the worst JSON (empty objects) costs ~25 per byte
+
+
+def peak_of(call: Callable[[], Any]) -> int:
+    """Peak bytes traced while ``call`` runs (its result or typed error discarded)."""
+    tracemalloc.start()
+    try:
+        outcome(call)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def huge_manifests(template: bytes, size: int) -> dict[str, tuple[bytes, int]]:
+    """Hostile manifests of about ``size`` bytes, each with the peak a reader may reach."""
+    body = json.loads(template)
+    filler = (size - len(template)) // 3
+    sealed_objects = {**body, "metadata": {"a": [{}] * filler}}
+    deep = {**body, "metadata": {"a": json.loads("[" * 900 + "]" * 900)}}
+    return {
+        "unsealed_list_of_objects": (b"[" + b"{}," * filler + b"{}]", 3 * size),
+        "sealed_list_of_objects": (seal(sealed_objects), PARSE_BYTES_PER_BYTE * size),
+        "sealed_900_deep": (seal(deep), 3 * size),
+        "one_byte_over_the_cap": (b" " * (MAX_MANIFEST_BYTES + 1), MIB),
+    }
+
+
+def test_reader_memory_is_bounded_by_a_small_multiple_of_the_manifest(
+    pristine: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    template = (pristine / "ckpt-000000000002" / MANIFEST).read_bytes()
+    figures: dict[str, float] = {}
+    for name, (manifest, bound) in huge_manifests(template, 4 * MIB).items():
+        directory = tmp_path / name
+        shutil.copytree(pristine, directory)
+        victim = directory / "ckpt-000000000002"
+        (victim / MANIFEST).write_bytes(manifest)
+        COUNTS["inputs"] += 1
+        readers: dict[str, Callable[[], Any]] = {
+            "latest": lambda: trainhooks.latest_checkpoint(directory),  # noqa: B023
+            "list": lambda: trainhooks.list_checkpoints(directory),  # noqa: B023
+            "info": lambda: trainhooks.checkpoint_info(victim),  # noqa: B023
+            "verify": lambda: trainhooks.verify_checkpoint(victim),  # noqa: B023
+            "load": lambda: trainhooks.load(victim),  # noqa: B023
+        }
+        for reader, call in readers.items():
+            peak = peak_of(call)
+            assert peak <= bound, f"{name}: {reader} peaked at {peak:,} bytes (bound {bound:,})"
+            figures[f"{name}_{reader}"] = round(peak / max(len(manifest), 1), 1)
+    report_figure("hostile_manifest_memory_peak_per_manifest_byte", **figures)
