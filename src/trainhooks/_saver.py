@@ -164,6 +164,9 @@ class Saver:
 
     def _directory(self, directory: Path, step: int) -> _DirectoryState:
         held = self._directories.get(directory)
+        if held is not None and not held.lock.held:  # in a fork()ed child: the parent's lock
+            del self._directories[directory]
+            held = None
         if held is not None and not _same_directory(directory, held.inode):
             held.lock.release()
             del self._directories[directory]

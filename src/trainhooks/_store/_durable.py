@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 import weakref
@@ -135,26 +136,20 @@ class DirectoryLock:
 
     flock locks die with the process, so a crashed writer never leaves a stale lock; the
     file's content (pid, host, time) only serves the error message of a second writer.
+    The file is opened without following a symlink and must be a plain file with one link,
+    so nothing planted in its place is ever truncated or written. A child ``fork()``ed
+    while the lock is held (a DataLoader worker) closes its copy of the descriptor at once,
+    so the lock dies with the writer, not with its last child.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / LOCK_NAME
-        self._close: weakref.finalize | None = None
+        self._fd: int | None = None
+        self._close: weakref.finalize[[int], DirectoryLock] | None = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(
-                f"{self.directory} does not exist", path=self.directory
-            ) from None
-        except OSError as exc:
-            raise CheckpointWriteError(
-                f"cannot lock {self.directory} for writing: {exc.strerror} ({self.path})",
-                path=self.directory,
-                errno=exc.errno,
-            ) from exc
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -167,17 +162,80 @@ class DirectoryLock:
                 path=self.directory,
             ) from None
         # A forgotten saver must not hold the lock for the rest of the process.
+        self._fd = fd
         self._close = weakref.finalize(self, _close_quietly, fd)
+        _HELD.add(self)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         with contextlib.suppress(OSError):  # only feeds a second writer's error message
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
+
+    def _open(self) -> int:
+        """Open (or create) the lock file, refusing anything but our own plain file."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(
+                f"{self.directory} does not exist", path=self.directory
+            ) from None
+        except OSError as exc:
+            cause = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise self._refused(cause, exc.errno) from exc
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise self._refused(exc.strerror, exc.errno) from exc
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            kind = "a hard link" if stat.S_ISREG(info.st_mode) else "not a plain file"
+            raise self._refused(f"it is {kind}", None)
+        return fd
+
+    def _refused(self, cause: str | None, code: int | None) -> CheckpointWriteError:
+        return CheckpointWriteError(
+            f"cannot lock {self.directory} for writing: {cause} ({self.path}); the lock file "
+            f"must be a plain file this library creates; remove {LOCK_NAME} if something "
+            "else is in its place",
+            path=self.directory,
+            errno=code,
+        )
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock (False in a child forked while it was held)."""
+        return self._fd is not None
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor drops the flock); safe to call twice."""
         if self._close is not None:
             self._close()
             self._close = None
+        self._fd = None
+        _HELD.discard(self)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close the inherited descriptor without touching the lock,
+        which stays the parent's (an flock lives while any copy of it is open)."""
+        if self._close is not None:
+            self._close.detach()
+            self._close = None
+        if self._fd is not None:
+            _close_quietly(self._fd)
+            self._fd = None
+
+
+_HELD: weakref.WeakSet[DirectoryLock] = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:
+    for lock in list(_HELD):
+        lock._forget_in_child()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 def _close_quietly(fd: int) -> None:
