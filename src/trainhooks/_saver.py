@@ -282,7 +282,15 @@ class Saver:
                 step=info.step,
                 file=MANIFEST_FILE,
             ) from None
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        except (
+            TypeError,
+            ValueError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            RuntimeError,
+            OverflowError,
+        ) as exc:
             # the bytes verified, so the checkpoint does not fit what it is loaded into
             raise StateMismatchError(
                 f"cannot restore {path} (step {info.step}) into the given state: "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -83,15 +84,29 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return Files({name: (directory / NAME / name).read_bytes() for name in (DATA, MANIFEST)})
 
 
+RAW = "\x00raw:"  # a string starting so stands for raw JSON text no encoder writes
+
+
+def raw(token: str) -> str:
+    """A value written into the JSON as ``token`` itself (``1e400``, ``NaN``, ...)."""
+    return RAW + token
+
+
+def dump(value: Any, **kw: Any) -> str:
+    """JSON text of ``value`` with every :func:`raw` marker replaced by its token."""
+    text = json.dumps(value, **kw)
+    return re.sub(r'"\\u0000raw:([^"]*)"', lambda m: m.group(1), text)
+
+
 def seal(body: dict[str, Any]) -> bytes:
-    """Manifest bytes with a correct checksum (the documented canonical JSON + crc32c)."""
+    """Manifest bytes with a correct checksum: the crc32c of the canonical JSON of every
+    other key, i.e. of the bytes as written minus the checksum member (what readers check).
+    Raw markers become their tokens first, so the seal covers them too."""
     body = {k: v for k, v in body.items() if k != "manifest_crc32c"}
-
-    def canonical(value: dict[str, Any]) -> bytes:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-    body["manifest_crc32c"] = crc32c.crc32c(canonical(body))
-    return canonical(body)
+    body["manifest_crc32c"] = raw("@CRC@")
+    text = dump(body, sort_keys=True, separators=(",", ":"))
+    unsealed = text.replace(',"manifest_crc32c":@CRC@', "")
+    return text.replace("@CRC@", str(crc32c.crc32c(unsealed.encode()))).encode()
 
 
 def exercise(files: dict[str, bytes]) -> list[str]:
@@ -183,6 +198,8 @@ json_values = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([10**400, -(10**400), 2**64, -(2**63) - 1])  # huge ints
+    | st.sampled_from([raw("1e400"), raw("-1e400"), raw("NaN"), raw("Infinity")])
     | st.text(max_size=12)
     | st.sampled_from(["../../etc/passwd", "/etc/passwd", DATA, "F32", "BF16", "tensor"])
     | st.sampled_from([[], {}]),
@@ -230,8 +247,66 @@ def test_any_sealed_manifest_value_gives_typed_errors(
         value = data.draw(json_values)
         body = replace_at(copy.deepcopy(body), path, value, data.draw(st.booleans()))
         paths = list(json_paths(body))
-    manifest = seal(body) if isinstance(body, dict) else json.dumps(body).encode()
+    manifest = seal(body) if isinstance(body, dict) else dump(body).encode()
     exercise({DATA: template[DATA], MANIFEST: manifest})
+
+
+# -- (b') every position of the manifest and header, every hostile value class -----------
+
+HOSTILE_CLASSES: dict[str, list[Any]] = {
+    "huge_int": [10**400, -(10**400), 2**64, -(2**63) - 1],
+    "non_finite": [raw("1e400"), raw("-1e400"), raw("NaN"), raw("Infinity"), raw("-Infinity")],
+    "wrong_type": [None, True, "x", [], {}, 0.5, -1, [1]],
+}
+
+
+def hostile_values(index: int) -> Iterator[tuple[str, Any]]:
+    """Every value of every class in long mode; by default one per class, rotating with
+    the position so that each value is used at many positions."""
+    for name, values in HOSTILE_CLASSES.items():
+        chosen = values if LONG else [values[index % len(values)]]
+        for value in chosen:
+            yield name, value
+
+
+@long_timeout
+def test_every_manifest_position_with_each_hostile_class_gives_typed_errors(
+    template: dict[str, bytes],
+) -> None:
+    body = json.loads(template[MANIFEST])
+    tried: dict[str, int] = {}
+    for index, path in enumerate(json_paths(body)):
+        if not path:
+            continue
+        for name, value in hostile_values(index):
+            forged = replace_at(copy.deepcopy(body), path, value, delete=False)
+            try:
+                exercise({DATA: template[DATA], MANIFEST: seal(forged)})
+            except BaseException as exc:
+                raise AssertionError(f"manifest{list(path)} = {value!r}: {exc!r}") from exc
+            tried[name] = tried.get(name, 0) + 1
+    report_figure("fuzz_manifest_positions", **tried)
+
+
+@long_timeout
+def test_every_header_position_with_each_hostile_class_gives_typed_errors(
+    template: dict[str, bytes],
+) -> None:
+    (length,) = struct.unpack("<Q", template[DATA][:8])
+    entries = json.loads(template[DATA][8 : 8 + length])
+    payload = template[DATA][8 + length :]
+    tried: dict[str, int] = {}
+    for index, path in enumerate(json_paths(entries)):
+        if not path:
+            continue
+        for name, value in hostile_values(index):
+            forged = replace_at(copy.deepcopy(entries), path, value, delete=False)
+            try:
+                exercise(_forged_files(template, forged, payload, None))
+            except BaseException as exc:
+                raise AssertionError(f"header{list(path)} = {value!r}: {exc!r}") from exc
+            tried[name] = tried.get(name, 0) + 1
+    report_figure("fuzz_header_positions", **tried)
 
 
 # -- (c) a whole new safetensors header with a manifest sealed to match it ----------------
@@ -265,7 +340,7 @@ def _forged_files(
 ) -> dict[str, bytes]:
     """A data file with header ``entries`` (length prefix ``prefix``, default the true one)
     and a manifest re-sealed to match it, so only the header validators stand in the way."""
-    header = json.dumps(entries).encode()
+    header = dump(entries).encode()
     header += b" " * (-len(header) % 8)
     length = len(header) if prefix is None else prefix
     data = struct.pack("<Q", length) + header + payload
@@ -278,21 +353,26 @@ def _forged_files(
         }
     }
     start = 8 + len(header)
-    body["tensors"] = [_record(name, raw, start, payload) for name, raw in entries.items()]
+    known = {record["name"]: record["crc32c"] for record in body["tensors"]}
+    body["tensors"] = [
+        _record(name, entry, start, known.get(name, crc32c.crc32c(payload)))
+        for name, entry in entries.items()
+        if name != "__metadata__" and isinstance(entry, dict)
+    ]
     return {DATA: data, MANIFEST: seal(body)}
 
 
-def _record(name: str, raw: dict[str, Any], start: int, payload: bytes) -> dict[str, Any]:
-    offsets = raw.get("data_offsets")
+def _record(name: str, entry: dict[str, Any], start: int, crc: int) -> dict[str, Any]:
+    offsets = entry.get("data_offsets")
     if isinstance(offsets, list) and all(type(o) is int for o in offsets):
         offsets = [start + o for o in offsets]
     return {
         "name": name,
         "file": DATA,
-        "dtype": raw.get("dtype"),
-        "shape": raw.get("shape"),
+        "dtype": entry.get("dtype"),
+        "shape": entry.get("shape"),
         "offsets": offsets,
-        "crc32c": crc32c.crc32c(payload),
+        "crc32c": crc,
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from trainhooks._exceptions import StateMismatchError
+from trainhooks._exceptions import CheckpointCorruptError, StateMismatchError
 from trainhooks._state._arrays import array_kind, to_numpy
 from trainhooks._state._decode import GeneratorValue, StatefulValue
 from trainhooks._state._encode import is_stateful
@@ -202,6 +202,17 @@ def _is_torch_module(target: Any) -> bool:
 
 
 def _generator(target: Any, value: GeneratorValue) -> Any:
+    """Set a generator's state; a state no generator produces means a forged or damaged
+    checkpoint (``CheckpointCorruptError``), not a target of the wrong kind."""
+    try:
+        return _set_generator(target, value)
+    except (TypeError, ValueError, OverflowError, KeyError, IndexError, RuntimeError) as exc:
+        raise CheckpointCorruptError(
+            f"the saved {value.kind} state is invalid ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _set_generator(target: Any, value: GeneratorValue) -> Any:
     value = GeneratorValue(value.kind, resolve_mapped(value.state, views=False))
     if value.kind == "numpy_generator":
         generator = (
