@@ -24,8 +24,8 @@ from trainhooks._exceptions import (
     CheckpointWriteError,
     StateMismatchError,
 )
+from trainhooks._state._adapters._registry import new_array
 from trainhooks._state._apply import apply_state
-from trainhooks._state._arrays import empty_array, finish_array
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
@@ -336,10 +336,12 @@ def read_tree(
         if mapped:
             view = reader.mapped_view(record, verify=verify)
             return MappedTensor(record.dtype, record.shape, kind, view)
-        array, view = empty_array(record.dtype, record.shape, kind)
-        if view.nbytes:
-            reader.read_into(record, view, verify=verify)
-        return finish_array(array, kind)
+
+        def fill(view: memoryview) -> None:
+            if view.nbytes:
+                reader.read_into(record, view, verify=verify)
+
+        return new_array(record.dtype, record.shape, kind, fill)
 
     try:
         return decode_tree(reader.manifest.tree, read_tensor)

@@ -117,14 +117,10 @@ class _TorchTracer:
     """``torch.profiler`` over one run (CPU, plus CUDA when available)."""
 
     def __init__(self, show_memory: bool) -> None:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
+        # torch is reached through its adapter, the one module that imports it
+        from trainhooks._state._adapters._torch import start_profiler
 
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
-        self._profile = profile(activities=activities, profile_memory=show_memory)
-        self._profile.start()
+        self._profile = start_profiler(show_memory)
 
     def stop(self) -> None:
         self._profile.stop()

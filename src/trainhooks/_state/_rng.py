@@ -2,16 +2,16 @@
 
 Put ``RNGState()`` in the state mapping to make a resumed run draw the same random numbers
 as an uninterrupted one: Python's ``random``, NumPy's legacy global generator and, when
-torch is in use, torch's CPU generator. Each is stored as plain JSON/arrays, never pickled.
+torch is in use, torch's CPU generator (each framework's adapter says whether it has a
+process-wide generator). Each is stored as plain JSON/arrays, never pickled.
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
 
-import numpy as np
+from trainhooks._state._adapters._registry import loaded_adapters
 
 __all__ = ["RNGState"]
 
@@ -22,24 +22,20 @@ class RNGState:
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss_next = random.getstate()
         state: dict[str, Any] = {
-            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-            "numpy": np.random.get_state(legacy=False),
+            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}
         }
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            state["torch"] = torch.get_rng_state()
+        for adapter in loaded_adapters():
+            framework_state = adapter.global_rng_state()
+            if framework_state is not None:
+                state[adapter.name] = framework_state
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         python = state["python"]
         random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
-        np.random.set_state(state["numpy"])
-        torch = sys.modules.get("torch")
-        if torch is not None and "torch" in state:
-            saved = state["torch"]
-            if not isinstance(saved, torch.Tensor):
-                saved = torch.as_tensor(np.asarray(saved))
-            torch.set_rng_state(saved)
+        for adapter in loaded_adapters():
+            if adapter.name in state:
+                adapter.set_global_rng_state(state[adapter.name])
 
     def __repr__(self) -> str:
         return "RNGState()"
