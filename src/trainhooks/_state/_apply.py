@@ -210,9 +210,9 @@ def _generator(target: Any, value: GeneratorValue) -> Any:
         generator.bit_generator.state = value.state
         return generator
     if value.kind == "numpy_random_state":
-        generator = target if isinstance(target, np.random.RandomState) else np.random.RandomState()
-        generator.set_state(value.state)
-        return generator
+        legacy = target if isinstance(target, np.random.RandomState) else np.random.RandomState()
+        legacy.set_state(value.state)
+        return legacy
     torch = sys.modules.get("torch")
     if torch is None:  # torch not in use: nothing to hand the state to
         return value.state

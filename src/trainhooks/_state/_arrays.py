@@ -54,7 +54,7 @@ def array_bytes(value: Any, kind: str, where: str) -> ArrayBytes:
             f"cannot checkpoint {where}: NumPy dtype {array.dtype} has no safetensors "
             "equivalent; convert it (e.g. to float64 or int64) first"
         )
-    return code, tuple(array.shape), memoryview(array.reshape(-1).view(np.uint8))
+    return code, tuple(array.shape), memoryview(array.reshape(-1).view(np.uint8).data)
 
 
 def empty_array(code: str, shape: tuple[int, ...], kind: str) -> tuple[Any, memoryview]:
@@ -64,7 +64,7 @@ def empty_array(code: str, shape: tuple[int, ...], kind: str) -> tuple[Any, memo
 
         return empty_torch_tensor(code, shape)
     array = np.empty(shape, dtype=numpy_dtype_for(code))
-    return array, memoryview(array.reshape(-1).view(np.uint8))
+    return array, memoryview(array.reshape(-1).view(np.uint8).data)
 
 
 def finish_array(array: Any, kind: str) -> Any:

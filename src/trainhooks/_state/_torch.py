@@ -50,12 +50,12 @@ def torch_tensor_bytes(tensor: torch.Tensor, where: str) -> tuple[str, tuple[int
             "convert with .to_dense() or .dequantize() first"
         )
     flat = tensor.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
-    return code, tuple(tensor.shape), memoryview(flat.view(torch.uint8).numpy())
+    return code, tuple(tensor.shape), memoryview(flat.view(torch.uint8).numpy().data)
 
 
 def empty_torch_tensor(code: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, memoryview]:
     tensor = torch.empty(shape, dtype=TORCH_BY_CODE[code])
-    return tensor, memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    return tensor, memoryview(tensor.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
