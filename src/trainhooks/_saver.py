@@ -360,4 +360,5 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     ``ml_dtypes.bfloat16`` when installed, else as its raw ``uint16`` bits).
     """
     with CheckpointReader(path) as reader:
-        return to_plain(read_tree(reader, verify=verify, numpy_only=True))
+        plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
+    return plain

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from trainhooks._session._hook import (
+    HookSession,
     SessionRunContext,
     SessionRunHook,
     SessionRunValues,
@@ -83,7 +84,7 @@ class LoggingTensorHook(SessionRunHook):
             self._last_result = run_values.step_result
         self._iter_count += 1
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         if self._log_at_end and self._iter_count:
             self._log(select_fetches(self._tensors, self._last_result))
 

@@ -78,14 +78,14 @@ class ProfilerHook(SessionRunHook):
         self.written = []
 
     def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
-        self._release()  # a tracer left by a step that raised (and was retried) stops here
+        self.release()  # a tracer left by a step that raised (and was retried) stops here
         if self._next_step is not None and self._timer.should_trigger_for_step(self._next_step):
             self._tracer = self._start_tracer()
         return None
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         session = run_context.session
-        global_step = int(session.global_step)
+        global_step = session.global_step
         tracer, self._tracer = self._tracer, None
         if tracer is not None:
             self._timer.update_last_triggered_step(global_step)
@@ -97,9 +97,9 @@ class ProfilerHook(SessionRunHook):
             finally:
                 tmp.unlink(missing_ok=True)
             self.written.append(path)
-        self._next_step = global_step + int(getattr(session, "steps_per_run", 1))
+        self._next_step = global_step + session.steps_per_run
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Stop a trace left running when a traced step raised (the session calls this on
         every exit path): a forgotten ``sys.setprofile`` would slow all later code."""
         tracer, self._tracer = self._tracer, None

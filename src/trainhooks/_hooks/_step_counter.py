@@ -6,7 +6,12 @@ import logging
 import os
 from typing import Any
 
-from trainhooks._session._hook import SessionRunContext, SessionRunHook, SessionRunValues
+from trainhooks._session._hook import (
+    HookSession,
+    SessionRunContext,
+    SessionRunHook,
+    SessionRunValues,
+)
 from trainhooks._session._timer import SecondOrStepTimer
 
 __all__ = ["StepCounterHook"]
@@ -42,7 +47,7 @@ class StepCounterHook(SessionRunHook):
         self._owns_writer = False
         self._summary_tag = "global_step/sec"
 
-    def after_create_session(self, session: Any, coord: Any) -> None:
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
         # Start a fresh measurement, also after a recoverable error re-created the session.
         self._timer.reset()
 
@@ -64,7 +69,7 @@ class StepCounterHook(SessionRunHook):
 
         A no-op whenever ``output_dir`` and ``summary_writer`` are both None. With
         ``output_dir`` the directory's shared event file is opened at the first write and
-        closed when the session closes (``_release``); without the ``tensorboard`` package
+        closed when the session closes (``release``); without the ``tensorboard`` package
         the rate is only logged (one warning).
         """
         if self._summary_writer is None:
@@ -85,7 +90,7 @@ class StepCounterHook(SessionRunHook):
         if hasattr(self._summary_writer, "flush"):
             self._summary_writer.flush()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Close the event file this hook opened; the session calls this on every exit."""
         if self._owns_writer and self._summary_writer is not None:
             writer, self._summary_writer = self._summary_writer, None

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from trainhooks._session._hook import (
+    HookSession,
     SessionRunContext,
     SessionRunHook,
     SessionRunValues,
@@ -15,7 +16,7 @@ from trainhooks._session._hook import (
 from trainhooks._session._timer import SecondOrStepTimer
 from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like, require_tensorboard
 
-__all__ = ["SummarySaverHook", "scalar_summaries"]
+__all__ = ["SummarySaverHook", "SupportsAddScalar", "scalar_summaries"]
 
 
 class SupportsAddScalar(Protocol):
@@ -105,11 +106,11 @@ class SummarySaverHook(SessionRunHook):
             for tag, name in self._tags.items()
         }
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         if self._writer is not None and hasattr(self._writer, "flush"):
             self._writer.flush()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Close the event file this hook opened; the session calls this on every exit."""
         if self._owns_writer and isinstance(self._writer, ScalarWriter):
             writer, self._writer = self._writer, None

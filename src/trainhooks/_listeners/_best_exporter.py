@@ -10,11 +10,11 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
+from trainhooks._session._hook import HookSession
 from trainhooks._store._durable import fsync_directory, write_file_atomically
 from trainhooks._store._faults import fault_point
 from trainhooks._store._layout import DEFAULT_BASENAME, committed_path
@@ -100,13 +100,13 @@ class BestCheckpointExporter(CheckpointSaverListener):
             self._remove(old)
         self._considered = set()
 
-    def after_save(self, session: Any, global_step_value: int) -> None:
+    def after_save(self, session: HookSession, global_step_value: int) -> None:
         self._consider(session, global_step_value)
 
-    def end(self, session: Any, global_step_value: int) -> None:
+    def end(self, session: HookSession, global_step_value: int) -> None:
         self._consider(session, global_step_value)
 
-    def _consider(self, session: Any, step: int) -> None:
+    def _consider(self, session: HookSession, step: int) -> None:
         if step in self._considered:
             return
         value = self._read(session, step)
@@ -130,8 +130,8 @@ class BestCheckpointExporter(CheckpointSaverListener):
         # best first; among equals the earlier step first (it was there before)
         return (-export.value if self.mode == "max" else export.value, export.step)
 
-    def _checkpoint_path(self, session: Any, step: int) -> Path:
-        directory = self.checkpoint_dir or getattr(session, "checkpoint_dir", None)
+    def _checkpoint_path(self, session: HookSession, step: int) -> Path:
+        directory = self.checkpoint_dir or session.checkpoint_dir
         if directory is None:
             raise ValueError(
                 "BestCheckpointExporter: the session has no checkpoint_dir; pass "
@@ -139,7 +139,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
             )
         return committed_path(Path(directory), self.basename, step)
 
-    def _export(self, session: Any, step: int, value: float) -> BestExport:
+    def _export(self, session: HookSession, step: int, value: float) -> BestExport:
         from trainhooks._store._export import export_safetensors
 
         source = self._checkpoint_path(session, step)

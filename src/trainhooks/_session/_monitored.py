@@ -8,7 +8,7 @@ installs the standard hooks, and the recovery-free ``SingularMonitoredSession``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from trainhooks._session._core import MonitoredSession, StepContext
@@ -45,7 +45,7 @@ class SingularMonitoredSession(MonitoredSession):
         stop_grace_period_secs: float = 120,
         checkpoint_filename_with_path: str | None = None,
         *,
-        state: Mapping[str, Any] | None = None,
+        state: MutableMapping[str, Any] | None = None,
         steps_per_run: int = 1,
     ) -> None:
         if checkpoint_filename_with_path is not None:
@@ -66,7 +66,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     *,
     is_chief: bool | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
-    state: Mapping[str, Any] | None = None,
+    state: MutableMapping[str, Any] | None = None,
     hooks: Iterable[object] | None = None,
     chief_only_hooks: Iterable[object] | None = None,
     save_checkpoint_secs: float | None = UseDefault(600),

@@ -140,7 +140,7 @@ class DirectoryLock:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / LOCK_NAME
-        self._close: weakref.finalize | None = None
+        self._close: weakref.finalize[[int], DirectoryLock] | None = None
 
     def acquire(self) -> None:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import crc32c
 
@@ -156,7 +156,7 @@ def _record(raw: Any, files: dict[str, Any]) -> TensorRecord:
         raise ManifestError("a manifest tensor entry is not an object")
     name, file, dtype = raw.get("name"), raw.get("file"), raw.get("dtype")
     shape, offsets, crc = raw.get("shape"), raw.get("offsets"), raw.get("crc32c")
-    ok = (
+    if not (
         isinstance(name, str)
         and len(name) <= MAX_NAME_LENGTH
         and isinstance(file, str)
@@ -170,13 +170,12 @@ def _record(raw: Any, files: dict[str, Any]) -> TensorRecord:
         and len(offsets) == 2
         and all(_is_int(o) and o >= 0 for o in offsets)
         and _is_int(crc)
-    )
-    if not ok:
+    ):
         raise ManifestError(f"manifest entry for tensor {name!r} is invalid")
     return TensorRecord(name, file, dtype, tuple(shape), offsets[0], offsets[1], crc)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -62,7 +62,7 @@ class CheckpointReader:
         self._maps: dict[str, mmap.mmap] = {}
         self._files: dict[str, int] = {}
         try:
-            self._dir = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._dir: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise CheckpointNotFoundError(f"{self.path} does not exist", path=self.path) from None
         except OSError as exc:

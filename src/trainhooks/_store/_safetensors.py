@@ -12,7 +12,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainhooks._store._dtypes import DTYPE_ITEMSIZE
 from trainhooks._store._limits import MAX_HEADER_BYTES, MAX_NAME_LENGTH, MAX_RANK, MAX_TENSORS
@@ -66,7 +66,7 @@ def header_length(prefix: bytes, file_size: int) -> int:
     """Validate the 8-byte length prefix against the caps and the file's size."""
     if len(prefix) != 8:
         raise HeaderError(f"file is {file_size} bytes, too short for a safetensors header")
-    (length,) = struct.unpack("<Q", prefix)
+    length: int = struct.unpack("<Q", prefix)[0]
     if length > MAX_HEADER_BYTES or length > file_size - 8:
         raise HeaderError(
             f"header length {length} exceeds the file ({file_size} bytes) or the "
@@ -136,7 +136,7 @@ def _entry(name: str, raw: Any, start: int) -> HeaderEntry:
     return HeaderEntry(name, dtype, tuple(shape), start + offsets[0], start + offsets[1])
 
 
-def _int_list(value: Any) -> bool:
+def _int_list(value: Any) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     )
