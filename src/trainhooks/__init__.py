@@ -30,7 +30,7 @@ _PUBLIC: dict[str, str] = {
     "latest_checkpoint": "trainhooks._store._reader",
     "verify_checkpoint": "trainhooks._store._reader",
     "checkpoint_info": "trainhooks._store._reader",
-    "prune_checkpoints": "trainhooks._store._retention",
+    "prune_checkpoints": "trainhooks._store._writer",
     "export_safetensors": "trainhooks._store._export",
     # state and the saver
     "Saver": "trainhooks._saver",
@@ -44,7 +44,7 @@ _PUBLIC: dict[str, str] = {
     "SecondOrStepTimer": "trainhooks._session._timer",
     "MonitoredSession": "trainhooks._session._monitored",
     "SingularMonitoredSession": "trainhooks._session._monitored",
-    "MonitoredTrainingSession": "trainhooks._session._monitored",
+    "MonitoredTrainingSession": "trainhooks._training._factory",
     # hooks
     "CheckpointSaverHook": "trainhooks._hooks._checkpoint_saver",
     "StopAtStepHook": "trainhooks._hooks._stop_at_step",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainhooks._session._hook import SessionRunContext, SessionRunHook, SessionRunValues
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 __all__ = ["CheckpointSaverHook", "SupportsSave"]
 
@@ -34,7 +34,8 @@ class CheckpointSaverHook(SessionRunHook):
     Exactly one of ``save_secs`` / ``save_steps`` must be given (``ValueError`` otherwise).
     ``saver`` is a ``trainhooks.Saver`` (default: ``Saver()``, created at ``begin`` and
     closed when the session closes, which releases the directory lock). ``listeners`` are
-    ``CheckpointSaverListener`` objects called around every save.
+    ``CheckpointSaverListener`` objects called around every save. ``save_secs`` are read
+    from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
 
     TF arguments with no meaning here are accepted so TF code runs unchanged:
     ``checkpoint_basename`` (checkpoints are always ``ckpt-<step>`` directories, the names
@@ -56,6 +57,8 @@ class CheckpointSaverHook(SessionRunHook):
         scaffold: Any = None,
         listeners: list[Any] | None = None,
         save_graph_def: bool = True,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         if (save_secs is None) == (save_steps is None):
             raise ValueError(
@@ -66,7 +69,7 @@ class CheckpointSaverHook(SessionRunHook):
         if saver is not None and scaffold is not None:
             raise ValueError("You cannot provide both saver and scaffold; pass only saver")
         self._checkpoint_dir = Path(checkpoint_dir)
-        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps)
+        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps, clock=clock)
         self._listeners = list(listeners or [])
         self._saver: SupportsSave | None = saver
         self._owns_saver = saver is None
