@@ -113,12 +113,12 @@ class ExportDirectory:
                 if name.startswith(".best-") and _TEMP_MARK in name:
                     path.unlink(missing_ok=True)  # a temporary file of an interrupted write
                 continue
-            stem = f"best-{match.group(1)}"
+            metadata_path, tensor_path = self._paths(int(match.group(1)))
             if match.group(2) == "safetensors":
-                if f"{stem}.json" not in names:
+                if metadata_path.name not in names:
                     path.unlink(missing_ok=True)  # exported, never committed by its JSON
                 continue
-            export = _read_export(path, self.directory / f"{stem}.safetensors")
+            export = _read_export(metadata_path, tensor_path)
             if export is not None:
                 exports.append(export)
         return exports
