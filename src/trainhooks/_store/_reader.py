@@ -337,15 +337,22 @@ def latest_checkpoint(
     """The newest structurally valid checkpoint, or None only when there is none at all.
 
     Checks checkpoints newest first and stops at the first valid one, so polling it is
-    cheap however many checkpoints a directory keeps.
+    cheap however many checkpoints a directory keeps. When none of those listed is valid
+    and the listing has changed meanwhile (a live writer's retention deleted them while we
+    looked, having committed newer ones), it looks again.
     """
-    for path in committed_paths(directory, basename):
-        try:
-            with CheckpointReader(path) as reader:
-                return reader.info
-        except CheckpointError:  # damaged, unreadable, or deleted while we looked
-            continue
-    return None
+    listed: list[Path] | None = None
+    while True:
+        paths = committed_paths(directory, basename)
+        for path in paths:
+            try:
+                with CheckpointReader(path) as reader:
+                    return reader.info
+            except CheckpointError:  # damaged, unreadable, or deleted while we looked
+                continue
+        if not paths or paths == listed:  # the same names twice, none valid: none is here
+            return None
+        listed = paths
 
 
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
