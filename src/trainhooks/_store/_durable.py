@@ -47,7 +47,7 @@ CHUNK = 8 * 1024 * 1024
 
 def write_all(fd: int, data: memoryview) -> None:
     """Write every byte of ``data`` to ``fd`` in ``CHUNK``-sized calls, looping over short
-    writes (the one place trainhooks writes file contents)."""
+    writes (every byte of a checkpoint or an export is written here)."""
     view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     written = 0
     total = len(view)
