@@ -32,7 +32,7 @@ _PUBLIC: dict[str, str] = {
     "latest_checkpoint": "trainhooks._store._reader",
     "verify_checkpoint": "trainhooks._store._reader",
     "checkpoint_info": "trainhooks._store._reader",
-    "prune_checkpoints": "trainhooks._store._retention",
+    "prune_checkpoints": "trainhooks._store._writer",
     "export_safetensors": "trainhooks._store._export",
     # state and the saver
     "Saver": "trainhooks._saver",
@@ -47,7 +47,7 @@ _PUBLIC: dict[str, str] = {
     "SecondOrStepTimer": "trainhooks._session._timer",
     "MonitoredSession": "trainhooks._session._monitored",
     "SingularMonitoredSession": "trainhooks._session._monitored",
-    "MonitoredTrainingSession": "trainhooks._session._monitored",
+    "MonitoredTrainingSession": "trainhooks._training._factory",
     "StepContext": "trainhooks._session._core",
     # hooks
     "CheckpointSaverHook": "trainhooks._hooks._checkpoint_saver",
@@ -98,7 +98,7 @@ if TYPE_CHECKING:
         verify_checkpoint as verify_checkpoint,
         checkpoint_info as checkpoint_info,
     )
-    from trainhooks._store._retention import (
+    from trainhooks._store._writer import (
         prune_checkpoints as prune_checkpoints,
     )
     from trainhooks._store._export import (
@@ -124,6 +124,8 @@ if TYPE_CHECKING:
     from trainhooks._session._monitored import (
         MonitoredSession as MonitoredSession,
         SingularMonitoredSession as SingularMonitoredSession,
+    )
+    from trainhooks._training._factory import (
         MonitoredTrainingSession as MonitoredTrainingSession,
     )
     from trainhooks._session._core import (

@@ -20,7 +20,7 @@ from trainhooks._session._hook import (
     SessionRunHook,
     SessionRunValues,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 if TYPE_CHECKING:
     from trainhooks._saver import Saver
@@ -44,7 +44,8 @@ class CheckpointSaverHook(SessionRunHook):
     created at ``begin`` and closed in ``release()`` when the session closes, which
     releases the directory lock). ``max_to_keep`` is for that default saver only (a saver
     you pass keeps its own setting). ``listeners`` are ``CheckpointSaverListener`` objects
-    called around every save.
+    called around every save. ``save_secs`` are read from ``clock`` (default
+    ``time.monotonic``; see ``SecondOrStepTimer``).
 
     TF arguments with no meaning here are accepted so TF code runs unchanged:
     ``checkpoint_basename`` (checkpoints are always ``ckpt-<step>`` directories, the names
@@ -68,6 +69,7 @@ class CheckpointSaverHook(SessionRunHook):
         save_graph_def: bool = True,
         *,
         max_to_keep: int | None = 5,
+        clock: Clock | None = None,
     ) -> None:
         if (save_secs is None) == (save_steps is None):
             raise ValueError(
@@ -83,7 +85,7 @@ class CheckpointSaverHook(SessionRunHook):
                 "to the saver you give instead: saver=Saver(max_to_keep=...)"
             )
         self._checkpoint_dir = Path(checkpoint_dir)
-        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps)
+        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps, clock=clock)
         self._listeners = list(listeners or [])
         self._saver: SupportsSave | None = saver
         self._owns_saver = saver is None

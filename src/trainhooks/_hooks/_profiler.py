@@ -18,7 +18,7 @@ from trainhooks._session._hook import (
     SessionRunHook,
     SessionRunValues,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 __all__ = ["ProfilerHook"]
 
@@ -43,7 +43,8 @@ class ProfilerHook(SessionRunHook):
     timings, and memory with ``show_memory=True``), else a pure-Python tracer built on
     ``sys.setprofile`` (the hook ``cProfile`` uses) that records every Python and C call of
     the traced run as a timeline: ``cProfile`` itself only keeps totals, which a trace
-    viewer cannot draw. ``show_dataflow`` is TF's and has no meaning here.
+    viewer cannot draw. ``show_dataflow`` is TF's and has no meaning here. ``save_secs``
+    are read from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class ProfilerHook(SessionRunHook):
         show_memory: bool = False,
         *,
         backend: str = "auto",
+        clock: Clock | None = None,
     ) -> None:
         if (save_steps is None) == (save_secs is None):
             raise ValueError(
@@ -63,7 +65,7 @@ class ProfilerHook(SessionRunHook):
             )
         if backend not in ("auto", "torch", "python"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'python', got {backend!r}")
-        self._timer = SecondOrStepTimer(save_secs, save_steps)
+        self._timer = SecondOrStepTimer(save_secs, save_steps, clock=clock)
         self._output_dir = Path(output_dir)
         self._show_memory = show_memory
         self._backend = backend

@@ -12,7 +12,7 @@ from trainhooks._session._hook import (
     SessionRunHook,
     SessionRunValues,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 __all__ = ["StepCounterHook"]
 
@@ -24,7 +24,8 @@ class StepCounterHook(SessionRunHook):
 
     Exactly one of the two intervals, as in TF: to use seconds pass
     ``every_n_steps=None, every_n_secs=S``. The rate is measured between two triggers on a
-    monotonic clock and logged at INFO on the ``"trainhooks"`` logger. ``output_dir`` /
+    monotonic clock (or ``clock``, see ``SecondOrStepTimer``) and logged at INFO on the
+    ``"trainhooks"`` logger. ``output_dir`` /
     ``summary_writer`` select TensorBoard output (``_write_summary``).
     """
 
@@ -34,6 +35,8 @@ class StepCounterHook(SessionRunHook):
         every_n_secs: float | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         summary_writer: Any = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         if (every_n_steps is None) == (every_n_secs is None):
             raise ValueError(
@@ -41,7 +44,7 @@ class StepCounterHook(SessionRunHook):
                 f"every_n_steps={every_n_steps!r}, every_n_secs={every_n_secs!r}); for a "
                 "time interval pass every_n_steps=None, every_n_secs=SECONDS"
             )
-        self._timer = SecondOrStepTimer(every_secs=every_n_secs, every_steps=every_n_steps)
+        self._timer = SecondOrStepTimer(every_n_secs, every_n_steps, clock=clock)
         self._output_dir = output_dir
         self._summary_writer = summary_writer
         self._owns_writer = False

@@ -13,7 +13,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
     select_fetches,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like, require_tensorboard
 
 __all__ = ["SummarySaverHook", "SupportsAddScalar", "scalar_summaries"]
@@ -41,7 +41,8 @@ class SummarySaverHook(SessionRunHook):
     graph and is refused with a pointer to ``scalars``; ``scaffold`` is accepted and ignored.
     Events are flushed after each write, so a crash loses none already written; as in TF a
     ``SessionLog.START`` marks the first step of each session, so TensorBoard drops what a
-    crashed earlier run wrote past the point this one resumed from.
+    crashed earlier run wrote past the point this one resumed from. ``save_secs`` are read
+    from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class SummarySaverHook(SessionRunHook):
         summary_op: Any = None,
         *,
         scalars: Mapping[str, str] | Iterable[str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if (save_steps is None) == (save_secs is None):
             raise ValueError(
@@ -70,7 +72,7 @@ class SummarySaverHook(SessionRunHook):
             )
         if summary_writer is None:
             require_tensorboard()  # ImportError naming the extra, before any step runs
-        self._timer = SecondOrStepTimer(save_secs, save_steps)
+        self._timer = SecondOrStepTimer(save_secs, save_steps, clock=clock)
         self._output_dir = output_dir
         self._writer: SupportsAddScalar | None = summary_writer
         self._owns_writer = summary_writer is None

@@ -215,42 +215,21 @@ class MonitoredSession:
     def _run_with_hooks(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        """One step: every ``before_run``, ``fn``, the global step, every ``after_run``."""
         if self._coord.stop:
             self._raise_if_stopped()
-        calls = self._calls
         context = SessionRunContext(_NO_ARGS, self)
-        if calls.before_run:
-            return self._run_with_requests(context, fn, args, kwargs)
+        requests: dict[int, SessionRunArgs] | None = None
+        if self._calls.before_run:  # only then may a hook ask for results or feed
+            requests, kwargs = self._call_before_run(context, kwargs)
         result = fn(*args, **kwargs)
         self.global_step += self.steps_per_run
         self._state_changed = True
-        if self._after_run:
+        if requests:
+            self._call_after_run_with_results(context, requests, result)
+        elif self._after_run:  # the common case, kept inline: nobody asked for results
             values = plain_run_values(result)
             for after_run in self._after_run:
-                after_run(context, values)
-        if context._stop_requested:
-            self._coord.stop = True
-        return result
-
-    def _run_with_requests(
-        self,
-        context: SessionRunContext,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """The step when some hook has a ``before_run``: it may ask for results or feed."""
-        requests, kwargs = self._call_before_run(context, kwargs)
-        result = fn(*args, **kwargs)
-        self.global_step += self.steps_per_run
-        self._state_changed = True
-        values = plain_run_values(result)
-        for index, after_run in self._calls.after_run:
-            request = requests.get(index)
-            if request is not None:
-                results = select_fetches(request.fetches, result)
-                after_run(context, SessionRunValues(results, step_result=result))
-            else:
                 after_run(context, values)
         if context._stop_requested:
             self._coord.stop = True
@@ -275,6 +254,19 @@ class MonitoredSession:
                     )
                 feeds.update(request.feed_dict)
         return requests, ({**kwargs, **feeds} if feeds else kwargs)
+
+    def _call_after_run_with_results(
+        self, context: SessionRunContext, requests: dict[int, SessionRunArgs], result: Any
+    ) -> None:
+        """Every ``after_run``; a hook whose ``before_run`` asked for results gets those."""
+        values = plain_run_values(result)
+        for index, after_run in self._calls.after_run:
+            request = requests.get(index)
+            if request is not None:
+                results = select_fetches(request.fetches, result)
+                after_run(context, SessionRunValues(results, step_result=result))
+            else:
+                after_run(context, values)
 
     def _raise_if_stopped(self) -> None:
         if self._closed:

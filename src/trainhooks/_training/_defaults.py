@@ -1,7 +1,7 @@
 """What ``MonitoredTrainingSession`` decides before creating a session.
 
 Who is the chief, which of TF's default arguments apply, and which standard hooks the
-chief gets. Kept apart from the session itself so the per-step code stays short.
+chief gets. Kept apart from ``_factory.py`` so that the factory reads as TF's signature.
 """
 
 from __future__ import annotations
