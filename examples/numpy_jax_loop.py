@@ -79,7 +79,7 @@ def train(directory: Path, last_step: int, save_every: int, use_jax: bool) -> di
     make_step = jax_step_fn if use_jax else numpy_step_fn
     step = make_step(state, x_train, y_train, lr=0.05)
 
-    def validate(session: th.MonitoredSession) -> dict[str, float]:
+    def validate(session: th.HookSession) -> dict[str, float]:
         p = state["params"]
         mse = float(np.mean((x_val @ np.asarray(p["w"]) + float(p["b"]) - y_val) ** 2))
         print(f"  step {session.global_step:>4}: validation mse {mse:.5f}")

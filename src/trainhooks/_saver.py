@@ -1,13 +1,13 @@
 """``Saver``: checkpoints a state mapping into a directory and restores it in place; ``load``.
 
 The saver joins the two lower layers: the state layer turns objects into a JSON tree and
-named tensors, the store commits them crash-safely. It also owns retention (TF's
-``max_to_keep`` and ``keep_checkpoint_every_n_hours``) and the one-writer-per-directory lock.
+named tensors (and applies them back); the store commits them crash-safely, with one
+``DirectoryWriter`` per directory saved into holding that directory's lock and retention
+(TF's ``max_to_keep`` and ``keep_checkpoint_every_n_hours``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import warnings
@@ -20,17 +20,14 @@ from trainhooks._exceptions import (
     CheckpointError,
     CheckpointFormatError,
     CheckpointNotFoundError,
-    CheckpointWriteError,
     StateMismatchError,
 )
+from trainhooks._state._adapters._registry import new_array
 from trainhooks._state._apply import apply_state
-from trainhooks._state._arrays import empty_array, finish_array
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
 from trainhooks._store._admit import checked_metadata
-from trainhooks._store._commit import commit_checkpoint
-from trainhooks._store._durable import DirectoryLock
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
     DEFAULT_BASENAME,
@@ -38,60 +35,10 @@ from trainhooks._store._layout import (
     check_basename,
     committed_path,
 )
-from trainhooks._store._reader import CheckpointReader, committed_paths, list_checkpoints
-from trainhooks._store._retention import (
-    RetentionRecord,
-    clean_leftovers,
-    plan_retention,
-    remove_step,
-)
+from trainhooks._store._reader import CheckpointReader, committed_paths
+from trainhooks._store._writer import DirectoryWriter, RetentionPolicy
 
 __all__ = ["Saver", "load"]
-
-
-class _DirectoryState:
-    """What a saver knows about one directory it writes: its lock and retention record."""
-
-    def __init__(self, directory: Path, saver: Saver) -> None:
-        self.directory = directory
-        self.lock = DirectoryLock(directory)
-        self.lock.acquire()
-        try:
-            self.inode = os.stat(directory).st_ino
-            clean_leftovers(directory, saver.basename)
-            self.record = self._recover(saver)
-        except BaseException as exc:
-            self.lock.release()
-            if isinstance(exc, OSError):
-                raise CheckpointWriteError(
-                    f"cannot prepare {directory} for writing: {exc.strerror} ({exc.filename})",
-                    path=directory,
-                    errno=exc.errno,
-                ) from exc
-            raise
-
-    def _recover(self, saver: Saver) -> RetentionRecord:
-        """Continue the retention of the run that wrote the newest checkpoint here.
-
-        Its manifest says which checkpoints are still managed and which were chosen for
-        deletion (a crash may have come before they were removed). Without
-        a record (no checkpoint yet, or one written by another tool), behave like TF's
-        ``recover_last_checkpoints``: manage the newest window, leave older ones alone.
-        """
-        existing = list_checkpoints(self.directory, basename=saver.basename)
-        fresh_keep_time = saver.first_keep_time
-        if not existing:
-            return RetentionRecord(next_keep_time=fresh_keep_time)
-        newest = existing[-1]
-        with CheckpointReader(newest.path, follow_symlinks=False) as reader:
-            raw = reader.manifest.retention
-        record = RetentionRecord.from_json(raw) if raw is not None else None
-        if record is None:
-            window = existing[-saver.max_to_keep :] if saver.max_to_keep else []
-            return RetentionRecord(tuple((c.step, c.time) for c in window), (), fresh_keep_time)
-        # Victims a crash kept from being removed are deleted after the next commit.
-        pending = tuple(step for step in record.delete if step < newest.step)
-        return RetentionRecord(record.managed, pending, record.next_keep_time)
 
 
 class Saver:
@@ -120,9 +67,13 @@ class Saver:
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.basename = check_basename(basename)
         self.verify_on_restore = verify_on_restore
-        self.keep_interval = keep_checkpoint_every_n_hours * 3600.0
-        self.first_keep_time = time.time() + self.keep_interval  # TF: from the saver's creation
-        self._directories: dict[Path, _DirectoryState] = {}
+        keep_every = keep_checkpoint_every_n_hours * 3600.0
+        self._retention = RetentionPolicy(
+            self.max_to_keep,
+            keep_every,
+            first_keep_time=time.time() + keep_every,  # TF: from the saver's creation
+        )
+        self._writers: dict[Path, DirectoryWriter] = {}
 
     # -- saving ---------------------------------------------------------------------
     def save(
@@ -140,70 +91,11 @@ class Saver:
         metadata = checked_metadata(metadata)
         tree, tensors = encode_state(state)
         directory = Path(directory).absolute()
-        held = self._directory(directory, step)
-        when = time.time()
-        plan = plan_retention(held.record, step, when, self.max_to_keep, self.keep_interval)
-        try:
-            info = commit_checkpoint(
-                directory,
-                self.basename,
-                step,
-                tensors,
-                tree,
-                metadata,
-                when=when,
-                retention=plan.to_json(),
-            )
-        except CheckpointWriteError as exc:
-            if exc.committed:  # on disk and in retention's care, though not yet durable
-                held.record = plan
-            raise
-        held.record = plan
-        self._delete_victims(held)  # only now that the new checkpoint is durable
-        return info
-
-    def _directory(self, directory: Path, step: int) -> _DirectoryState:
-        held = self._directories.get(directory)
-        if held is not None and not held.lock.held:  # in a fork()ed child: the parent's lock
-            del self._directories[directory]
-            held = None
-        if held is not None and not _same_directory(directory, held.inode):
-            held.lock.release()
-            del self._directories[directory]
-            raise CheckpointWriteError(
-                f"{directory} was removed or replaced while a saver was writing it; the save "
-                f"of step {step} did not happen (the next save re-creates the directory)",
-                path=directory,
-                step=step,
-            )
-        if held is None:
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    f"cannot create checkpoint directory {directory}: {exc.strerror}",
-                    path=directory,
-                    step=step,
-                    errno=exc.errno,
-                ) from exc
-            held = _DirectoryState(directory, self)
-            self._directories[directory] = held
-        return held
-
-    def _delete_victims(self, held: _DirectoryState) -> None:
-        for step in held.record.delete:
-            try:
-                remove_step(held.directory, step, self.basename)
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    f"retention could not delete the checkpoint of step {step} in "
-                    f"{held.directory}: {exc.strerror}; the new checkpoint is committed and "
-                    "the next save retries the deletion",
-                    path=held.directory,
-                    step=step,
-                    errno=exc.errno,
-                ) from exc
-        held.record = dataclasses.replace(held.record, delete=())
+        writer = self._writers.get(directory)
+        if writer is None or writer.closed:  # closed: its directory was removed or replaced
+            writer = DirectoryWriter.open(directory, self.basename, self._retention, step)
+            self._writers[directory] = writer
+        return writer.commit(step, tensors, tree, metadata)
 
     # -- restoring ------------------------------------------------------------------
     def restore(
@@ -303,9 +195,9 @@ class Saver:
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
         """Release every directory lock this saver holds."""
-        for held in self._directories.values():
-            held.lock.release()
-        self._directories.clear()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
 
     def __enter__(self) -> Saver:
         return self
@@ -321,13 +213,6 @@ def _warn_once(warned: set[str], message: str) -> None:
     if message not in warned:
         warned.add(message)
         warnings.warn(message, stacklevel=3)
-
-
-def _same_directory(directory: Path, inode: int) -> bool:
-    try:
-        return os.stat(directory).st_ino == inode
-    except FileNotFoundError:
-        return False
 
 
 def read_tree(
@@ -352,10 +237,12 @@ def read_tree(
         if mapped:
             view = reader.mapped_view(record, verify=verify)
             return MappedTensor(record.dtype, record.shape, kind, view)
-        array, view = empty_array(record.dtype, record.shape, kind)
-        if view.nbytes:
-            reader.read_into(record, view, verify=verify)
-        return finish_array(array, kind)
+
+        def fill(view: memoryview) -> None:
+            if view.nbytes:
+                reader.read_into(record, view, verify=verify)
+
+        return new_array(record.dtype, record.shape, kind, fill)
 
     try:
         return decode_tree(reader.manifest.tree, read_tensor)
@@ -376,4 +263,5 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     ``ml_dtypes.bfloat16`` when installed, else as its raw ``uint16`` bits).
     """
     with CheckpointReader(path) as reader:
-        return to_plain(read_tree(reader, verify=verify, numpy_only=True))
+        plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
+    return plain

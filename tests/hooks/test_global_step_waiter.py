@@ -7,33 +7,41 @@ import logging
 import trainhooks as th
 
 
-def run_one_step(hook: th.GlobalStepWaiterHook) -> None:
+def run_one_step(hook: th.GlobalStepWaiterHook, events: list[str] | None = None) -> None:
+    """Run one step (recording ``"step"`` in ``events``) and a second one."""
     with th.MonitoredSession(hooks=[hook]) as session:
-        session.run(lambda: None)
+        session.run(lambda: events.append("step") if events is not None else None)
         session.run(lambda: None)
 
 
-def test_polls_the_shared_step_until_it_reaches_the_target():
+def test_the_first_step_waits_until_the_shared_step_reaches_the_target():
     shared = iter([0, 3, 7, 10, 12])
-    seen = []
+    events: list[str] = []
 
     def step_fn() -> int:
-        seen.append(next(shared))
-        return seen[-1]
+        value = next(shared)
+        events.append(f"shared={value}")
+        return value
 
-    run_one_step(th.GlobalStepWaiterHook(10, step_fn=step_fn, poll_secs=1e-4))
-    assert seen == [0, 3, 7, 10]  # asked only before the first run, until it was reached
+    run_one_step(th.GlobalStepWaiterHook(10, step_fn=step_fn, poll_secs=1e-4), events)
+    # polled until 10 was reached, then the first step ran; never asked again after it
+    assert events == ["shared=0", "shared=3", "shared=7", "shared=10", "step"]
 
 
-def test_can_follow_the_chiefs_checkpoints(tmp_path):
-    with th.Saver() as saver:
-        saver.save({"w": [1.0]}, tmp_path, step=20)
+def test_a_worker_follows_the_chiefs_checkpoints(tmp_path):
+    events: list[str] = []
 
     def chief_step() -> int:
         info = th.latest_checkpoint(tmp_path)
-        return info.step if info else 0
+        step = info.step if info else 0
+        events.append(f"chief at {step}")
+        if len(events) == 2:  # the chief commits step 20 while the worker waits
+            with th.Saver() as saver:
+                saver.save({"w": [1.0]}, tmp_path, step=20)
+        return step
 
-    run_one_step(th.GlobalStepWaiterHook(20, step_fn=chief_step))
+    run_one_step(th.GlobalStepWaiterHook(20, step_fn=chief_step, poll_secs=1e-4), events)
+    assert events == ["chief at 0", "chief at 0", "chief at 20", "step"]
 
 
 def test_without_a_shared_step_it_starts_at_once_and_says_why(caplog):

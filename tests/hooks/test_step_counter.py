@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from trainhooks import MonitoredSession, StepCounterHook, StopAtStepHook
-from trainhooks._session import _timer
 
 
 def rates_logged(caplog: pytest.LogCaptureFixture) -> list[float]:
@@ -18,54 +17,56 @@ def rates_logged(caplog: pytest.LogCaptureFixture) -> list[float]:
     ]
 
 
-def run_with_fake_clock(
-    hook: StepCounterHook, monkeypatch: pytest.MonkeyPatch, *, steps: int, secs_per_step: float
-) -> None:
-    now = [0.0]
-    monkeypatch.setattr(_timer, "_clock", lambda: now[0])
+class StepClock:
+    """A clock the training step advances by ``secs_per_step`` (no sleeping)."""
 
-    def step() -> None:
-        now[0] += secs_per_step
+    def __init__(self, secs_per_step: float) -> None:
+        self.now = 0.0
+        self.secs_per_step = secs_per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += self.secs_per_step
+
+
+def run_with_clock(hook: StepCounterHook, clock: StepClock, *, steps: int) -> None:
 
     with MonitoredSession(hooks=[hook, StopAtStepHook(last_step=steps)]) as sess:
         while not sess.should_stop():
-            sess.run(step)
+            sess.run(clock.step)
 
 
-def test_logs_steps_per_second_every_n_steps(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_logs_steps_per_second_every_n_steps(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trainhooks")
+    clock = StepClock(secs_per_step=0.5)
 
-    run_with_fake_clock(StepCounterHook(every_n_steps=5), monkeypatch, steps=16, secs_per_step=0.5)
+    run_with_clock(StepCounterHook(every_n_steps=5, clock=clock), clock, steps=16)
 
     # first trigger at step 1 starts the measurement; then steps 6, 11, 16
     assert rates_logged(caplog) == [2.0, 2.0, 2.0]
 
 
-def test_logs_every_n_seconds(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_logs_every_n_seconds(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trainhooks")
+    clock = StepClock(secs_per_step=0.25)
 
-    run_with_fake_clock(
-        StepCounterHook(every_n_steps=None, every_n_secs=1.0),
-        monkeypatch,
-        steps=9,
-        secs_per_step=0.25,
-    )
+    hook = StepCounterHook(every_n_steps=None, every_n_secs=1.0, clock=clock)
+    run_with_clock(hook, clock, steps=9)
 
     assert rates_logged(caplog) == [4.0, 4.0]
 
 
-def test_write_summary_seam_receives_step_and_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_summary_seam_receives_step_and_rate() -> None:
     written: list[tuple[int, float]] = []
 
     class Capturing(StepCounterHook):
         def _write_summary(self, step: int, steps_per_sec: float) -> None:
             written.append((step, steps_per_sec))
 
-    run_with_fake_clock(Capturing(every_n_steps=2), monkeypatch, steps=5, secs_per_step=0.1)
+    clock = StepClock(secs_per_step=0.1)
+    run_with_clock(Capturing(every_n_steps=2, clock=clock), clock, steps=5)
 
     assert written == [(3, pytest.approx(10.0)), (5, pytest.approx(10.0))]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from listener_helpers import train_counter
 
 import trainhooks as th
+from _support.listeners import train_counter
 
 
 class Recorder(th.CheckpointSaverListener):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from listener_helpers import train_counter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import trainhooks as th
+from _support.listeners import train_counter
 
 
 def weight_metrics(calls: list[int]):

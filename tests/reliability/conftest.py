@@ -7,16 +7,11 @@ Short by default (the whole directory runs in a few minutes on a loaded 2-core m
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-pytest.register_assert_rewrite("_reliability_support")
-
-import _reliability_support as support  # noqa: E402
+import _support.reliability as support
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability_support import COMMITTED_NAME, LONG, long_timeout, report_figure
 
 import trainhooks
+from _support.reliability import COMMITTED_NAME, LONG, long_timeout, report_figure
 
 WRITER_SCRIPT = """
 import sys

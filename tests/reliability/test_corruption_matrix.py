@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability_support import LONG, long_timeout, report_figure
 
 import trainhooks
+from _support.reliability import LONG, long_timeout, report_figure
 
 DATA, MANIFEST = "tensors.safetensors", "manifest.json"
 FALLBACK_SAMPLE = 1 if LONG else 25  # check the restore fallback on every n-th case

@@ -32,11 +32,11 @@ from typing import Any
 import crc32c
 import numpy as np
 import pytest
-from _reliability_support import LONG, long_timeout, report_figure
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import trainhooks
+from _support.reliability import LONG, long_timeout, report_figure
 
 DATA, MANIFEST, NAME = "tensors.safetensors", "manifest.json", "ckpt-000000000001"
 EXAMPLES = 3000 if LONG else 150

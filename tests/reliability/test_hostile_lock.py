@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability_support import report_figure
 
+from _support.reliability import report_figure
 from trainhooks import CheckpointWriteError, Saver, list_checkpoints, prune_checkpoints
 
 LOCK = ".trainhooks.lock"

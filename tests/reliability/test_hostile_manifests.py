@@ -28,9 +28,9 @@ import crc32c
 import numpy as np
 import pytest
 import torch
-from _reliability_support import report_figure
 
 import trainhooks
+from _support.reliability import report_figure
 from trainhooks import CheckpointCorruptError, RNGState, Saver
 from trainhooks._cli._app import main as cli_main
 from trainhooks._store._limits import MAX_MANIFEST_BYTES

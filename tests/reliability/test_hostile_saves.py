@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability_support import report_figure
 
 import trainhooks
+from _support.reliability import report_figure
 from trainhooks import CheckpointFormatError, Saver
 from trainhooks._store._commit import TensorSource, commit_checkpoint
 from trainhooks._store._limits import (

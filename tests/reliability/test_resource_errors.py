@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability_support import committed_digests, leftovers, require_session
 
 import trainhooks
+from _support.reliability import committed_digests, leftovers
 from trainhooks._store import _commit, _faults
 
 PRE_COMMIT_POINTS = ("after_data_file", "before_manifest", "before_dir_fsync", "before_rename")
@@ -329,7 +329,6 @@ def _run_session_to(directory: Path, last_step: int, on_last: Callable[[], None]
 
 
 def test_a_run_whose_final_save_fails_does_not_end_successfully(tmp_path: Path) -> None:
-    require_session()
     directory = tmp_path / "ckpt"
     with pytest.raises(trainhooks.CheckpointWriteError) as caught:
         _run_session_to(directory, 5, lambda: _faults.configure("before_rename=eio"))
@@ -339,7 +338,6 @@ def test_a_run_whose_final_save_fails_does_not_end_successfully(tmp_path: Path) 
 
 
 def test_a_run_whose_directory_vanishes_does_not_end_successfully(tmp_path: Path) -> None:
-    require_session()
     directory = tmp_path / "ckpt"
     with pytest.raises(trainhooks.CheckpointError):
         _run_session_to(directory, 5, lambda: shutil.rmtree(directory))

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability_support import (
+
+import trainhooks
+from _support.reliability import (
     Reference,
     WorkerRun,
     Zygote,
@@ -34,11 +36,8 @@ from _reliability_support import (
     leftovers,
     long_only,
     report_figure,
-    require_session,
     run_child,
 )
-
-import trainhooks
 
 SAVE_POINTS = (
     "after_data_file",
@@ -220,7 +219,6 @@ def test_saver_loop_survives_sigkill_at_random_moments(
 def test_monitored_session_survives_sigkill_at_random_moments(
     zygote: Zygote, reference: Reference, tmp_path: Path
 ) -> None:
-    require_session()
     tally = kill_loop(zygote, reference, tmp_path / "ckpt", "session", kills=50, seed=2)
     assert sum(tally.self_kills.values()) > 0 and sum(tally.parent_kills.values()) > 0
     _report("session", tally)
@@ -238,7 +236,6 @@ def test_saver_loop_survives_a_thousand_sigkills(
 def test_monitored_session_survives_a_thousand_sigkills(
     zygote: Zygote, reference: Reference, tmp_path: Path
 ) -> None:
-    require_session()
     tally = kill_loop(zygote, reference, tmp_path / "ckpt", "session", kills=1000, seed=12)
     _report("session_long", tally)
 
@@ -248,8 +245,6 @@ def test_fault_env_var_kill_before_rename_leaves_previous_step_and_is_cleaned(
     mode: str, tmp_path: Path
 ) -> None:
     """``TRAINHOOKS_FAULTS=before_rename=kill@3`` in a fresh process: steps 0, 1 survive."""
-    if mode == "session":
-        require_session()
     directory = tmp_path / "ckpt"
     config = {"mode": mode, "directory": str(directory), "last_step": 10, "max_to_keep": 5}
     killed = run_child(config, faults="before_rename=kill@3")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _reliability_support import leftovers
 
 import trainhooks
+from _support.reliability import leftovers
 
 
 def _strace_works() -> bool:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from session_helpers import Counter, RecordingListener, save_pair
 
+from _support.session import Counter, RecordingListener, save_pair
 from trainhooks import (
     CheckpointSaverHook,
     CheckpointSaverListener,

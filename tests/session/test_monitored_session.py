@@ -1,17 +1,20 @@
-"""MonitoredSession / MonitoredTrainingSession: lifecycle, hooks, recovery, fetches."""
+"""MonitoredSession: lifecycle, hooks, recovery, fetches, ``run_step_fn``."""
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from session_helpers import Counter, RecordingHook, RecordingListener, events_of, save_pair
 
+from _support.session import (
+    Counter,
+    RecordingHook,
+    RecordingListener,
+    events_of,
+    quiet_session,
+    save_pair,
+)
 from trainhooks import (
     CheckpointSaverHook,
     MonitoredSession,
@@ -19,15 +22,9 @@ from trainhooks import (
     SessionRunArgs,
     SessionRunHook,
     SingularMonitoredSession,
-    StepCounterHook,
     StopAtStepHook,
     list_checkpoints,
 )
-
-
-def quiet_session(**kwargs: Any) -> MonitoredSession:
-    """MonitoredTrainingSession without the default summary and step-counter hooks."""
-    return MonitoredTrainingSession(save_summaries_steps=None, log_step_count_steps=None, **kwargs)
 
 
 def test_hook_events_come_in_tf_order_and_end_only_on_normal_exit(
@@ -102,112 +99,6 @@ def test_run_passes_arguments_and_returns_the_step_result() -> None:
     with quiet_session() as sess:
         assert sess.run(lambda x, *, y: {"sum": x + y}, 2, y=3) == {"sum": 5}
         assert sess.global_step == 1
-
-
-def test_chief_only_hooks_run_only_on_the_chief(trace: list[str], counter: Counter) -> None:
-    for chief in (True, False):
-        with quiet_session(
-            is_chief=chief,
-            hooks=[RecordingHook(f"everywhere-{chief}", trace)],
-            chief_only_hooks=[RecordingHook(f"chief-{chief}", trace)],
-        ) as sess:
-            sess.run(counter.step)
-
-    assert events_of(trace, "chief-True")
-    assert not events_of(trace, "chief-False")
-    assert events_of(trace, "everywhere-True") and events_of(trace, "everywhere-False")
-
-
-def test_non_chief_restores_but_installs_no_saver(tmp_path: Path, counter: Counter) -> None:
-    with quiet_session(checkpoint_dir=tmp_path, state=counter.state, save_checkpoint_steps=2) as s:
-        for _ in range(3):
-            s.run(counter.step)
-    worker = Counter()
-    with quiet_session(is_chief=False, checkpoint_dir=tmp_path, state=worker.state) as sess:
-        assert sess.global_step == 3
-        sess.run(worker.step)
-
-    assert worker.value == 4
-    assert [i.step for i in list_checkpoints(tmp_path)] == [0, 2, 3]
-
-
-def test_default_saver_installed_with_checkpoint_dir_saves_at_creation_and_end(
-    tmp_path: Path, counter: Counter
-) -> None:
-    with quiet_session(checkpoint_dir=tmp_path, state=counter.state) as sess:  # 600 s default
-        for _ in range(5):
-            sess.run(counter.step)
-
-    assert [i.step for i in list_checkpoints(tmp_path)] == [0, 5]
-
-
-def test_save_checkpoint_steps_replaces_the_600_second_default(
-    tmp_path: Path, counter: Counter
-) -> None:
-    with quiet_session(
-        checkpoint_dir=tmp_path, state=counter.state, save_checkpoint_steps=2, max_to_keep=2
-    ) as sess:
-        for _ in range(5):
-            sess.run(counter.step)
-
-    assert [i.step for i in list_checkpoints(tmp_path)] == [4, 5]
-
-
-def test_user_saver_hook_for_the_same_directory_replaces_the_default_one(
-    tmp_path: Path, trace: list[str], counter: Counter
-) -> None:
-    hook = CheckpointSaverHook(tmp_path, save_steps=2, listeners=[RecordingListener("a", trace)])
-    with quiet_session(checkpoint_dir=tmp_path, state=counter.state, chief_only_hooks=[hook]) as s:
-        for _ in range(3):
-            s.run(counter.step)
-
-    assert trace == ["a.begin", *save_pair("a", 0, 2, 3), "a.end(3)"]
-
-
-def test_step_counter_installed_on_chief_with_checkpoint_dir(
-    tmp_path: Path, counter: Counter, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="trainhooks")
-    with MonitoredTrainingSession(
-        checkpoint_dir=tmp_path,
-        state=counter.state,
-        log_step_count_steps=2,
-        save_summaries_steps=None,
-    ) as sess:
-        assert any(isinstance(h, StepCounterHook) for h in sess._hooks)
-        for _ in range(5):
-            sess.run(counter.step)
-
-    assert any("global_step/sec" in r.getMessage() for r in caplog.records)
-
-
-def test_missing_summary_saver_is_skipped_with_one_warning(
-    tmp_path: Path,
-    counter: Counter,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from trainhooks._session import _defaults
-
-    monkeypatch.setitem(sys.modules, "trainhooks._hooks._summary_saver", None)  # ImportError
-    monkeypatch.setattr(_defaults, "_warned_unavailable", set())
-    for _ in range(2):
-        with MonitoredTrainingSession(
-            checkpoint_dir=tmp_path, state=counter.state, save_summaries_steps=1
-        ) as sess:
-            sess.run(counter.step)
-
-    warnings = [r for r in caplog.records if "SummarySaverHook is unavailable" in r.getMessage()]
-    assert len(warnings) == 1
-
-
-def test_summary_saver_installed_when_available(tmp_path: Path, counter: Counter) -> None:
-    summary = pytest.importorskip("trainhooks._hooks._summary_saver")
-    with MonitoredTrainingSession(
-        checkpoint_dir=tmp_path, state=counter.state, save_summaries_steps=1
-    ) as sess:
-        assert any(isinstance(h, summary.SummarySaverHook) for h in sess._hooks)
-        sess.run(counter.step)
 
 
 def test_steps_per_run_advances_global_step_and_saves_follow_it(
@@ -381,53 +272,6 @@ def test_session_creator_is_refused_with_a_pointer() -> None:
         MonitoredSession(session_creator=object())  # type: ignore[arg-type]
 
 
-def test_importing_and_running_a_session_never_imports_torch(tmp_path: Path) -> None:
-    code = textwrap.dedent(
-        f"""
-        import sys
-        import trainhooks as th
-        with th.MonitoredTrainingSession(checkpoint_dir={str(tmp_path)!r},
-                                         hooks=[th.StopAtStepHook(last_step=3)]) as s:
-            while not s.should_stop():
-                s.run(lambda: None)
-        assert "torch" not in sys.modules, "torch was imported"
-        """
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-
-
-def test_is_chief_defaults_to_rank_0_of_torch_distributed(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        import torch.distributed as dist
-        import trainhooks as th
-        rank = int(sys.argv[1])
-        dist.init_process_group("gloo", init_method="file://{tmp_path}/rendezvous",
-                                rank=rank, world_size=2)
-        ran = []
-        class Chief(th.SessionRunHook):
-            def begin(self):
-                ran.append(True)
-        with th.MonitoredTrainingSession(chief_only_hooks=[Chief()]) as sess:
-            sess.run(lambda: None)
-        print(f"rank={{rank}} chief_hook_ran={{bool(ran)}}")
-        dist.destroy_process_group()
-        """
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(rank)], stdout=subprocess.PIPE, text=True
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=240)[0].strip() for p in procs]
-
-    assert [p.returncode for p in procs] == [0, 0]
-    assert outputs == ["rank=0 chief_hook_ran=True", "rank=1 chief_hook_ran=False"]
-
-
 def test_fast_run_values_equal_the_ordinary_constructor() -> None:
     from trainhooks import SessionRunValues
     from trainhooks._session._dispatch import plain_run_values
@@ -496,20 +340,3 @@ def test_restore_into_mismatched_state_fails_session_creation_clearly(
     wrong = {"w": np.zeros(7, dtype=np.float32)}
     with pytest.raises(StateMismatchError):
         quiet_session(checkpoint_dir=tmp_path, state=wrong)
-
-
-def test_monitored_training_session_takes_keywords_only_with_tf_defaults() -> None:
-    import inspect
-
-    parameters = inspect.signature(MonitoredTrainingSession).parameters
-
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
-    assert parameters["save_checkpoint_secs"].default == 600
-    assert parameters["save_summaries_steps"].default == 100
-    with pytest.raises(TypeError):
-        MonitoredTrainingSession("", True)  # type: ignore[misc]  # TF's (master, is_chief)
-
-
-def test_explicit_save_checkpoint_secs_with_steps_is_tf_value_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="exactly one of save_secs and save_steps"):
-        quiet_session(checkpoint_dir=tmp_path, save_checkpoint_secs=60, save_checkpoint_steps=10)

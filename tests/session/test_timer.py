@@ -7,7 +7,6 @@ import time
 import pytest
 
 from trainhooks import SecondOrStepTimer
-from trainhooks._session import _timer
 
 
 class FakeClock:
@@ -21,14 +20,21 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(_timer, "_clock", fake)
-    return fake
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-def test_timer_reads_the_monotonic_clock() -> None:
-    assert _timer._clock is time.monotonic
+def test_by_default_the_timer_follows_the_monotonic_clock_not_the_wall_clock(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "monotonic", clock)
+    timer = SecondOrStepTimer(every_secs=60)  # no clock given: time.monotonic
+    timer.update_last_triggered_step(0)
+    monkeypatch.setattr(time, "time", lambda: 4e9)  # the wall clock leaps a century ahead
+
+    assert not timer.should_trigger_for_step(1)
+    clock.now += 60
+    assert timer.should_trigger_for_step(1)
 
 
 def test_first_step_always_triggers_then_every_n_steps() -> None:
@@ -41,7 +47,7 @@ def test_first_step_always_triggers_then_every_n_steps() -> None:
 
 
 def test_never_triggers_twice_for_the_same_step(clock: FakeClock) -> None:
-    timer = SecondOrStepTimer(every_secs=1.0)
+    timer = SecondOrStepTimer(every_secs=1.0, clock=clock)
     timer.update_last_triggered_step(5)
     clock.now += 100
 
@@ -50,7 +56,7 @@ def test_never_triggers_twice_for_the_same_step(clock: FakeClock) -> None:
 
 
 def test_seconds_trigger_once_the_interval_has_elapsed(clock: FakeClock) -> None:
-    timer = SecondOrStepTimer(every_secs=2.5)
+    timer = SecondOrStepTimer(every_secs=2.5, clock=clock)
     timer.update_last_triggered_step(0)
 
     clock.now += 2.4
@@ -60,21 +66,11 @@ def test_seconds_trigger_once_the_interval_has_elapsed(clock: FakeClock) -> None
 
 
 def test_update_returns_elapsed_seconds_and_steps(clock: FakeClock) -> None:
-    timer = SecondOrStepTimer(every_steps=10)
+    timer = SecondOrStepTimer(every_steps=10, clock=clock)
     assert timer.update_last_triggered_step(3) == (None, None)
     clock.now += 4.0
 
     assert timer.update_last_triggered_step(13) == (4.0, 10)
-
-
-def test_wall_clock_jumps_do_not_affect_the_timer(
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    timer = SecondOrStepTimer(every_secs=60)
-    timer.update_last_triggered_step(0)
-    monkeypatch.setattr(time, "time", lambda: 4e9)  # wall clock leaps a century ahead
-
-    assert not timer.should_trigger_for_step(1)
 
 
 def test_reset_makes_the_next_step_trigger() -> None:

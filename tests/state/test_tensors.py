@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _support.trees import assert_same_tree, tensor_bits
 from trainhooks import CheckpointFormatError, Saver
 
 torch = pytest.importorskip("torch")
@@ -67,7 +68,7 @@ def _round_trip(state: dict[str, Any], template: dict[str, Any], directory: Path
 
 
 @pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
-def test_torch_tensor_of_each_dtype_round_trips_in_place(dtype, tmp_path, assert_same) -> None:
+def test_torch_tensor_of_each_dtype_round_trips_in_place(dtype, tmp_path) -> None:
     shapes = {"matrix": (3, 5), "scalar": (), "empty": (0, 4), "vector": (7,)}
     state = {
         name: _random_tensor(dtype, shape, seed=i) for i, (name, shape) in enumerate(shapes.items())
@@ -75,13 +76,13 @@ def test_torch_tensor_of_each_dtype_round_trips_in_place(dtype, tmp_path, assert
     template = {name: torch.zeros(shape, dtype=dtype) for name, shape in shapes.items()}
     targets = dict(template)
     _round_trip(state, template, tmp_path)
-    assert_same(template, state)
+    assert_same_tree(template, state)
     for name, target in targets.items():
         assert template[name] is target, f"{name} was replaced instead of restored in place"
 
 
 @pytest.mark.parametrize("dtype", OPTIONAL_TORCH_DTYPES, ids=str)
-def test_rarer_torch_dtypes_round_trip_or_are_refused_clearly(dtype, tmp_path, assert_same):
+def test_rarer_torch_dtypes_round_trip_or_are_refused_clearly(dtype, tmp_path):
     state = {"t": _random_tensor(dtype, (4, 3))}
     template = {"t": torch.zeros((4, 3), dtype=dtype)}
     try:
@@ -89,10 +90,10 @@ def test_rarer_torch_dtypes_round_trip_or_are_refused_clearly(dtype, tmp_path, a
     except CheckpointFormatError as err:
         assert "t" in str(err)
         return
-    assert_same(template, state)
+    assert_same_tree(template, state)
 
 
-def test_non_contiguous_tensors_round_trip(tmp_path: Path, assert_same) -> None:
+def test_non_contiguous_tensors_round_trip(tmp_path: Path) -> None:
     base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
     state = {
         "transposed": base.t(),
@@ -108,7 +109,7 @@ def test_non_contiguous_tensors_round_trip(tmp_path: Path, assert_same) -> None:
         "narrowed": torch.zeros(6, 5),
     }
     _round_trip(state, template, tmp_path)
-    assert_same({k: v.contiguous() for k, v in template.items()}, expected)
+    assert_same_tree({k: v.contiguous() for k, v in template.items()}, expected)
 
 
 def test_restore_into_non_contiguous_target_fills_the_view(tmp_path: Path) -> None:
@@ -119,16 +120,16 @@ def test_restore_into_non_contiguous_target_fills_the_view(tmp_path: Path) -> No
     assert torch.equal(backing.t(), source)
 
 
-def test_tensor_requiring_grad_round_trips(tmp_path: Path, bits) -> None:
+def test_tensor_requiring_grad_round_trips(tmp_path: Path) -> None:
     weight = torch.randn(4, 4, requires_grad=True)
     target = torch.zeros(4, 4, requires_grad=True)
     _round_trip({"w": weight}, {"w": target}, tmp_path)
-    assert bits(target).tobytes() == bits(weight).tobytes()
+    assert tensor_bits(target).tobytes() == tensor_bits(weight).tobytes()
     assert target.requires_grad
 
 
 @pytest.mark.parametrize("dtype", NUMPY_DTYPES)
-def test_numpy_array_of_each_dtype_round_trips(dtype, tmp_path, assert_same) -> None:
+def test_numpy_array_of_each_dtype_round_trips(dtype, tmp_path) -> None:
     rng = np.random.default_rng(3)
     shapes = {"matrix": (4, 3), "scalar": (), "empty": (2, 0), "cube": (2, 3, 2)}
     state = {}
@@ -142,17 +143,17 @@ def test_numpy_array_of_each_dtype_round_trips(dtype, tmp_path, assert_same) -> 
     state["strided"] = state["cube"][:, ::2, ::-1]
     template = {name: np.zeros_like(value) for name, value in state.items()}
     _round_trip(state, template, tmp_path)
-    assert_same(template, {k: v.copy(order="C") for k, v in state.items()})
+    assert_same_tree(template, {k: v.copy(order="C") for k, v in state.items()})
 
 
-def test_numpy_complex64_round_trips_or_is_refused_clearly(tmp_path, assert_same) -> None:
+def test_numpy_complex64_round_trips_or_is_refused_clearly(tmp_path) -> None:
     state = {"z": (np.arange(6) + 1j * np.arange(6)).astype(np.complex64)}
     template = {"z": np.zeros(6, np.complex64)}
     try:
         _round_trip(state, template, tmp_path)
     except CheckpointFormatError:
         return
-    assert_same(template, state)
+    assert_same_tree(template, state)
 
 
 def test_unstorable_array_dtype_is_refused_with_format_error(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from _support.trees import assert_same_tree, tensor_bits
+
 torch = pytest.importorskip("torch")
 
 from trainhooks import Saver  # noqa: E402
@@ -46,7 +48,7 @@ def _snapshot(objects: dict[str, Any]) -> dict[str, Any]:
     return {name: copy.deepcopy(obj.state_dict()) for name, obj in objects.items()}
 
 
-def test_model_optimizer_scheduler_scaler_restore_bit_exact(tmp_path: Path, assert_same) -> None:
+def test_model_optimizer_scheduler_scaler_restore_bit_exact(tmp_path: Path) -> None:
     trained = _build(seed=0)
     _train(trained, steps=3, seed=1)
     assert set(trained["optimizer"].state_dict()["state"]) == {0, 1, 2, 3}  # int keys
@@ -58,10 +60,10 @@ def test_model_optimizer_scheduler_scaler_restore_bit_exact(tmp_path: Path, asse
     assert info.step == 3
     restored = _snapshot(fresh)
     for name in expected:
-        assert_same(restored[name], expected[name], name)
+        assert_same_tree(restored[name], expected[name], name)
 
 
-def test_restored_training_continues_identically(tmp_path: Path, bits) -> None:
+def test_restored_training_continues_identically(tmp_path: Path) -> None:
     trained = _build(seed=0)
     _train(trained, steps=3, seed=1)
     with Saver() as saver:
@@ -73,7 +75,7 @@ def test_restored_training_continues_identically(tmp_path: Path, bits) -> None:
     for (name, a), b in zip(
         trained["model"].named_parameters(), resumed["model"].parameters(), strict=True
     ):
-        assert bits(a).tobytes() == bits(b).tobytes(), name
+        assert tensor_bits(a).tobytes() == tensor_bits(b).tobytes(), name
     assert trained["scheduler"].get_last_lr() == resumed["scheduler"].get_last_lr()
     assert trained["scaler"].get_scale() == resumed["scaler"].get_scale()
 
@@ -93,7 +95,7 @@ def test_restore_is_in_place_into_the_same_parameter_objects(tmp_path: Path) -> 
     assert torch.equal(model.weight.detach(), saved)
 
 
-def test_grad_scaler_state_round_trips_on_cpu(tmp_path: Path, assert_same) -> None:
+def test_grad_scaler_state_round_trips_on_cpu(tmp_path: Path) -> None:
     try:
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
     except (RuntimeError, TypeError) as err:  # pragma: no cover - depends on the torch build
@@ -103,7 +105,7 @@ def test_grad_scaler_state_round_trips_on_cpu(tmp_path: Path, assert_same) -> No
     with Saver() as saver:
         saver.save({"scaler": scaler}, tmp_path, step=0)
         saver.restore({"scaler": fresh}, tmp_path)
-    assert_same(fresh.state_dict(), expected, "scaler")
+    assert_same_tree(fresh.state_dict(), expected, "scaler")
 
 
 def test_optimizer_param_groups_keep_tuples_and_none(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from _support.trees import assert_same_tree
 from trainhooks import Saver, load
 
 SCALARS: dict[str, Any] = {
@@ -59,14 +60,14 @@ def _blank(value: Any) -> Any:
     return value
 
 
-def test_python_scalars_strings_and_none_round_trip(tmp_path: Path, assert_same) -> None:
+def test_python_scalars_strings_and_none_round_trip(tmp_path: Path) -> None:
     template = _blank(SCALARS)
     _round_trip(dict(SCALARS), template, tmp_path)
-    assert_same(template, SCALARS)
+    assert_same_tree(template, SCALARS)
     assert math.copysign(1.0, template["neg_zero"]) == -1.0
 
 
-def test_nested_containers_keep_int_keys_tuples_and_order(tmp_path: Path, assert_same) -> None:
+def test_nested_containers_keep_int_keys_tuples_and_order(tmp_path: Path) -> None:
     state = {
         "tree": {
             0: {"step": 3, "m": np.arange(4, dtype=np.float32)},
@@ -81,10 +82,10 @@ def test_nested_containers_keep_int_keys_tuples_and_order(tmp_path: Path, assert
     }
     template = _blank(state)
     _round_trip(state, template, tmp_path)
-    assert_same(template, state)
+    assert_same_tree(template, state)
 
 
-def test_keys_with_separators_do_not_collide(tmp_path: Path, assert_same) -> None:
+def test_keys_with_separators_do_not_collide(tmp_path: Path) -> None:
     state = {
         "a.b": np.full(2, 1.0),
         "a": {"b": np.full(2, 2.0), "b.c": np.full(2, 3.0), "b/c": np.full(2, 4.0)},
@@ -95,7 +96,7 @@ def test_keys_with_separators_do_not_collide(tmp_path: Path, assert_same) -> Non
     }
     template = _blank(state)
     _round_trip(state, template, tmp_path)
-    assert_same(template, state)
+    assert_same_tree(template, state)
     assert not (tmp_path.parent / "escape").exists()
     assert not (tmp_path / "escape").exists()
 
@@ -190,9 +191,9 @@ _states = st.dictionaries(st.text(min_size=1, max_size=8), _values, min_size=1, 
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(state=_states)
-def test_random_nested_states_round_trip_bit_exact(state: dict[str, Any], assert_same) -> None:
+def test_random_nested_states_round_trip_bit_exact(state: dict[str, Any]) -> None:
     expected = copy.deepcopy(state)
     template = _blank(state)
     with tempfile.TemporaryDirectory() as directory:
         _round_trip(state, template, Path(directory))
-    assert_same(template, expected)
+    assert_same_tree(template, expected)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _support.store import hash_tree, save_steps
 from trainhooks import Saver, list_checkpoints
 
 _DISK_FULL_CHILD = textwrap.dedent(
@@ -53,9 +54,9 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_disk_full_raises_write_error_and_touches_nothing(tmp_path: Path, store_tools) -> None:
-    store_tools.save_steps(tmp_path, [1, 2], max_to_keep=None)
-    before = store_tools.hash_tree(tmp_path)
+def test_disk_full_raises_write_error_and_touches_nothing(tmp_path: Path) -> None:
+    save_steps(tmp_path, [1, 2], max_to_keep=None)
+    before = hash_tree(tmp_path)
     assert len(before) == 5  # two checkpoints of two files, and the lock file
     result = _python(_DISK_FULL_CHILD, os.fspath(tmp_path), str(256 * 1024))
     assert result.returncode == 0, result.stderr
@@ -66,7 +67,7 @@ def test_disk_full_raises_write_error_and_touches_nothing(tmp_path: Path, store_
     assert str(tmp_path) in report["message"]
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".deleting" in p.name]
     assert leftovers == [], "the staging directory was not removed"
-    after = store_tools.hash_tree(tmp_path)
+    after = hash_tree(tmp_path)
     after = {k: v for k, v in after.items() if k.startswith("ckpt-")}
     assert after == {k: v for k, v in before.items() if k.startswith("ckpt-")}, (
         "committed checkpoints changed (or retention ran) after a failure"

@@ -17,6 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _support.store import (
+    DATA,
+    MANIFEST,
+    blank_state,
+    rewrite_header,
+    rewrite_manifest,
+    save_steps,
+    step_of,
+)
 from trainhooks import (
     CheckpointCorruptError,
     CheckpointError,
@@ -29,8 +38,6 @@ from trainhooks import (
     verify_checkpoint,
 )
 
-DATA = "tensors.safetensors"
-MANIFEST = "manifest.json"
 TYPED = (CheckpointCorruptError, CheckpointFormatError)
 
 
@@ -65,9 +72,9 @@ def _every_reader_refuses(checkpoint: Path, *, match: str | None = None) -> None
 
 
 @pytest.fixture
-def victim(tmp_path: Path, store_tools) -> Path:
+def victim(tmp_path: Path) -> Path:
     """Step 1 stays good; step 2 is the one the tests tamper with."""
-    return store_tools.save_steps(tmp_path / "ckpts", [1, 2])[1].path
+    return save_steps(tmp_path / "ckpts", [1, 2])[1].path
 
 
 @pytest.mark.parametrize("target", [DATA, MANIFEST])
@@ -78,13 +85,13 @@ def test_pickle_payload_is_never_unpickled(target, victim, tmp_path) -> None:
     assert not marker.exists(), "the pickle payload ran"
 
 
-def test_stray_pickle_file_in_a_checkpoint_is_ignored(victim, tmp_path, store_tools) -> None:
+def test_stray_pickle_file_in_a_checkpoint_is_ignored(victim, tmp_path) -> None:
     marker = tmp_path / "marker"
     (victim / "model.pt").write_bytes(pickle.dumps(_Payload(marker)))
-    state = store_tools.blank_state()
+    state = blank_state()
     Saver().restore(state, victim.parent, step=2)
     load(victim)
-    assert store_tools.step_of(state) == 2
+    assert step_of(state) == 2
     assert not marker.exists(), "the pickle payload ran"
 
 
@@ -130,8 +137,8 @@ FORGED_HEADERS: dict[str, Callable[[dict[str, Any]], None]] = {
 
 
 @pytest.mark.parametrize("forgery", sorted(FORGED_HEADERS))
-def test_forged_safetensors_header_is_refused(forgery, victim, store_tools) -> None:
-    store_tools.rewrite_header(victim, FORGED_HEADERS[forgery])
+def test_forged_safetensors_header_is_refused(forgery, victim) -> None:
+    rewrite_header(victim, FORGED_HEADERS[forgery])
     tracemalloc.start()
     try:
         _every_reader_refuses(victim, match=None)
@@ -141,7 +148,7 @@ def test_forged_safetensors_header_is_refused(forgery, victim, store_tools) -> N
     assert peak < 8 * 1024 * 1024
 
 
-def test_header_and_manifest_forged_to_agree_on_a_huge_tensor(victim, store_tools) -> None:
+def test_header_and_manifest_forged_to_agree_on_a_huge_tensor(victim) -> None:
     """Both files claim a 2**62-element tensor: refused before any allocation."""
 
     def huge_record(body: dict[str, Any]) -> None:
@@ -149,8 +156,8 @@ def test_header_and_manifest_forged_to_agree_on_a_huge_tensor(victim, store_tool
             if record["name"] == "weight":
                 record["shape"] = [2**62, 2**62, 16]
 
-    store_tools.rewrite_header(victim, _set("weight", "shape", [2**62, 2**62, 16]))
-    store_tools.rewrite_manifest(victim, huge_record)
+    rewrite_header(victim, _set("weight", "shape", [2**62, 2**62, 16]))
+    rewrite_manifest(victim, huge_record)
     _every_reader_refuses(victim)
 
 
@@ -200,11 +207,11 @@ def _deep(depth: int) -> Any:
 
 
 @pytest.mark.parametrize("forgery", sorted(FORGED_MANIFESTS))
-def test_forged_manifest_is_refused(forgery, victim, store_tools) -> None:
-    store_tools.rewrite_manifest(victim, FORGED_MANIFESTS[forgery])
+def test_forged_manifest_is_refused(forgery, victim) -> None:
+    rewrite_manifest(victim, FORGED_MANIFESTS[forgery])
     readers = {
         "load": lambda: load(victim),
-        "restore": lambda: Saver().restore(store_tools.blank_state(), victim.parent, step=2),
+        "restore": lambda: Saver().restore(blank_state(), victim.parent, step=2),
     }
     for reader, read in readers.items():
         with pytest.raises(CheckpointError) as caught:

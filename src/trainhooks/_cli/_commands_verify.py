@@ -166,7 +166,8 @@ def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -
         info = trainhooks.verify_checkpoint(path, progress=report)
     except (trainhooks.CheckpointCorruptError, trainhooks.CheckpointFormatError) as exc:
         if not single and not path.exists():
-            return _vanished(path)
+            _vanished(path)
+            return None
         return Outcome(path, exc.step if exc.step is not None else _step_of(path), None, exc)
     except (trainhooks.CheckpointNotFoundError, FileNotFoundError) as exc:
         usage = not_a_checkpoint(path, exc) if single else None
@@ -174,13 +175,13 @@ def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -
             raise usage from exc
         if single:
             raise
-        return _vanished(path)
+        _vanished(path)
+        return None
     return Outcome(path, info.step, info, None)
 
 
 def _vanished(path: Path) -> None:
     note(f"{path.name} was removed while verifying (a running job's retention); skipped")
-    return None
 
 
 def _step_of(path: Path) -> int | None:

@@ -14,10 +14,10 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -160,13 +160,14 @@ def make_table(title: str | None, *columns: tuple[str, str] | tuple[str, str, in
     a column given a ``max_width`` (long values) is cut with an ellipsis instead.
     """
     table = Table(title=title, title_justify="left", min_width=len(title) if title else None)
-    for index, (header, justify, *limit) in enumerate(columns):
+    for index, (header, align, *limit) in enumerate(columns):
+        justify = cast(JustifyMethod, align)
         if index == 0:
-            table.add_column(header, justify=justify, overflow="fold", min_width=12)  # type: ignore[arg-type]
+            table.add_column(header, justify=justify, overflow="fold", min_width=12)
         elif limit:
             table.add_column(
                 header, justify=justify, max_width=limit[0], overflow="ellipsis", no_wrap=True
-            )  # type: ignore[arg-type]
+            )
         else:
-            table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+            table.add_column(header, justify=justify, no_wrap=True)
     return table

@@ -5,10 +5,16 @@ file inside that checkpoint. Commands that need ONE checkpoint accept all three 
 directory means its newest checkpoint, and a note on stderr says so); commands that need
 a run directory accept a checkpoint and use its parent where that is harmless.
 
-Only the public store API reads checkpoints. The one thing used here beyond it is the
-documented directory name ``<basename>-<step:012d>``: it lets ``verify DIR`` find a
-damaged checkpoint that ``list_checkpoints`` leaves out, and tells a damaged checkpoint
-(exit 1) from a directory that never was one (exit 2).
+Only the public API reads checkpoints. The one private thing used here is the naming rule
+of ``trainhooks._store._layout`` (``<basename>-<step:012d>``, fixed by docs/format.md): it
+lets ``verify DIR`` find a damaged checkpoint that ``list_checkpoints`` leaves out, and
+tells a damaged checkpoint (exit 1) from a directory that never was one (exit 2).
+
+Why it is not made public: only a tool that looks at damaged directories needs it. Code
+that trains or restores names checkpoints through ``Saver`` and ``CheckpointInfo`` and
+never parses a directory name; a public parser would be a second, code-level promise of
+what the format document already fixes, and would grow the API for one internal caller.
+The CLI ships and is versioned with the store, so it may follow the rule where it lives.
 """
 
 from __future__ import annotations

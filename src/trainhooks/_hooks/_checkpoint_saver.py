@@ -12,10 +12,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from trainhooks._session._hook import SessionRunContext, SessionRunHook, SessionRunValues
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._hook import (
+    HookSession,
+    SessionRunContext,
+    SessionRunHook,
+    SessionRunValues,
+)
+from trainhooks._session._timer import Clock, SecondOrStepTimer
+
+if TYPE_CHECKING:
+    from trainhooks._saver import Saver
 
 __all__ = ["CheckpointSaverHook", "SupportsSave"]
 
@@ -32,9 +40,12 @@ class CheckpointSaverHook(SessionRunHook):
     """Saves ``session.state`` every ``save_steps`` steps or every ``save_secs`` seconds.
 
     Exactly one of ``save_secs`` / ``save_steps`` must be given (``ValueError`` otherwise).
-    ``saver`` is a ``trainhooks.Saver`` (default: ``Saver()``, created at ``begin`` and
-    closed when the session closes, which releases the directory lock). ``listeners`` are
-    ``CheckpointSaverListener`` objects called around every save.
+    ``saver`` is a ``trainhooks.Saver`` (default: ``Saver(max_to_keep=max_to_keep)``,
+    created at ``begin`` and closed in ``release()`` when the session closes, which
+    releases the directory lock). ``max_to_keep`` is for that default saver only (a saver
+    you pass keeps its own setting). ``listeners`` are ``CheckpointSaverListener`` objects
+    called around every save. ``save_secs`` are read from ``clock`` (default
+    ``time.monotonic``; see ``SecondOrStepTimer``).
 
     TF arguments with no meaning here are accepted so TF code runs unchanged:
     ``checkpoint_basename`` (checkpoints are always ``ckpt-<step>`` directories, the names
@@ -56,6 +67,9 @@ class CheckpointSaverHook(SessionRunHook):
         scaffold: Any = None,
         listeners: list[Any] | None = None,
         save_graph_def: bool = True,
+        *,
+        max_to_keep: int | None = 5,
+        clock: Clock | None = None,
     ) -> None:
         if (save_secs is None) == (save_steps is None):
             raise ValueError(
@@ -65,26 +79,18 @@ class CheckpointSaverHook(SessionRunHook):
             )
         if saver is not None and scaffold is not None:
             raise ValueError("You cannot provide both saver and scaffold; pass only saver")
+        if saver is not None and max_to_keep != 5:
+            raise ValueError(
+                f"max_to_keep={max_to_keep!r} applies to the hook's own saver only; pass it "
+                "to the saver you give instead: saver=Saver(max_to_keep=...)"
+            )
         self._checkpoint_dir = Path(checkpoint_dir)
-        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps)
+        self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps, clock=clock)
         self._listeners = list(listeners or [])
         self._saver: SupportsSave | None = saver
         self._owns_saver = saver is None
-        self._max_to_keep: int | None = 5
-
-    @classmethod
-    def _with_owned_saver(
-        cls,
-        checkpoint_dir: str | os.PathLike[str],
-        *,
-        save_secs: float | None,
-        save_steps: int | None,
-        max_to_keep: int | None,
-    ) -> CheckpointSaverHook:
-        """The hook ``MonitoredTrainingSession`` installs: it owns a ``Saver(max_to_keep)``."""
-        hook = cls(checkpoint_dir, save_secs=save_secs, save_steps=save_steps)
-        hook._max_to_keep = max_to_keep
-        return hook
+        self._owned_saver: Saver | None = None  # the one begin() created, until release()
+        self._max_to_keep = max_to_keep
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -97,11 +103,11 @@ class CheckpointSaverHook(SessionRunHook):
         if self._owns_saver and self._saver is None:
             from trainhooks._saver import Saver  # lazy: the store pulls in numpy & co.
 
-            self._saver = Saver(max_to_keep=self._max_to_keep)
+            self._saver = self._owned_saver = Saver(max_to_keep=self._max_to_keep)
         for listener in self._listeners:
             _call_listener(listener, "begin", None)
 
-    def after_create_session(self, session: Any, coord: Any) -> None:
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
         step = session.global_step
         # A stop asked for here is ignored, as in TF: there is no run to stop.
         self._save(session, step)
@@ -115,22 +121,23 @@ class CheckpointSaverHook(SessionRunHook):
             if self._save(session, step):
                 run_context.request_stop()
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         last_step = session.global_step
         if last_step != self._timer.last_triggered_step():
             self._save(session, last_step)  # a stop request here is moot: training is over
         for listener in self._listeners:
             _call_listener(listener, "end", last_step, session)
 
-    def _release(self) -> None:
-        """Close an owned saver (its directory lock); the session calls this on close."""
-        if self._owns_saver and self._saver is not None:
-            saver, self._saver = self._saver, None
-            saver.close()  # type: ignore[attr-defined]
+    def release(self) -> None:
+        """Close the hook's own saver, which releases its directory lock."""
+        owned, self._owned_saver = self._owned_saver, None
+        if owned is not None:
+            self._saver = None
+            owned.close()
 
     # -- saving -------------------------------------------------------------------------
 
-    def _save(self, session: Any, step: int) -> bool:
+    def _save(self, session: HookSession, step: int) -> bool:
         """One save at ``step`` with its listener calls; True if a listener asked to stop."""
         _LOG.info("Calling checkpoint listeners before saving checkpoint %d...", step)
         for listener in self._listeners:
@@ -159,15 +166,14 @@ class CheckpointSaverHook(SessionRunHook):
                 should_stop = True
         return should_stop
 
-    def _is_unchanged_on_disk(self, session: Any, step: int) -> bool:
+    def _is_unchanged_on_disk(self, session: HookSession, step: int) -> bool:
         """Whether ``step``'s checkpoint in our directory is exactly the state in memory.
 
         True only right after a restore from this directory at this step with no step run
         since: writing it again would cost a full save and rotate an older checkpoint out
         of retention for nothing.
         """
-        unchanged = getattr(session, "_unchanged_checkpoint", None)
-        info = unchanged() if unchanged is not None else None
+        info = session.restored_checkpoint
         if info is None or info.step != step:
             return False
         path = Path(info.path)
@@ -181,7 +187,9 @@ def _same_directory(a: Path, b: Path) -> bool:
         return False
 
 
-def _call_listener(listener: Any, method: str, step: int | None, session: Any = None) -> Any:
+def _call_listener(
+    listener: Any, method: str, step: int | None, session: HookSession | None = None
+) -> Any:
     """Call one listener method; an exception keeps its type and gains a note saying where."""
     try:
         if method == "begin":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainhooks._session._hook import SessionRunHook
+from trainhooks._session._hook import HookSession, SessionRunHook
 
 __all__ = ["FinalOpsHook"]
 
@@ -19,7 +19,7 @@ class FinalOpsHook(SessionRunHook):
     ran, so it stays ``None`` when the session exits by an exception.
     """
 
-    def __init__(self, final_fn: Callable[[Any], Any]) -> None:
+    def __init__(self, final_fn: Callable[[HookSession], Any]) -> None:
         if not callable(final_fn):
             raise TypeError(
                 f"FinalOpsHook needs a function of the session, got {type(final_fn).__name__}"
@@ -35,5 +35,5 @@ class FinalOpsHook(SessionRunHook):
     def begin(self) -> None:
         self._final_ops_values = None
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         self._final_ops_values = self._final_fn(session)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trainhooks._session._hook import SessionRunHook
+from trainhooks._session._hook import HookSession, SessionRunHook
 
 __all__ = ["GlobalStepWaiterHook"]
 
@@ -48,7 +48,7 @@ class GlobalStepWaiterHook(SessionRunHook):
     def begin(self) -> None:
         self._started = self._wait_until_step <= 0
 
-    def after_create_session(self, session: Any, coord: Any) -> None:
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
         # Waiting here rather than in before_run (TF) happens at the same moment — before
         # the first step — but leaves the per-step path free of this hook.
         if self._started:

@@ -7,12 +7,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from trainhooks._session._hook import (
+    HookSession,
     SessionRunContext,
     SessionRunHook,
     SessionRunValues,
     select_fetches,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 __all__ = ["LoggingTensorHook"]
 
@@ -27,7 +28,8 @@ class LoggingTensorHook(SessionRunHook):
     returns. Exactly one of ``every_n_iter`` / ``every_n_secs`` must be given, unless
     ``at_end=True`` alone, which logs only once when the session ends. The hook counts its
     own runs (not the global step), so the first run is always logged. ``formatter``, when
-    given, receives ``{tag: value}`` and returns the line to log.
+    given, receives ``{tag: value}`` and returns the line to log. ``every_n_secs`` are read
+    from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
 
     At the end there is no graph to evaluate again, so ``at_end`` logs the values of the
     last step that ran (the hook keeps a reference to each step's result in that mode).
@@ -40,6 +42,8 @@ class LoggingTensorHook(SessionRunHook):
         every_n_secs: float | None = None,
         at_end: bool = False,
         formatter: Callable[[dict[str, Any]], str] | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         only_log_at_end = at_end and every_n_iter is None and every_n_secs is None
         if not only_log_at_end and (every_n_iter is None) == (every_n_secs is None):
@@ -61,7 +65,7 @@ class LoggingTensorHook(SessionRunHook):
         self._formatter = formatter
         self._log_at_end = at_end
         self._timer: SecondOrStepTimer | None = (
-            None if only_log_at_end else SecondOrStepTimer(every_n_secs, every_n_iter)
+            None if only_log_at_end else SecondOrStepTimer(every_n_secs, every_n_iter, clock=clock)
         )
         self._iter_count = 0
         self._last_result: Any = None
@@ -83,7 +87,7 @@ class LoggingTensorHook(SessionRunHook):
             self._last_result = run_values.step_result
         self._iter_count += 1
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         if self._log_at_end and self._iter_count:
             self._log(select_fetches(self._tensors, self._last_result))
 

@@ -18,7 +18,7 @@ from trainhooks._session._hook import (
     SessionRunHook,
     SessionRunValues,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 __all__ = ["ProfilerHook"]
 
@@ -43,7 +43,8 @@ class ProfilerHook(SessionRunHook):
     timings, and memory with ``show_memory=True``), else a pure-Python tracer built on
     ``sys.setprofile`` (the hook ``cProfile`` uses) that records every Python and C call of
     the traced run as a timeline: ``cProfile`` itself only keeps totals, which a trace
-    viewer cannot draw. ``show_dataflow`` is TF's and has no meaning here.
+    viewer cannot draw. ``show_dataflow`` is TF's and has no meaning here. ``save_secs``
+    are read from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class ProfilerHook(SessionRunHook):
         show_memory: bool = False,
         *,
         backend: str = "auto",
+        clock: Clock | None = None,
     ) -> None:
         if (save_steps is None) == (save_secs is None):
             raise ValueError(
@@ -63,7 +65,7 @@ class ProfilerHook(SessionRunHook):
             )
         if backend not in ("auto", "torch", "python"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'python', got {backend!r}")
-        self._timer = SecondOrStepTimer(save_secs, save_steps)
+        self._timer = SecondOrStepTimer(save_secs, save_steps, clock=clock)
         self._output_dir = Path(output_dir)
         self._show_memory = show_memory
         self._backend = backend
@@ -78,14 +80,14 @@ class ProfilerHook(SessionRunHook):
         self.written = []
 
     def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
-        self._release()  # a tracer left by a step that raised (and was retried) stops here
+        self.release()  # a tracer left by a step that raised (and was retried) stops here
         if self._next_step is not None and self._timer.should_trigger_for_step(self._next_step):
             self._tracer = self._start_tracer()
         return None
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         session = run_context.session
-        global_step = int(session.global_step)
+        global_step = session.global_step
         tracer, self._tracer = self._tracer, None
         if tracer is not None:
             self._timer.update_last_triggered_step(global_step)
@@ -97,9 +99,9 @@ class ProfilerHook(SessionRunHook):
             finally:
                 tmp.unlink(missing_ok=True)
             self.written.append(path)
-        self._next_step = global_step + int(getattr(session, "steps_per_run", 1))
+        self._next_step = global_step + session.steps_per_run
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Stop a trace left running when a traced step raised (the session calls this on
         every exit path): a forgotten ``sys.setprofile`` would slow all later code."""
         tracer, self._tracer = self._tracer, None
@@ -117,14 +119,10 @@ class _TorchTracer:
     """``torch.profiler`` over one run (CPU, plus CUDA when available)."""
 
     def __init__(self, show_memory: bool) -> None:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
+        # torch is reached through its adapter, the one module that imports it
+        from trainhooks._state._adapters._torch import start_profiler
 
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
-        self._profile = profile(activities=activities, profile_memory=show_memory)
-        self._profile.start()
+        self._profile = start_profiler(show_memory)
 
     def stop(self) -> None:
         self._profile.stop()

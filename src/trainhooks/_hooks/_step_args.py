@@ -7,7 +7,7 @@ from typing import Any
 
 from trainhooks._session._hook import SessionRunArgs, SessionRunContext, SessionRunHook
 
-__all__ = ["StepArgsHook"]
+__all__ = ["FeedFnHook", "StepArgsHook"]
 
 
 class StepArgsHook(SessionRunHook):
@@ -33,3 +33,7 @@ class StepArgsHook(SessionRunHook):
                 f"step, got {type(feed).__name__}"
             )
         return SessionRunArgs(fetches=None, feed_dict=feed)
+
+
+FeedFnHook = StepArgsHook
+"""TF's name for ``StepArgsHook``, kept for porting: ``feed_fn()``'s keys name step arguments."""

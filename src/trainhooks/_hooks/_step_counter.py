@@ -6,8 +6,13 @@ import logging
 import os
 from typing import Any
 
-from trainhooks._session._hook import SessionRunContext, SessionRunHook, SessionRunValues
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._hook import (
+    HookSession,
+    SessionRunContext,
+    SessionRunHook,
+    SessionRunValues,
+)
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 __all__ = ["StepCounterHook"]
 
@@ -19,7 +24,8 @@ class StepCounterHook(SessionRunHook):
 
     Exactly one of the two intervals, as in TF: to use seconds pass
     ``every_n_steps=None, every_n_secs=S``. The rate is measured between two triggers on a
-    monotonic clock and logged at INFO on the ``"trainhooks"`` logger. ``output_dir`` /
+    monotonic clock (or ``clock``, see ``SecondOrStepTimer``) and logged at INFO on the
+    ``"trainhooks"`` logger. ``output_dir`` /
     ``summary_writer`` select TensorBoard output (``_write_summary``).
     """
 
@@ -29,6 +35,8 @@ class StepCounterHook(SessionRunHook):
         every_n_secs: float | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         summary_writer: Any = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         if (every_n_steps is None) == (every_n_secs is None):
             raise ValueError(
@@ -36,13 +44,13 @@ class StepCounterHook(SessionRunHook):
                 f"every_n_steps={every_n_steps!r}, every_n_secs={every_n_secs!r}); for a "
                 "time interval pass every_n_steps=None, every_n_secs=SECONDS"
             )
-        self._timer = SecondOrStepTimer(every_secs=every_n_secs, every_steps=every_n_steps)
+        self._timer = SecondOrStepTimer(every_n_secs, every_n_steps, clock=clock)
         self._output_dir = output_dir
         self._summary_writer = summary_writer
         self._owns_writer = False
         self._summary_tag = "global_step/sec"
 
-    def after_create_session(self, session: Any, coord: Any) -> None:
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
         # Start a fresh measurement, also after a recoverable error re-created the session.
         self._timer.reset()
 
@@ -64,7 +72,7 @@ class StepCounterHook(SessionRunHook):
 
         A no-op whenever ``output_dir`` and ``summary_writer`` are both None. With
         ``output_dir`` the directory's shared event file is opened at the first write and
-        closed when the session closes (``_release``); without the ``tensorboard`` package
+        closed when the session closes (``release``); without the ``tensorboard`` package
         the rate is only logged (one warning).
         """
         if self._summary_writer is None:
@@ -85,7 +93,7 @@ class StepCounterHook(SessionRunHook):
         if hasattr(self._summary_writer, "flush"):
             self._summary_writer.flush()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Close the event file this hook opened; the session calls this on every exit."""
         if self._owns_writer and self._summary_writer is not None:
             writer, self._summary_writer = self._summary_writer, None

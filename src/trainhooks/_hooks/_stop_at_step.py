@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainhooks._session._hook import SessionRunContext, SessionRunHook, SessionRunValues
+from trainhooks._session._hook import (
+    HookSession,
+    SessionRunContext,
+    SessionRunHook,
+    SessionRunValues,
+)
 
 __all__ = ["StopAtStepHook"]
 
@@ -39,15 +44,16 @@ class StopAtStepHook(SessionRunHook):
         """The absolute step to stop at (known once the session exists for ``num_steps``)."""
         return self._last_step
 
-    def after_create_session(self, session: Any, coord: Any) -> None:
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
         step = session.global_step
-        if self._last_step is None:
+        if self._last_step is None and self._num_steps is not None:
             # Computed once, as in TF: a session re-created after a recoverable error
             # keeps the original target.
-            self._last_step = step + self._num_steps  # type: ignore[operator]
-        if step >= self._last_step:
+            self._last_step = step + self._num_steps
+        if self._last_step is not None and step >= self._last_step:
             coord.request_stop()
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
-        if run_context.session.global_step >= self._last_step:  # type: ignore[operator]
+        last_step = self._last_step
+        if last_step is not None and run_context.session.global_step >= last_step:
             run_context.request_stop()

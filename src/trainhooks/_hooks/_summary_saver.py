@@ -7,15 +7,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from trainhooks._session._hook import (
+    HookSession,
     SessionRunContext,
     SessionRunHook,
     SessionRunValues,
     select_fetches,
 )
-from trainhooks._session._timer import SecondOrStepTimer
+from trainhooks._session._timer import Clock, SecondOrStepTimer
 from trainhooks._summary import ScalarWriter, as_scalar, is_scalar_like, require_tensorboard
 
-__all__ = ["SummarySaverHook", "scalar_summaries"]
+__all__ = ["SummarySaverHook", "SupportsAddScalar", "scalar_summaries"]
 
 
 class SupportsAddScalar(Protocol):
@@ -40,7 +41,8 @@ class SummarySaverHook(SessionRunHook):
     graph and is refused with a pointer to ``scalars``; ``scaffold`` is accepted and ignored.
     Events are flushed after each write, so a crash loses none already written; as in TF a
     ``SessionLog.START`` marks the first step of each session, so TensorBoard drops what a
-    crashed earlier run wrote past the point this one resumed from.
+    crashed earlier run wrote past the point this one resumed from. ``save_secs`` are read
+    from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class SummarySaverHook(SessionRunHook):
         summary_op: Any = None,
         *,
         scalars: Mapping[str, str] | Iterable[str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if (save_steps is None) == (save_secs is None):
             raise ValueError(
@@ -69,7 +72,7 @@ class SummarySaverHook(SessionRunHook):
             )
         if summary_writer is None:
             require_tensorboard()  # ImportError naming the extra, before any step runs
-        self._timer = SecondOrStepTimer(save_secs, save_steps)
+        self._timer = SecondOrStepTimer(save_secs, save_steps, clock=clock)
         self._output_dir = output_dir
         self._writer: SupportsAddScalar | None = summary_writer
         self._owns_writer = summary_writer is None
@@ -105,11 +108,11 @@ class SummarySaverHook(SessionRunHook):
             for tag, name in self._tags.items()
         }
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         if self._writer is not None and hasattr(self._writer, "flush"):
             self._writer.flush()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Close the event file this hook opened; the session calls this on every exit."""
         if self._owns_writer and isinstance(self._writer, ScalarWriter):
             writer, self._writer = self._writer, None

@@ -17,7 +17,7 @@ in ``end()`` unless ``after_save`` already handled that step.
 
 from __future__ import annotations
 
-from typing import Any
+from trainhooks._session._hook import HookSession
 
 __all__ = ["CheckpointSaverListener"]
 
@@ -28,12 +28,12 @@ class CheckpointSaverListener:
     def begin(self) -> None:
         """Called once before the session is created."""
 
-    def before_save(self, session: Any, global_step_value: int) -> None:
+    def before_save(self, session: HookSession, global_step_value: int) -> None:
         """Called before the checkpoint at ``global_step_value`` is written."""
 
-    def after_save(self, session: Any, global_step_value: int) -> bool | None:
+    def after_save(self, session: HookSession, global_step_value: int) -> bool | None:
         """Called after the checkpoint is committed; return True to request a stop."""
         return None
 
-    def end(self, session: Any, global_step_value: int) -> None:
+    def end(self, session: HookSession, global_step_value: int) -> None:
         """Called once at the end of a normal session, after the final save."""

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
-from trainhooks._store._durable import fsync_directory, write_file_atomically
-from trainhooks._store._faults import fault_point
+from trainhooks._session._hook import HookSession
+from trainhooks._store._export import ExportDirectory, StoredExport
 from trainhooks._store._layout import DEFAULT_BASENAME, committed_path
 
 __all__ = ["BestCheckpointExporter", "BestExport"]
 
 logger = logging.getLogger(__name__)
-
-EXPORT_FORMAT = "trainhooks.best_export"
-_NAME = re.compile(r"^best-(\d{12})\.(json|safetensors)$")
-_TEMP_MARK = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -43,12 +35,11 @@ class BestCheckpointExporter(CheckpointSaverListener):
 
     An export is ``export_dir/best-<step>.safetensors`` (one standalone file any
     safetensors reader opens, written by ``trainhooks.export_safetensors``) plus
-    ``best-<step>.json`` (step, metric, value, mode, source checkpoint). Both are written
-    crash-safely (temporary file beside the target, fsync, rename, fsync of the directory);
-    the JSON is written last and is the export's commit mark, and it is removed first when
-    an export drops out of the best ``keep``. So after a crash at any point ``export_dir``
-    holds complete exports only; leftovers are cleaned in ``begin()``, which also reloads
-    the exports already there, so a restarted run keeps competing against them.
+    ``best-<step>.json`` (step, metric, value, mode, source checkpoint). The store writes
+    and removes them crash-safely (the JSON is the export's commit mark: written last,
+    removed first), so after a crash at any point ``export_dir`` holds complete exports
+    only; leftovers are cleaned in ``begin()``, which also reloads the exports already
+    there, so a restarted run keeps competing against them.
 
     Which checkpoint: ``checkpoint_dir`` if given, else the session's (the directory of
     ``MonitoredTrainingSession(checkpoint_dir=...)``). Pass it explicitly when the saver
@@ -79,6 +70,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         self.mode = check_mode("BestCheckpointExporter", mode)
         self.keep = keep
         self.export_dir = Path(export_dir)
+        self._store = ExportDirectory(self.export_dir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.basename = basename
         self._read = MetricReader("BestCheckpointExporter", metric, source, metric_fn)
@@ -91,22 +83,21 @@ class BestCheckpointExporter(CheckpointSaverListener):
         return list(self._exports)
 
     def begin(self) -> None:
-        self.export_dir.mkdir(parents=True, exist_ok=True)
         exports = self._load_existing()
         # a crash between committing a new export and removing the one it displaced
         # leaves one too many: finish that removal now
         self._exports, extra = exports[: self.keep], exports[self.keep :]
         for old in extra:
-            self._remove(old)
+            self._store.remove(old.step)
         self._considered = set()
 
-    def after_save(self, session: Any, global_step_value: int) -> None:
+    def after_save(self, session: HookSession, global_step_value: int) -> None:
         self._consider(session, global_step_value)
 
-    def end(self, session: Any, global_step_value: int) -> None:
+    def end(self, session: HookSession, global_step_value: int) -> None:
         self._consider(session, global_step_value)
 
-    def _consider(self, session: Any, step: int) -> None:
+    def _consider(self, session: HookSession, step: int) -> None:
         if step in self._considered:
             return
         value = self._read(session, step)
@@ -122,16 +113,15 @@ class BestCheckpointExporter(CheckpointSaverListener):
         ranked = sorted([*self._exports, export], key=self._rank_key)
         self._exports, dropped = ranked[: self.keep], ranked[self.keep :]
         for old in dropped:
-            fault_point("listener_export_before_remove")
-            self._remove(old)
+            self._store.remove(old.step)
         logger.info("Exported step %d (%s = %s) to %s", step, self.metric, value, export.path)
 
     def _rank_key(self, export: BestExport) -> tuple[float, int]:
         # best first; among equals the earlier step first (it was there before)
         return (-export.value if self.mode == "max" else export.value, export.step)
 
-    def _checkpoint_path(self, session: Any, step: int) -> Path:
-        directory = self.checkpoint_dir or getattr(session, "checkpoint_dir", None)
+    def _checkpoint_path(self, session: HookSession, step: int) -> Path:
+        directory = self.checkpoint_dir or session.checkpoint_dir
         if directory is None:
             raise ValueError(
                 "BestCheckpointExporter: the session has no checkpoint_dir; pass "
@@ -139,80 +129,27 @@ class BestCheckpointExporter(CheckpointSaverListener):
             )
         return committed_path(Path(directory), self.basename, step)
 
-    def _export(self, session: Any, step: int, value: float) -> BestExport:
-        from trainhooks._store._export import export_safetensors
-
-        source = self._checkpoint_path(session, step)
-        stem = f"best-{step:012d}"
-        path = self.export_dir / f"{stem}.safetensors"
-        metadata_path = self.export_dir / f"{stem}.json"
-        export_safetensors(source, path)
-        fault_point("listener_export_before_metadata")
-        metadata = {
-            "format": EXPORT_FORMAT,
-            "version": 1,
-            "step": step,
-            "metric": self.metric,
-            "value": value,
-            "mode": self.mode,
-            "checkpoint": str(source),
-            "safetensors": path.name,
-            "exported_at": time.time(),
-        }
-        _write_durably(metadata_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        return BestExport(step, value, path, metadata_path)
-
-    def _remove(self, export: BestExport) -> None:
-        export.metadata_path.unlink(missing_ok=True)  # the commit mark goes first
-        fsync_directory(self.export_dir)
-        export.path.unlink(missing_ok=True)
-        fsync_directory(self.export_dir)
+    def _export(self, session: HookSession, step: int, value: float) -> BestExport:
+        metadata = {"metric": self.metric, "value": value, "mode": self.mode}
+        stored = self._store.add(step, self._checkpoint_path(session, step), metadata)
+        return BestExport(step, value, stored.path, stored.metadata_path)
 
     def _load_existing(self) -> list[BestExport]:
-        """Read back the complete exports of ``export_dir``; remove our incomplete leftovers."""
-        exports: list[BestExport] = []
-        names = set(os.listdir(self.export_dir))
-        for name in sorted(names):
-            match = _NAME.match(name)
-            path = self.export_dir / name
-            if match is None:
-                if name.startswith(".best-") and _TEMP_MARK in name:
-                    path.unlink(missing_ok=True)  # a temporary file of an interrupted write
-                continue
-            stem = f"best-{match.group(1)}"
-            if match.group(2) == "safetensors":
-                if f"{stem}.json" not in names:
-                    path.unlink(missing_ok=True)  # exported, never committed by its JSON
-                continue
-            export = self._read_export(path, self.export_dir / f"{stem}.safetensors")
-            if export is not None:
-                exports.append(export)
-        exports.sort(key=self._rank_key)
-        return exports
+        """The complete exports already in ``export_dir``, best first."""
+        exports = [self._ranked(stored) for stored in self._store.open()]
+        return sorted(filter(None, exports), key=self._rank_key)
 
-    def _read_export(self, metadata_path: Path, path: Path) -> BestExport | None:
-        try:
-            meta = json.loads(metadata_path.read_text(encoding="utf-8"))
-            ours = isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT
-            if ours:
-                export = BestExport(int(meta["step"]), float(meta["value"]), path, metadata_path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("Ignoring unreadable export metadata %s: %s", metadata_path, exc)
-            return None
-        if not ours:
-            return None  # not an export: not ours to rank or delete
+    def _ranked(self, stored: StoredExport) -> BestExport | None:
+        meta = stored.metadata
         if meta.get("metric") != self.metric or meta.get("mode") != self.mode:
             raise ValueError(
                 f"BestCheckpointExporter: {self.export_dir} holds exports ranked by "
                 f"{meta.get('metric')!r} ({meta.get('mode')}), not {self.metric!r} "
                 f"({self.mode}); give each exporter its own export_dir"
             )
-        if not path.is_file():
-            logger.warning("Ignoring %s: its tensor file %s is missing", metadata_path, path)
+        try:
+            value = float(meta["value"])
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("Ignoring export %s: no readable metric value (%s)", stored.path, exc)
             return None
-        return export
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically and durably."""
-    write_file_atomically(path, text.encode("utf-8"))
+        return BestExport(stored.step, value, stored.path, stored.metadata_path)

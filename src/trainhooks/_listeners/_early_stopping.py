@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
+from trainhooks._session._hook import HookSession
 
 __all__ = ["EarlyStoppingListener"]
 
@@ -56,7 +56,7 @@ class EarlyStoppingListener(CheckpointSaverListener):
         self.stopped_step = None
         self._bad_evaluations = 0
 
-    def after_save(self, session: Any, global_step_value: int) -> bool:
+    def after_save(self, session: HookSession, global_step_value: int) -> bool:
         value = self._read(session, global_step_value)
         if value is None:
             return False

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainhooks._listeners._base import CheckpointSaverListener
+from trainhooks._session._hook import HookSession
 from trainhooks._summary import ScalarWriter, as_scalar, tensorboard_available
 
 __all__ = ["EvaluationListener"]
@@ -43,7 +44,7 @@ class EvaluationListener(CheckpointSaverListener):
 
     def __init__(
         self,
-        eval_fn: Callable[[Any], Mapping[str, Any]],
+        eval_fn: Callable[[HookSession], Mapping[str, Any]],
         every_n_saves: int = 1,
         output_dir: str | os.PathLike[str] | None = None,
         name: str = "eval",
@@ -87,19 +88,19 @@ class EvaluationListener(CheckpointSaverListener):
         self.history = {}
         self._saves = 0
 
-    def after_save(self, session: Any, global_step_value: int) -> None:
+    def after_save(self, session: HookSession, global_step_value: int) -> None:
         self._saves += 1
         if self._saves % self.every_n_saves == 0:
             self.evaluate(session, global_step_value)
 
-    def end(self, session: Any, global_step_value: int) -> None:
+    def end(self, session: HookSession, global_step_value: int) -> None:
         try:
             if self.last_step != global_step_value:
                 self.evaluate(session, global_step_value)
         finally:
             self._close_writer()
 
-    def evaluate(self, session: Any, step: int) -> dict[str, float]:
+    def evaluate(self, session: HookSession, step: int) -> dict[str, float]:
         """Evaluate now, record the metrics at ``step`` and return them."""
         raw = self.eval_fn(session)
         metrics = self._as_metrics(raw, step)

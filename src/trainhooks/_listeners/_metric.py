@@ -8,11 +8,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from trainhooks._listeners._evaluation import EvaluationListener
+from trainhooks._session._hook import HookSession
 from trainhooks._summary import as_scalar
 
 __all__ = ["MetricFn", "MetricReader", "check_mode", "improves"]
 
-MetricFn = Callable[[Any], Any]
+MetricFn = Callable[[HookSession], Any]
 
 
 class MetricReader:
@@ -45,7 +46,7 @@ class MetricReader:
         self.metric_fn = metric_fn
         self._warned_order = False
 
-    def __call__(self, session: Any, step: int) -> float | None:
+    def __call__(self, session: HookSession, step: int) -> float | None:
         if self.source is not None:
             metrics = self.source.history.get(step)
             if metrics is None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainhooks._exceptions import CheckpointNotFoundError
 from trainhooks._session._dispatch import (
@@ -34,6 +34,9 @@ from trainhooks._session._hook import (
     SessionRunValues,
     select_fetches,
 )
+
+if TYPE_CHECKING:
+    from trainhooks._store._info import CheckpointInfo
 
 __all__ = ["MonitoredSession", "StepContext"]
 
@@ -94,7 +97,7 @@ class MonitoredSession:
         hooks: Iterable[object] | None = None,
         stop_grace_period_secs: float = 120,
         *,
-        state: Mapping[str, Any] | None = None,
+        state: MutableMapping[str, Any] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         steps_per_run: int = 1,
         recoverable_errors: Iterable[type[BaseException]] = (),
@@ -106,7 +109,7 @@ class MonitoredSession:
             )
         if not isinstance(steps_per_run, int) or steps_per_run < 1:
             raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
-        self.state: Mapping[str, Any] = {} if state is None else state
+        self.state: MutableMapping[str, Any] = {} if state is None else state
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -116,7 +119,7 @@ class MonitoredSession:
         self._after_run = tuple(call for _, call in self._calls.after_run)
         self._coord = Coordinator()
         self._closed = False
-        self._restored: Any = None  # CheckpointInfo of the last restore, if any
+        self._restored: CheckpointInfo | None = None  # the last restore, if any
         self._state_changed = False  # a step ran since the last restore/creation
         try:
             for begin in self._calls.begin:
@@ -124,15 +127,31 @@ class MonitoredSession:
             self._create_with_recovery()
         except BaseException:
             with contextlib.suppress(Exception):  # the original error is the one to report
-                self._release()
+                self._release_hooks()
             raise
 
-    # -- the public surface -------------------------------------------------------------
+    # -- the public surface (``HookSession`` is the part hooks may use) -----------------
 
     @property
     def checkpoint_dir(self) -> Path | None:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
+
+    @property
+    def restored_checkpoint(self) -> CheckpointInfo | None:
+        """The checkpoint ``state`` was restored from, while no step has run since; else None.
+
+        A hook can skip work the checkpoint on disk already holds: ``CheckpointSaverHook``
+        does not rewrite it (see docs/deviations.md).
+        """
+        return None if self._state_changed else self._restored
+
+    def request_stop(self) -> None:
+        """Ask the session to stop: ``should_stop()`` becomes true, no further step runs.
+
+        A step already running completes, with its ``after_run`` calls.
+        """
+        self._coord.stop = True
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as one step with every hook; return its result.
@@ -196,42 +215,21 @@ class MonitoredSession:
     def _run_with_hooks(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        """One step: every ``before_run``, ``fn``, the global step, every ``after_run``."""
         if self._coord.stop:
             self._raise_if_stopped()
-        calls = self._calls
         context = SessionRunContext(_NO_ARGS, self)
-        if calls.before_run:
-            return self._run_with_requests(context, fn, args, kwargs)
+        requests: dict[int, SessionRunArgs] | None = None
+        if self._calls.before_run:  # only then may a hook ask for results or feed
+            requests, kwargs = self._call_before_run(context, kwargs)
         result = fn(*args, **kwargs)
         self.global_step += self.steps_per_run
         self._state_changed = True
-        if self._after_run:
+        if requests:
+            self._call_after_run_with_results(context, requests, result)
+        elif self._after_run:  # the common case, kept inline: nobody asked for results
             values = plain_run_values(result)
             for after_run in self._after_run:
-                after_run(context, values)
-        if context._stop_requested:
-            self._coord.stop = True
-        return result
-
-    def _run_with_requests(
-        self,
-        context: SessionRunContext,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """The step when some hook has a ``before_run``: it may ask for results or feed."""
-        requests, kwargs = self._call_before_run(context, kwargs)
-        result = fn(*args, **kwargs)
-        self.global_step += self.steps_per_run
-        self._state_changed = True
-        values = plain_run_values(result)
-        for index, after_run in self._calls.after_run:
-            request = requests.get(index)
-            if request is not None:
-                results = select_fetches(request.fetches, result)
-                after_run(context, SessionRunValues(results, step_result=result))
-            else:
                 after_run(context, values)
         if context._stop_requested:
             self._coord.stop = True
@@ -256,6 +254,19 @@ class MonitoredSession:
                     )
                 feeds.update(request.feed_dict)
         return requests, ({**kwargs, **feeds} if feeds else kwargs)
+
+    def _call_after_run_with_results(
+        self, context: SessionRunContext, requests: dict[int, SessionRunArgs], result: Any
+    ) -> None:
+        """Every ``after_run``; a hook whose ``before_run`` asked for results gets those."""
+        values = plain_run_values(result)
+        for index, after_run in self._calls.after_run:
+            request = requests.get(index)
+            if request is not None:
+                results = select_fetches(request.fetches, result)
+                after_run(context, SessionRunValues(results, step_result=result))
+            else:
+                after_run(context, values)
 
     def _raise_if_stopped(self) -> None:
         if self._closed:
@@ -307,14 +318,6 @@ class MonitoredSession:
         )
         self._create_with_recovery()
 
-    def _unchanged_checkpoint(self) -> Any:
-        """The ``CheckpointInfo`` restored at creation if no step has run since, else None.
-
-        ``CheckpointSaverHook`` asks this to skip rewriting a checkpoint identical to the
-        one on disk (see docs/deviations.md).
-        """
-        return None if self._state_changed else self._restored
-
     def _close(self, *, normal: bool) -> None:
         if self._closed:
             return
@@ -325,10 +328,10 @@ class MonitoredSession:
                     end(self)
         finally:
             self._coord.stop = True
-            self._release()
+            self._release_hooks()
 
-    def _release(self) -> None:
-        """Let every hook release what it holds (a saver's lock), whatever happened."""
+    def _release_hooks(self) -> None:
+        """Call every hook's ``release()`` whatever happened; then raise the first error."""
         errors: list[BaseException] = []
         for release in self._calls.release:
             try:
@@ -340,9 +343,8 @@ class MonitoredSession:
 
 
 def _exception_types(types: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
-    if isinstance(types, type):
-        types = (types,)
-    result = tuple(types)
+    # a lone class is accepted too; every item is checked below
+    result: tuple[Any, ...] = (types,) if isinstance(types, type) else tuple(types)
     for t in result:
         if not (isinstance(t, type) and issubclass(t, BaseException)):
             raise TypeError(f"recoverable_errors must hold exception classes, got {t!r}")

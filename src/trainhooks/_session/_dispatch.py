@@ -14,12 +14,7 @@ from typing import Any
 
 from trainhooks._session._hook import SessionRunValues, overrides
 
-__all__ = ["RELEASE_METHOD", "Coordinator", "HookCalls", "as_hook_list", "plain_run_values"]
-
-# A private protocol between the session and hooks that hold resources (a saver's directory
-# lock): ``_release()`` is called when the session closes, on every exit path, after
-# ``end`` on a normal exit. TF has no such event because TF's savers hold no locks.
-RELEASE_METHOD = "_release"
+__all__ = ["Coordinator", "HookCalls", "as_hook_list", "plain_run_values"]
 
 
 def _implements(hook: object, method: str) -> bool:
@@ -61,11 +56,7 @@ class HookCalls:
             before_run=indexed("before_run"),
             after_run=indexed("after_run"),
             end=calls("end"),
-            release=tuple(
-                getattr(h, RELEASE_METHOD)
-                for h in hooks
-                if callable(getattr(h, RELEASE_METHOD, None))
-            ),
+            release=calls("release"),
         )
 
 

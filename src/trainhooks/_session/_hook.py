@@ -9,6 +9,17 @@ The lifecycle, documented once here (TF's order, kept exactly):
    order (each may return ``SessionRunArgs`` naming results it wants) → the user's step →
    every hook's ``after_run(run_context, run_values)`` in list order.
 4. ``end(session)`` — once, only when the session closes without an exception.
+5. ``release()`` — once per session when it closes, on every exit path: after ``end`` on
+   a normal close, and also after an exception, or when ``begin`` or the creation failed.
+   A hook gives back here what it holds outside Python's memory (a directory lock, an open
+   event file, a running profiler), so a crashed step never leaves it held. It must be
+   safe to call when the hook holds nothing (``begin`` may not have run). If several
+   hooks' ``release`` raise, every hook is still released and the first error propagates.
+   TF has no such event (its hooks hold no locks); it is what the built-in saver, summary
+   and profiler hooks use, and any hook may override it.
+
+``session`` in these methods (and ``run_context.session``) is a ``HookSession``: the
+members listed there are what a hook or a checkpoint listener may use.
 
 A hook overrides only what it needs: the session builds each event's call list once and
 skips methods a hook leaves as the no-op defaults below, so an idle hook costs nothing per
@@ -17,11 +28,16 @@ step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from trainhooks._store._info import CheckpointInfo
 
 __all__ = [
+    "HookSession",
     "SessionRunArgs",
     "SessionRunContext",
     "SessionRunHook",
@@ -30,13 +46,63 @@ __all__ = [
 ]
 
 
+class HookSession(Protocol):
+    """The session as hooks and checkpoint listeners see it: all they may use of it.
+
+    ``MonitoredSession`` (and so ``MonitoredTrainingSession`` and
+    ``SingularMonitoredSession``) provides it; a user-written hook annotates its
+    ``session`` arguments with this type and can do all that the built-in hooks do.
+    """
+
+    @property
+    def global_step(self) -> int:
+        """Steps run so far, counted from the restored checkpoint's step (0 without one).
+
+        Advanced by ``steps_per_run`` after each step, before ``after_run``.
+        """
+        ...
+
+    @property
+    def state(self) -> MutableMapping[str, Any]:
+        """What checkpoints hold: the mapping of names to model, optimizer, arrays, ...
+
+        Restored in place at creation; a saver hook saves it, a listener may evaluate or
+        export it.
+        """
+        ...
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The directory state is restored from at creation, or None."""
+        ...
+
+    @property
+    def steps_per_run(self) -> int:
+        """How many training steps one ``run`` call counts for (TF's ``steps_per_run``)."""
+        ...
+
+    @property
+    def restored_checkpoint(self) -> CheckpointInfo | None:
+        """The checkpoint ``state`` was restored from, while the state still equals it.
+
+        None when nothing was restored and as soon as a step has run since the restore.
+        ``CheckpointSaverHook`` reads it to skip rewriting a checkpoint identical to the
+        one on disk.
+        """
+        ...
+
+    def request_stop(self) -> None:
+        """Ask the session to stop: ``should_stop()`` becomes true, no further step runs."""
+        ...
+
+
 class SessionRunHook:
     """Base class of every hook; all methods are no-ops (see the module docstring)."""
 
     def begin(self) -> None:
         """Called once before the session is created; no step is known yet."""
 
-    def after_create_session(self, session: Any, coord: Any) -> None:
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
         """Called when the session exists and its state is restored or initialised."""
 
     def before_run(self, run_context: SessionRunContext) -> SessionRunArgs | None:
@@ -46,8 +112,11 @@ class SessionRunHook:
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         """Called after each step with the results the hook asked for."""
 
-    def end(self, session: Any) -> None:
+    def end(self, session: HookSession) -> None:
         """Called once when the session closes normally (never after an exception)."""
+
+    def release(self) -> None:
+        """Called once when the session closes, on every exit path: give back what is held."""
 
 
 def overrides(hook: object, method: str, base: type = SessionRunHook) -> bool:
@@ -78,7 +147,7 @@ class SessionRunContext:
     """The context of one ``run`` call: the session, the original arguments and stop requests."""
 
     original_args: SessionRunArgs
-    session: Any
+    session: HookSession
     _stop_requested: bool = field(default=False, repr=False)
 
     def request_stop(self) -> None:
@@ -114,7 +183,8 @@ def select_fetches(fetches: Any, step_result: Any) -> Any:
     if isinstance(fetches, Mapping):
         return {key: select_fetches(name, step_result) for key, name in fetches.items()}
     if isinstance(fetches, Sequence):
-        return type(fetches)(select_fetches(name, step_result) for name in fetches)
+        same_kind: Any = type(fetches)  # a list or tuple of names gives a list or tuple
+        return same_kind(select_fetches(name, step_result) for name in fetches)
     raise TypeError(
         f"SessionRunArgs.fetches must be a name, a list/tuple or a dict of names, "
         f"got {type(fetches).__name__}"

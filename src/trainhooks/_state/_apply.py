@@ -1,21 +1,25 @@
-"""Restoring decoded values *into* the caller's objects, in place.
+"""Restoring decoded values *into* the caller's objects, in place, all or nothing.
 
-Tensors are copied into existing tensors/arrays (after a shape and dtype check, so a
-mismatch is a clear error rather than a silent cast), objects with ``load_state_dict`` get
-their saved state, generators get their state back, and plain dicts/lists are refilled.
-Values with nowhere to go in place are returned for the parent to store.
+Two passes. The first walks the checkpoint beside the caller's state and checks every leaf
+— tensor shapes and dtypes (a mismatch is a clear error rather than a silent cast, unless
+``cast=True``), the structure of containers that hold arrays or objects, generators, and
+each object's saved state against its current ``state_dict()`` and against what its
+framework's ``load_state_dict`` refuses — and plans one step per leaf. The second pass runs
+the steps: tensors are copied into existing tensors, objects get ``load_state_dict``,
+generators get their state, dicts and lists are refilled. So a checkpoint that does not fit
+raises before a single byte of the caller's objects changes. Only a user-written
+``load_state_dict`` that refuses a state its own ``state_dict()`` template accepted can
+still fail in the second pass; nothing can check what such a method does without running it.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from trainhooks._exceptions import CheckpointCorruptError, StateMismatchError
-from trainhooks._state._arrays import array_kind, to_numpy
+from trainhooks._state._adapters._base import ArrayAdapter
+from trainhooks._state._adapters._registry import adapter_for, adapter_of, loaded_adapters
 from trainhooks._state._decode import GeneratorValue, StatefulValue
 from trainhooks._state._encode import is_stateful
 from trainhooks._state._encode import where as _where
@@ -23,11 +27,14 @@ from trainhooks._state._mapped import MappedTensor
 
 __all__ = ["apply_state"]
 
+Step = Callable[[], Any]  # runs one planned restore; returns what the parent should hold
+
 
 def apply_state(
     target: MutableMapping[str, Any], saved: Mapping[str, Any], *, strict: bool, cast: bool
 ) -> None:
-    """Restore ``saved`` (decoded top-level mapping) into ``target`` in place."""
+    """Restore ``saved`` (the decoded top-level mapping, tensors as ``MappedTensor``) into
+    ``target`` in place; raises ``StateMismatchError`` before changing anything."""
     missing = [k for k in target if k not in saved]
     unexpected = [k for k in saved if k not in target]
     if strict and (missing or unexpected):
@@ -36,207 +43,227 @@ def apply_state(
             f"{missing}, not in the state {unexpected}; pass strict=False to restore only "
             "the entries both have"
         )
-    _Applier(cast).fill_mapping(target, {k: v for k, v in saved.items() if k in target}, ())
+    both = {k: v for k, v in saved.items() if k in target}
+    restore = _Planner(strict=strict, cast=cast).mapping(target, both, (), drop_extra=False)
+    restore()
 
 
-class _Applier:
-    def __init__(self, cast: bool) -> None:
+class _Planner:
+    """The checking pass: every ``plan*`` method raises on a misfit or returns a ``Step``."""
+
+    def __init__(self, *, strict: bool, cast: bool) -> None:
+        self.strict = strict
         self.cast = cast
 
-    def apply(self, target: Any, value: Any, path: tuple[Any, ...]) -> Any:
+    def plan(self, target: Any, value: Any, path: tuple[Any, ...]) -> Step:
         if isinstance(value, StatefulValue):
             return self._stateful(target, value, path)
         if isinstance(value, GeneratorValue):
-            return _generator(target, value)
-        if isinstance(value, MappedTensor) or array_kind(value) is not None:
-            return self._array(target, value, path)
+            return self._generator(target, value, path)
+        if isinstance(value, MappedTensor):
+            return self._tensor(target, value, path)
         if isinstance(value, dict):
-            if isinstance(target, MutableMapping) and not is_stateful(target):
-                self.fill_mapping(target, value, path, drop_extra=True)
-                return target
-            return {k: self.apply(None, v, (*path, k)) for k, v in value.items()}
-        if isinstance(value, list):
-            if isinstance(target, list) and len(target) == len(value):
-                target[:] = [
-                    self.apply(t, v, (*path, i))
-                    for i, (t, v) in enumerate(zip(target, value, strict=True))
-                ]
-                return target
-            return [self.apply(None, v, (*path, i)) for i, v in enumerate(value)]
-        if isinstance(value, tuple):
-            templates = (
-                target
-                if isinstance(target, tuple) and len(target) == len(value)
-                else (None,) * len(value)
-            )
-            return tuple(
-                self.apply(t, v, (*path, i))
-                for i, (t, v) in enumerate(zip(templates, value, strict=True))
-            )
-        return value
+            return self._dict(target, value, path)
+        if isinstance(value, (list, tuple)):
+            return self._sequence(target, value, path)
+        return lambda: value
 
-    def fill_mapping(
+    def mapping(
         self,
         target: MutableMapping[Any, Any],
         value: Mapping[Any, Any],
         path: tuple[Any, ...],
-        drop_extra: bool = False,
-    ) -> None:
-        for key, item in value.items():
-            target[key] = self.apply(target.get(key), item, (*path, key))
-        if drop_extra:
-            for key in [k for k in target if k not in value]:
-                del target[key]
+        *,
+        drop_extra: bool,
+    ) -> Step:
+        steps = [(k, self.plan(target.get(k), item, (*path, k))) for k, item in value.items()]
 
-    def _stateful(self, target: Any, value: StatefulValue, path: tuple[Any, ...]) -> Any:
+        def refill() -> Any:
+            for key, step in steps:
+                target[key] = step()
+            if drop_extra:
+                for key in [k for k in target if k not in value]:
+                    del target[key]
+            return target
+
+        return refill
+
+    def _dict(self, target: Any, value: dict[Any, Any], path: tuple[Any, ...]) -> Step:
+        if not isinstance(target, MutableMapping) or is_stateful(target):
+            steps = {k: self.plan(None, v, (*path, k)) for k, v in value.items()}
+            return lambda: {k: step() for k, step in steps.items()}
+        if self.strict and target.keys() != value.keys() and _holds_templates(target):
+            missing = [k for k in target if k not in value]
+            unexpected = [k for k in value if k not in target]
+            raise StateMismatchError(
+                f"cannot restore {_where(path)}: missing from the checkpoint {missing}, not "
+                f"in the state {unexpected}; the structure differs from the saved one (pass "
+                "strict=False to take the checkpoint's entries instead)"
+            )
+        return self.mapping(target, value, path, drop_extra=True)
+
+    def _sequence(self, target: Any, value: Sequence[Any], path: tuple[Any, ...]) -> Step:
+        kind = list if isinstance(value, list) else tuple
+        same_kind = isinstance(target, kind)
+        if same_kind and len(target) != len(value) and self.strict and _holds_templates(target):
+            raise StateMismatchError(
+                f"cannot restore {_where(path)}: the checkpoint has {len(value)} items, the "
+                f"state has {len(target)}; the structure differs from the saved one (pass "
+                f"strict=False to take the checkpoint's {kind.__name__} instead)"
+            )
+        in_place = same_kind and len(target) == len(value)
+        templates = target if in_place else (None,) * len(value)
+        steps = [
+            self.plan(t, v, (*path, i))
+            for i, (t, v) in enumerate(zip(templates, value, strict=True))
+        ]
+        if in_place and kind is list:
+
+            def refill() -> Any:
+                target[:] = [step() for step in steps]
+                return target
+
+            return refill
+        return lambda: kind(step() for step in steps)
+
+    def _tensor(self, target: Any, tensor: MappedTensor, path: tuple[Any, ...]) -> Step:
+        found = adapter_of(target)
+        if found is None:  # nothing to fill: a fresh array of the saved kind
+            return tensor.materialize
+        adapter = found[0]
+        self._check_fits(target, tensor, path)
+        if not adapter.can_fill(target):  # immutable (JAX, NumPy scalars, read-only arrays)
+            return lambda: adapter.cast_copy(tensor, target)
+
+        def fill() -> Any:
+            adapter.copy_into(target, tensor)
+            return target
+
+        return fill
+
+    def _check_fits(self, target: Any, tensor: MappedTensor, path: tuple[Any, ...]) -> None:
+        """Raise unless ``tensor`` fits ``target``: same shape, and same dtype unless cast."""
+        shape, dtype = tuple(target.shape), _dtype_name(target)
+        if shape != tensor.shape:
+            raise StateMismatchError(
+                f"cannot restore {_where(path)}: the checkpoint has shape "
+                f"{list(tensor.shape)}, the target has {list(shape)}; the model's "
+                "architecture differs from the saved one"
+            )
+        if dtype != tensor.dtype and not self.cast:
+            raise StateMismatchError(
+                f"cannot restore {_where(path)}: the checkpoint has dtype {tensor.dtype}, the "
+                f"target has {dtype}; pass cast=True to convert"
+            )
+
+    def _stateful(self, target: Any, value: StatefulValue, path: tuple[Any, ...]) -> Step:
         if not callable(getattr(target, "load_state_dict", None)):
             raise StateMismatchError(
                 f"cannot restore {_where(path)}: the checkpoint holds the state_dict of a "
                 f"{value.cls}, but the target is {type(target).__name__} without load_state_dict()"
             )
-        # nn.Module.load_state_dict copies every tensor it is given, so it may read straight
-        # from the mapping; other objects may keep what they get, so they get fresh copies.
-        state = resolve_mapped(value.state, views=_is_torch_module(target))
+        for adapter in loaded_adapters():
+            self._refuse(adapter.refusal("stateful", target, value.state), path)
         template = target.state_dict() if callable(getattr(target, "state_dict", None)) else None
-        if template is not None:
-            state = self._checked_against(template, state, path)
-        target.load_state_dict(state)
-        return target
+        self._check_template(template, value.state, path)
+        # An object whose load_state_dict copies every tensor it is given (a torch module)
+        # may read straight from the mapping; others may keep what they get: fresh copies.
+        views = any(adapter.loads_by_copy(target) for adapter in loaded_adapters())
 
-    def _checked_against(self, template: Any, value: Any, path: tuple[Any, ...]) -> Any:
-        """Check saved tensors against the target's current ones (shape/dtype), casting if asked."""
-        if array_kind(value) is not None and array_kind(template) is not None:
-            if self._needs_cast(template, value, path):
-                return _cast_like(value, template)
-            return value
-        if isinstance(value, dict) and isinstance(template, Mapping):
-            return {
-                k: self._checked_against(template.get(k), v, (*path, k)) if k in template else v
-                for k, v in value.items()
-            }
-        if (
-            isinstance(value, (list, tuple))
-            and isinstance(template, (list, tuple))
-            and len(value) == len(template)
-        ):
-            items = [
-                self._checked_against(t, v, (*path, i))
-                for i, (t, v) in enumerate(zip(template, value, strict=True))
-            ]
-            return items if isinstance(value, list) else tuple(items)
-        return value
+        def load() -> Any:
+            target.load_state_dict(_state_for(value.state, template, views=views))
+            return target
 
-    def _array(self, target: Any, value: Any, path: tuple[Any, ...]) -> Any:
-        """Copy ``value`` into an existing tensor/array ``target``; else hand out a fresh array."""
-        kind = array_kind(target)
-        writable = kind == "torch" or (kind == "numpy" and target.flags.writeable)
-        if not writable:
-            return value.materialize() if isinstance(value, MappedTensor) else value
-        self._needs_cast(target, value, path)  # raises on a mismatch unless cast=True
-        if kind == "torch":
-            torch = sys.modules["torch"]
-            source = value.as_torch() if isinstance(value, MappedTensor) else value
-            if not isinstance(source, torch.Tensor):
-                source = torch.as_tensor(to_numpy(source))
-            with torch.no_grad():
-                target.copy_(source)  # one copy, mapping -> target; casts when asked to
-        else:
-            source = value.as_numpy() if isinstance(value, MappedTensor) else to_numpy(value)
-            np.copyto(target, source, casting="unsafe")
-        return target
+        return load
 
-    def _needs_cast(self, target: Any, value: Any, path: tuple[Any, ...]) -> bool:
-        """Whether ``value`` must be cast to fit ``target``; raises on a shape mismatch, and on
-        a dtype mismatch unless ``cast=True``."""
-        t_shape, v_shape = tuple(target.shape), tuple(value.shape)
-        t_dtype, v_dtype = _dtype_name(target), _dtype_name(value)
-        if t_shape != v_shape:
-            raise StateMismatchError(
-                f"cannot restore {_where(path)}: the checkpoint has shape {list(v_shape)}, the "
-                f"target has {list(t_shape)}; the model's architecture differs from the saved one"
-            )
-        if t_dtype != v_dtype:
-            if not self.cast:
-                raise StateMismatchError(
-                    f"cannot restore {_where(path)}: the checkpoint has dtype {v_dtype}, the "
-                    f"target has {t_dtype}; pass cast=True to convert"
-                )
-            return True
-        return False
+    def _check_template(self, template: Any, value: Any, path: tuple[Any, ...]) -> None:
+        """Check saved tensors against the object's current ones where both have one."""
+        if isinstance(value, MappedTensor):
+            if adapter_of(template) is not None:
+                self._check_fits(template, value, path)
+        elif isinstance(value, dict) and isinstance(template, Mapping):
+            for key, item in value.items():
+                if key in template:
+                    self._check_template(template[key], item, (*path, key))
+        elif isinstance(value, (list, tuple)) and isinstance(template, (list, tuple)):
+            if len(value) == len(template):
+                for i, (t, v) in enumerate(zip(template, value, strict=True)):
+                    self._check_template(t, v, (*path, i))
+        elif isinstance(value, GeneratorValue):
+            adapter = adapter_for(value.kind)
+            if adapter is not None:
+                self._refuse(adapter.refusal(value.kind, None, value.state), path)
 
-
-def _cast_like(value: Any, target: Any) -> Any:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(target, torch.Tensor):
-        source = value if isinstance(value, torch.Tensor) else torch.as_tensor(to_numpy(value))
-        return source.to(target.dtype)
-    return to_numpy(value).astype(target.dtype)
-
-
-def _dtype_name(array: Any) -> str:
-    return str(array.dtype).removeprefix("torch.")
-
-
-def resolve_mapped(value: Any, *, views: bool) -> Any:
-    """Replace every ``MappedTensor`` in a structure by a view (``views``) or a fresh copy."""
-    if isinstance(value, MappedTensor):
-        if not views:
-            return value.materialize()
-        return value.as_torch() if value.kind == "torch" else value.as_numpy()
-    if isinstance(value, dict):
-        return {k: resolve_mapped(v, views=views) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [resolve_mapped(v, views=views) for v in value]
-        return items if isinstance(value, list) else tuple(items)
-    if isinstance(value, (StatefulValue, GeneratorValue)):
-        return type(value)(
-            value.cls if isinstance(value, StatefulValue) else value.kind,
-            resolve_mapped(value.state, views=views),
+    def _generator(self, target: Any, value: GeneratorValue, path: tuple[Any, ...]) -> Step:
+        adapter = adapter_for(value.kind)
+        if adapter is None:  # its framework is not in use: nothing to hand the state to
+            return lambda: _state_for(value.state, None, views=False)
+        self._refuse(adapter.refusal(value.kind, target, value.state), path)
+        return lambda: _restored_generator(
+            adapter, value.kind, target, _state_for(value.state, None, views=False)
         )
+
+    @staticmethod
+    def _refuse(reason: str | None, path: tuple[Any, ...]) -> None:
+        if reason is not None:
+            raise StateMismatchError(f"cannot restore {_where(path)}: {reason}")
+
+
+def _state_for(value: Any, template: Any, *, views: bool) -> Any:
+    """What an object's ``load_state_dict`` gets: every ``MappedTensor`` as a view of the
+    mapping (``views``), a fresh copy, or — where its template has another dtype, which the
+    checking pass allowed only with ``cast=True`` — a copy cast to the template's dtype."""
+    if isinstance(value, MappedTensor):
+        found = adapter_of(template)
+        if found is not None and _dtype_name(template) != value.dtype:
+            return found[0].cast_copy(value, template)
+        adapter = adapter_for(value.kind)
+        if views and adapter is not None:
+            return adapter.view(value)
+        return value.materialize()
+    if isinstance(value, dict):
+        inner = template if isinstance(template, Mapping) else {}
+        return {k: _state_for(v, inner.get(k), views=views) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        same = isinstance(template, (list, tuple)) and len(template) == len(value)
+        templates = template if same else (None,) * len(value)
+        items = [_state_for(v, t, views=views) for v, t in zip(value, templates, strict=True)]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, GeneratorValue):  # a generator inside an object's state: a new one
+        state = _state_for(value.state, None, views=False)
+        adapter = adapter_for(value.kind)
+        return state if adapter is None else _restored_generator(adapter, value.kind, None, state)
+    if isinstance(value, StatefulValue):  # no object to load it into: its plain state
+        return _state_for(value.state, None, views=views)
     return value
 
 
-def _is_torch_module(target: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(target, torch.nn.Module)
-
-
-def _generator(target: Any, value: GeneratorValue) -> Any:
-    """Set a generator's state; a state no generator produces means a forged or damaged
+def _restored_generator(adapter: ArrayAdapter, kind: str, target: Any, state: Any) -> Any:
+    """Set a generator's state; one that no generator produces means a forged or damaged
     checkpoint (``CheckpointCorruptError``), not a target of the wrong kind."""
     try:
-        return _set_generator(target, value)
+        return adapter.restore_generator(kind, target, state)
     except (TypeError, ValueError, OverflowError, KeyError, IndexError, RuntimeError) as exc:
         raise CheckpointCorruptError(
-            f"the saved {value.kind} state is invalid ({type(exc).__name__}: {exc})"
+            f"the saved {kind} state is invalid ({type(exc).__name__}: {exc})"
         ) from None
 
 
-def _set_generator(target: Any, value: GeneratorValue) -> Any:
-    value = GeneratorValue(value.kind, resolve_mapped(value.state, views=False))
-    if value.kind == "numpy_generator":
-        generator = (
-            target if isinstance(target, np.random.Generator) else _new_numpy_generator(value.state)
-        )
-        generator.bit_generator.state = value.state
-        return generator
-    if value.kind == "numpy_random_state":
-        generator = target if isinstance(target, np.random.RandomState) else np.random.RandomState()
-        generator.set_state(value.state)
-        return generator
-    torch = sys.modules.get("torch")
-    if torch is None:  # torch not in use: nothing to hand the state to
-        return value.state
-    generator = target if isinstance(target, torch.Generator) else torch.Generator()
-    generator.set_state(value.state)
-    return generator
+def _holds_templates(container: Any) -> bool:
+    """Whether a container holds what is restored in place (arrays, objects with
+    ``state_dict``): then its structure is the caller's, not something to replace."""
+    found = adapter_of(container)
+    if found is not None:
+        return not found[1].endswith("_scalar")  # scalars (NumPy's) are plain values
+    if is_stateful(container):
+        return True
+    if isinstance(container, Mapping):
+        return any(_holds_templates(v) for v in container.values())
+    if isinstance(container, (list, tuple)):
+        return any(_holds_templates(v) for v in container)
+    return False
 
 
-_BIT_GENERATORS = {"PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"}
-
-
-def _new_numpy_generator(state: Mapping[str, Any]) -> np.random.Generator:
-    name = str(state.get("bit_generator"))
-    if name not in _BIT_GENERATORS:
-        raise StateMismatchError(f"unknown NumPy bit generator {name!r} in the checkpoint")
-    return np.random.Generator(getattr(np.random, name)())
+def _dtype_name(array: Any) -> str:
+    """A dtype as the checkpoint names it ("float32"); torch spells it "torch.float32"."""
+    return str(array.dtype).rpartition(".")[2]

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from trainhooks._exceptions import CheckpointFormatError
+from trainhooks._state._adapters._registry import adapter_for, is_framework
 
 __all__ = ["GeneratorValue", "StatefulValue", "decode_tree"]
 
@@ -58,10 +58,8 @@ def decode_tree(node: Any, read_tensor: ReadTensor) -> Any:
             raise CheckpointFormatError(f"a bytes value is not valid base64 ({exc})") from None
     if kind == "stateful":
         return StatefulValue(str(node.get("class")), decode_tree(node["state"], read_tensor))
-    if kind in ("numpy_generator", "numpy_random_state", "torch_generator"):
-        return GeneratorValue(kind, decode_tree(node["state"], read_tensor))
-    if kind in ("torch_dtype", "torch_device"):
-        return _torch_value(kind, _text(node, "value"))
+    if isinstance(kind, str) and is_framework(kind):
+        return _framework_node(kind, node, read_tensor)
     raise CheckpointFormatError(f"unknown tree node type {str(kind)[:80]!r}")
 
 
@@ -70,6 +68,17 @@ def _text(node: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise CheckpointFormatError(f"a {node.get('type')} node's {key!r} is not a string")
     return value
+
+
+def _framework_node(kind: str, node: dict[str, Any], read_tensor: ReadTensor) -> Any:
+    """A framework's generator (restored later, into its target) or named value (a torch
+    dtype: its name as a string where the framework is not in use, as for
+    ``trainhooks.load``, which must not pull in a framework)."""
+    if "state" in node:
+        return GeneratorValue(kind, decode_tree(node["state"], read_tensor))
+    text = _text(node, "value")
+    adapter = adapter_for(kind)
+    return text if adapter is None else adapter.decode_value(kind, text)
 
 
 def _key(key: Any) -> str | int:
@@ -89,20 +98,3 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(to_plain(v) for v in value)
     return value
-
-
-def _torch_value(kind: str, text: str) -> Any:
-    """A torch dtype or device; its name as a string where torch is not in use (as for
-    ``trainhooks.load``, which must not pull in a framework)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return text
-    if kind == "torch_device":
-        try:
-            return torch.device(text)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointFormatError(f"invalid torch device {text[:80]!r} ({exc})") from None
-    dtype = getattr(torch, text, None)
-    if not isinstance(dtype, torch.dtype):
-        raise CheckpointFormatError(f"unknown torch dtype {text!r} in the checkpoint tree")
-    return dtype

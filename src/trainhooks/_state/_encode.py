@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import base64
 import math
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from trainhooks._exceptions import CheckpointFormatError
-from trainhooks._state._arrays import array_bytes, array_kind
+from trainhooks._state._adapters._base import ArrayAdapter
+from trainhooks._state._adapters._registry import adapter_of, loaded_adapters
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._limits import count_problem, depth_problem, name_problem, rank_problem
 
@@ -50,9 +48,9 @@ class _Encoder:
         """The node of ``value``, which sits at JSON level ``depth`` of the tree; each node
         reaches one level deeper (its scalars), a container's children further."""
         _refuse(path, depth_problem(depth + 1))
-        kind = array_kind(value)
-        if kind is not None:
-            return self._tensor(value, kind, path)
+        array = adapter_of(value)
+        if array is not None:
+            return self._tensor(value, *array, path)
         if value is None or isinstance(value, (bool, int, str)):
             return {"type": "value", "value": value}
         if isinstance(value, float):
@@ -70,23 +68,14 @@ class _Encoder:
         return self._special(value, path, depth)
 
     def _special(self, value: Any, path: tuple[Any, ...], depth: int) -> dict[str, Any]:
-        if isinstance(value, np.random.Generator):
-            return {
-                "type": "numpy_generator",
-                "state": self.encode(value.bit_generator.state, path, depth + 1),
-            }
-        if isinstance(value, np.random.RandomState):
-            state = value.get_state(legacy=False)
-            return {"type": "numpy_random_state", "state": self.encode(state, path, depth + 1)}
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            if isinstance(value, torch.Generator):
-                state = self.encode(value.get_state(), path, depth + 1)
-                return {"type": "torch_generator", "state": state}
-            if isinstance(value, torch.dtype):
-                return {"type": "torch_dtype", "value": str(value).removeprefix("torch.")}
-            if isinstance(value, torch.device):
-                return {"type": "torch_device", "value": str(value)}
+        for adapter in loaded_adapters():
+            generator = adapter.generator_state(value)
+            if generator is not None:
+                node_type, state = generator
+                return {"type": node_type, "state": self.encode(state, path, depth + 1)}
+            named = adapter.value_name(value)
+            if named is not None:
+                return {"type": named[0], "value": named[1]}
         if is_stateful(value):
             cls = type(value)
             return {
@@ -108,8 +97,10 @@ class _Encoder:
             )
         return [key, self.encode(value, (*path, key), depth + 3)]  # node, items, pair
 
-    def _tensor(self, value: Any, kind: str, path: tuple[Any, ...]) -> dict[str, Any]:
-        dtype, shape, data = array_bytes(value, kind, where(path))
+    def _tensor(
+        self, value: Any, adapter: ArrayAdapter, kind: str, path: tuple[Any, ...]
+    ) -> dict[str, Any]:
+        dtype, shape, data = adapter.array_bytes(value, where(path))
         name = self._unique_name(path)
         _refuse(path, name_problem(name) or rank_problem(len(shape)))
         _refuse(path, count_problem(len(self.tensors) + 1))

@@ -8,19 +8,17 @@ that escapes to the caller keeps a reference to the mapping.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import numpy as np
-
-from trainhooks._state._arrays import empty_array, finish_array
-from trainhooks._store._dtypes import DTYPE_NAMES, numpy_dtype_for
+from trainhooks._state._adapters._registry import new_array
+from trainhooks._store._dtypes import DTYPE_NAMES
 
 __all__ = ["MappedTensor"]
 
 
 class MappedTensor:
-    """A verified tensor's bytes (a view into a private file mapping), dtype and shape."""
+    """A verified tensor's bytes (a view into a private file mapping), dtype and shape;
+    adapters view it as their own arrays (``ArrayAdapter.view``) only to copy it at once."""
 
     __slots__ = ("code", "data", "kind", "shape")
 
@@ -34,23 +32,10 @@ class MappedTensor:
     def dtype(self) -> str:
         return DTYPE_NAMES[self.code]
 
-    def as_torch(self) -> Any:
-        """A torch tensor *viewing* the mapping: only for immediate copying."""
-        from trainhooks._state._torch import TORCH_BY_CODE
-
-        torch = sys.modules["torch"]
-        if not self.data.nbytes:
-            return torch.empty(self.shape, dtype=TORCH_BY_CODE[self.code])
-        flat = torch.frombuffer(self.data, dtype=torch.uint8)
-        return flat.view(TORCH_BY_CODE[self.code]).reshape(self.shape)
-
-    def as_numpy(self) -> np.ndarray:
-        """A NumPy array *viewing* the mapping: only for immediate copying."""
-        flat = np.frombuffer(self.data, dtype=np.uint8)
-        return flat.view(numpy_dtype_for(self.code)).reshape(self.shape)
-
     def materialize(self) -> Any:
         """A fresh array of the saved kind holding a copy of the bytes."""
-        array, view = empty_array(self.code, self.shape, self.kind)
-        view[:] = self.data
-        return finish_array(array, self.kind)
+
+        def fill(view: memoryview) -> None:
+            view[:] = self.data
+
+        return new_array(self.code, self.shape, self.kind, fill)

@@ -2,18 +2,17 @@
 
 Put ``RNGState()`` in the state mapping to make a resumed run draw the same random numbers
 as an uninterrupted one: Python's ``random``, NumPy's legacy global generator and, when
-torch is in use, torch's CPU generator. Each is stored as plain JSON/arrays, never pickled.
+torch is in use, torch's CPU generator (each framework's adapter says whether it has a
+process-wide generator). Each is stored as plain JSON/arrays, never pickled.
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
 
-import numpy as np
-
 from trainhooks._exceptions import CheckpointCorruptError
+from trainhooks._state._adapters._registry import loaded_adapters
 
 __all__ = ["RNGState"]
 
@@ -24,23 +23,25 @@ class RNGState:
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss_next = random.getstate()
         state: dict[str, Any] = {
-            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-            "numpy": np.random.get_state(legacy=False),
+            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}
         }
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            state["torch"] = torch.get_rng_state()
+        for adapter in loaded_adapters():
+            framework_state = adapter.global_rng_state()
+            if framework_state is not None:
+                state[adapter.name] = framework_state
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Set the generators from ``state``; a state no generator produces (a forged or
         damaged checkpoint) raises ``CheckpointCorruptError`` and leaves them unchanged."""
-        saved = (random.getstate(), np.random.get_state(legacy=False))
+        before = random.getstate(), [(a, a.global_rng_state()) for a in loaded_adapters()]
         try:
             self._set(state)
         except (TypeError, ValueError, OverflowError, KeyError, IndexError, RuntimeError) as exc:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
+            random.setstate(before[0])
+            for adapter, previous in before[1]:
+                if previous is not None:
+                    adapter.set_global_rng_state(previous)
             raise CheckpointCorruptError(
                 f"the saved RNGState is invalid ({type(exc).__name__}: {exc})"
             ) from None
@@ -48,13 +49,9 @@ class RNGState:
     def _set(self, state: dict[str, Any]) -> None:
         python = state["python"]
         random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
-        np.random.set_state(state["numpy"])
-        torch = sys.modules.get("torch")
-        if torch is not None and "torch" in state:
-            saved = state["torch"]
-            if not isinstance(saved, torch.Tensor):
-                saved = torch.as_tensor(np.asarray(saved))
-            torch.set_rng_state(saved)
+        for adapter in loaded_adapters():
+            if adapter.name in state:
+                adapter.set_global_rng_state(state[adapter.name])
 
     def __repr__(self) -> str:
         return "RNGState()"

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import crc32c
 
 from trainhooks._exceptions import CheckpointFormatError, CheckpointWriteError
 from trainhooks._store._admit import admit_sizes, admit_tensors, admit_tree, checked_metadata
-from trainhooks._store._durable import exchange_paths, fsync_directory, fsync_fd, write_all
+from trainhooks._store._durable import exchange_paths, fsync_directory, write_new_file
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
@@ -39,8 +39,6 @@ from trainhooks._store._manifest import Manifest, TensorRecord
 from trainhooks._store._safetensors import HeaderEntry, build_header
 
 __all__ = ["TensorSource", "commit_checkpoint"]
-
-_CHUNK = 8 * 1024 * 1024  # large enough to amortise calls, small enough to stay cache-warm
 
 
 @dataclass(frozen=True)
@@ -175,7 +173,7 @@ def _write_contents(
     manifest = dataclasses.replace(planned, files=files, tensors=records)
     fault_point("before_manifest")
     manifest_bytes = manifest.to_bytes()
-    _write_file(staging / MANIFEST_FILE, [memoryview(manifest_bytes)])
+    write_new_file(staging / MANIFEST_FILE, [memoryview(manifest_bytes)])
     return manifest, len(manifest_bytes)
 
 
@@ -194,32 +192,11 @@ def _write_data_file(path: Path, header: bytes, tensors: Sequence[TensorSource])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
         checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
         try:
-            _write_file(path, _chunks(header, tensors))
+            write_new_file(path, [memoryview(header), *(tensor.data for tensor in tensors)])
         except BaseException:
             pool.shutdown(cancel_futures=True)  # report a write error without waiting
             raise
         return [future.result() for future in checksums]
-
-
-def _chunks(header: bytes, tensors: Sequence[TensorSource]) -> Iterator[memoryview]:
-    yield memoryview(header)
-    for tensor in tensors:
-        data = tensor.data
-        for start in range(0, data.nbytes, _CHUNK):
-            yield data[start : start + _CHUNK]
-
-
-def _write_file(path: Path, chunks: Iterable[memoryview]) -> None:
-    """Create ``path``, write all ``chunks``, fsync and close — every result checked."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        for chunk in chunks:
-            write_all(fd, chunk)
-        fsync_fd(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
 
 
 def _rename_into_place(staging: Path, final: Path, basename: str, step: int) -> Path | None:

@@ -63,7 +63,8 @@ def numpy_dtype_for(code: str) -> np.dtype:
     try:
         import ml_dtypes
 
-        return np.dtype(getattr(ml_dtypes, ml_name))
+        dtype: np.dtype = np.dtype(getattr(ml_dtypes, ml_name))
+        return dtype
     except ImportError:
         return np.dtype(fallback)
 

@@ -37,18 +37,23 @@ __all__ = [
     "fsync_fd",
     "write_all",
     "write_file_atomically",
+    "write_new_file",
 ]
 
 LOCK_NAME = ".trainhooks.lock"
+# Large enough to amortise the calls, small enough to stay cache-warm; also keeps each
+# write below Linux's ~2 GiB per-call limit.
+CHUNK = 8 * 1024 * 1024
 
 
 def write_all(fd: int, data: memoryview) -> None:
-    """Write every byte of ``data`` to ``fd``, looping over short writes."""
+    """Write every byte of ``data`` to ``fd`` in ``CHUNK``-sized calls, looping over short
+    writes (every byte of a checkpoint or an export is written here)."""
     view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     written = 0
     total = len(view)
     while written < total:
-        n = os.write(fd, view[written:])
+        n = os.write(fd, view[written : written + CHUNK])
         if n <= 0:  # a zero-length write means the device refuses more data
             raise OSError(errno.ENOSPC, "write made no progress")
         written += n
@@ -69,22 +74,29 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def write_new_file(path: str | os.PathLike[str], parts: Iterable[memoryview]) -> None:
+    """Create ``path`` (it must not exist), write ``parts`` in order, fsync and close it,
+    every result checked. On failure the file is left for the caller to remove (it knows
+    whether a staging directory goes with it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        for part in parts:
+            write_all(fd, part)
+        fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
 def write_file_atomically(path: str | os.PathLike[str], data: bytes | Iterable[memoryview]) -> None:
-    """Replace ``path`` with ``data`` (bytes, or chunks streamed in order) crash-safely: a
+    """Replace ``path`` with ``data`` (bytes, or parts streamed in order) crash-safely: a
     temp file beside it, written, fsynced and closed, renamed over ``path``, then the
     directory fsynced. Readers see the old file or the new one, never a torn one; if
-    anything fails (including the chunk iterator) the temp file is removed."""
+    anything fails (including the parts iterator) the temp file is removed."""
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-    chunks = [memoryview(data)] if isinstance(data, (bytes, bytearray)) else data
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    parts = [memoryview(data)] if isinstance(data, (bytes, bytearray)) else data
     try:
-        try:
-            for chunk in chunks:
-                write_all(fd, chunk)
-            fsync_fd(fd)
-        finally:
-            os.close(fd)
+        write_new_file(temp, parts)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,25 +1,41 @@
-"""Exporting one checkpoint as a single standalone ``.safetensors`` file for other tools.
+"""Exports: one checkpoint as a standalone ``.safetensors`` file, and directories of them.
 
-The checkpoint's own data file already has the safetensors layout, so export verifies it and
+A checkpoint's data file already has the safetensors layout, so export verifies it and
 copies it byte for byte; the state tree and step go into the header's ``__metadata__`` so
 the single file is self-describing. Written crash-safely: temp file beside, fsync, rename.
+
+An :class:`ExportDirectory` keeps several exports (``best-<step>.safetensors``) each
+committed by a JSON file beside it (``best-<step>.json``), written after the tensors and
+removed before them. After a crash at any moment the directory therefore holds complete
+exports plus leftovers that :meth:`ExportDirectory.open` recognises and removes; which
+exports to keep is the caller's choice (``BestCheckpointExporter`` ranks them by a metric).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainhooks._exceptions import CheckpointWriteError
-from trainhooks._store._durable import write_file_atomically
+from trainhooks._store._durable import fsync_directory, write_file_atomically
+from trainhooks._store._faults import fault_point
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._safetensors import build_header
 
-__all__ = ["export_safetensors"]
+__all__ = ["EXPORT_FORMAT", "ExportDirectory", "StoredExport", "export_safetensors"]
 
-_CHUNK = 8 * 1024 * 1024
+_LOG = logging.getLogger("trainhooks")
+
+EXPORT_FORMAT = "trainhooks.best_export"
+_NAME = re.compile(r"^best-(\d{12})\.(json|safetensors)$")
+_TEMP_MARK = ".tmp-"  # write_file_atomically's temporary files: ".<name>.tmp-<hex>"
 
 
 def export_safetensors(
@@ -46,16 +62,14 @@ def _export(reader: CheckpointReader, out_path: Path) -> Path:
         },
     )
 
-    def chunks() -> Iterator[memoryview]:
+    def parts() -> Iterator[memoryview]:
         yield memoryview(header)
         for record in records:
-            data = reader.mapped_view(record)  # verified whole before any byte is written
-            for start in range(0, len(data), _CHUNK):
-                yield data[start : start + _CHUNK]
+            yield reader.mapped_view(record)  # verified whole before any byte is written
 
     out = out_path.absolute()
     try:
-        write_file_atomically(out, chunks())
+        write_file_atomically(out, parts())
     except OSError as exc:
         raise CheckpointWriteError(
             f"could not export {reader.path} to {out}: {exc.strerror or exc}",
@@ -64,3 +78,97 @@ def _export(reader: CheckpointReader, out_path: Path) -> Path:
             errno=exc.errno,
         ) from exc
     return out
+
+
+@dataclass(frozen=True)
+class StoredExport:
+    """One committed export: its tensor file, its commit mark and the mark's JSON."""
+
+    step: int
+    path: Path
+    metadata_path: Path
+    metadata: dict[str, Any]
+
+
+class ExportDirectory:
+    """A directory of exports, each committed by its JSON file (see the module docstring).
+
+    Only names this class writes (``best-<12 digits>`` and their temporary files) are ever
+    removed; JSON files of another format are left alone and not reported.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def open(self) -> list[StoredExport]:
+        """Create the directory if needed, remove the leftovers of an interrupted export
+        and return the committed exports, by step."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        exports: list[StoredExport] = []
+        names = set(os.listdir(self.directory))
+        for name in sorted(names):
+            match = _NAME.match(name)
+            path = self.directory / name
+            if match is None:
+                if name.startswith(".best-") and _TEMP_MARK in name:
+                    path.unlink(missing_ok=True)  # a temporary file of an interrupted write
+                continue
+            metadata_path, tensor_path = self._paths(int(match.group(1)))
+            if match.group(2) == "safetensors":
+                if metadata_path.name not in names:
+                    path.unlink(missing_ok=True)  # exported, never committed by its JSON
+                continue
+            export = _read_export(metadata_path, tensor_path)
+            if export is not None:
+                exports.append(export)
+        return exports
+
+    def add(self, step: int, checkpoint_path: Path, metadata: Mapping[str, Any]) -> StoredExport:
+        """Export ``checkpoint_path`` as the export of ``step``, then commit it by writing
+        its JSON (``metadata`` plus the format, step, source and file name)."""
+        metadata_path, path = self._paths(step)
+        export_safetensors(checkpoint_path, path)
+        fault_point("listener_export_before_metadata")
+        record = {
+            **metadata,
+            "format": EXPORT_FORMAT,
+            "version": 1,
+            "step": step,
+            "checkpoint": str(checkpoint_path),
+            "safetensors": path.name,
+            "exported_at": time.time(),
+        }
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        write_file_atomically(metadata_path, text.encode("utf-8"))
+        return StoredExport(step, path, metadata_path, record)
+
+    def remove(self, step: int) -> None:
+        """Remove the export of ``step`` crash-safely: its commit mark first, then its tensor
+        file (a crash in between leaves an uncommitted file that ``open`` removes)."""
+        fault_point("listener_export_before_remove")
+        metadata_path, path = self._paths(step)
+        metadata_path.unlink(missing_ok=True)
+        fsync_directory(self.directory)
+        path.unlink(missing_ok=True)
+        fsync_directory(self.directory)
+
+    def _paths(self, step: int) -> tuple[Path, Path]:
+        """``(JSON commit mark, tensor file)`` of the export of ``step``."""
+        stem = f"best-{step:012d}"
+        return self.directory / f"{stem}.json", self.directory / f"{stem}.safetensors"
+
+
+def _read_export(metadata_path: Path, path: Path) -> StoredExport | None:
+    """The export ``metadata_path`` commits, or None (with a warning if it is damaged)."""
+    try:
+        meta = json.loads(metadata_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+            return None  # not an export: not ours to rank or delete
+        step = int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _LOG.warning("Ignoring unreadable export metadata %s: %s", metadata_path, exc)
+        return None
+    if not path.is_file():
+        _LOG.warning("Ignoring %s: its tensor file %s is missing", metadata_path, path)
+        return None
+    return StoredExport(step, path, metadata_path, meta)

@@ -368,13 +368,21 @@ def latest_checkpoint(
     Checks checkpoints newest first and stops at the first valid one, so polling it is
     cheap however many checkpoints a directory keeps.
     """
-    for path in committed_paths(directory, basename):
-        try:
-            with CheckpointReader(path, follow_symlinks=False) as reader:
-                return reader.info
-        except CheckpointError:  # damaged, unreadable, or deleted while we looked
-            continue
-    return None
+    # A writer's retention may delete every checkpoint of one listing while we read them
+    # (it commits newer ones first), so a listing whose entries vanished is taken again;
+    # only a listing with nothing deleted under it can answer None.
+    while True:
+        vanished = False
+        for path in committed_paths(directory, basename):
+            try:
+                with CheckpointReader(path, follow_symlinks=False) as reader:
+                    return reader.info
+            except CheckpointNotFoundError:  # deleted while we looked: list again
+                vanished = True
+            except CheckpointError:  # damaged or unreadable: try the next one
+                continue
+        if not vanished:
+            return None
 
 
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:

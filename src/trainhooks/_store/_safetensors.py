@@ -66,7 +66,7 @@ def header_length(prefix: bytes, file_size: int) -> int:
     """Validate the 8-byte length prefix against the caps and the file's size."""
     if len(prefix) != 8:
         raise HeaderError(f"file is {file_size} bytes, too short for a safetensors header")
-    (length,) = struct.unpack("<Q", prefix)
+    length: int = struct.unpack("<Q", prefix)[0]
     if length > MAX_HEADER_BYTES or length > file_size - 8:
         raise HeaderError(
             f"header length {length} exceeds the file ({file_size} bytes) or the "

@@ -1,4 +1,4 @@
-"""Listeners, hooks and a tiny model that record what the session does to them."""
+"""Listeners, hooks and a tiny model that record what a session does; a quiet session."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from trainhooks import CheckpointSaverListener, SessionRunHook
+from trainhooks import (
+    CheckpointSaverListener,
+    MonitoredSession,
+    MonitoredTrainingSession,
+    SessionRunHook,
+)
 
 
 class RecordingListener(CheckpointSaverListener):
@@ -81,3 +86,8 @@ def events_of(trace: list[str], name: str) -> list[str]:
 def save_pair(name: str, *steps: int) -> list[str]:
     """``name.before_save(S), name.after_save(S)`` for each step: one save, as traced."""
     return [e for s in steps for e in (f"{name}.before_save({s})", f"{name}.after_save({s})")]
+
+
+def quiet_session(**kwargs: Any) -> MonitoredSession:
+    """MonitoredTrainingSession without the default summary and step-counter hooks."""
+    return MonitoredTrainingSession(save_summaries_steps=None, log_step_count_steps=None, **kwargs)

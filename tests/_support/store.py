@@ -1,6 +1,6 @@
-"""Helpers for the store tests: small checkpoints, file hashes, and forging tools that
-rewrite a checkpoint *consistently* (checksums recomputed) so a test reaches the validators
-behind the checksums, as an attacker who knows the format would."""
+"""Store test helpers: small checkpoints, file hashes, and forging tools that rewrite a
+checkpoint *consistently* (checksums recomputed) so a test reaches the validators behind
+the checksums, as an attacker who knows the format would."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any
 
 import crc32c
 import numpy as np
-import pytest
 
 from trainhooks import CheckpointInfo, Saver
 
@@ -128,24 +127,3 @@ def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
         byte = f.read(1)[0]
         f.seek(offset)
         f.write(bytes([byte ^ (1 << bit)]))
-
-
-@pytest.fixture
-def store_tools() -> Any:
-    """The helpers above as one namespace (test modules cannot import each other)."""
-    import types
-
-    return types.SimpleNamespace(
-        DATA=DATA,
-        MANIFEST=MANIFEST,
-        state_for=state_for,
-        blank_state=blank_state,
-        step_of=step_of,
-        save_steps=save_steps,
-        hash_tree=hash_tree,
-        read_header=read_header,
-        tensor_byte_range=tensor_byte_range,
-        rewrite_manifest=rewrite_manifest,
-        rewrite_header=rewrite_header,
-        flip_bit=flip_bit,
-    )

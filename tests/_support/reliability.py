@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
+from _support import child_train as child  # the child script doubles as the model definition
+
 HERE = Path(__file__).resolve().parent
-CHILD_SCRIPT = HERE / "_child_train.py"
+CHILD_SCRIPT = HERE / "child_train.py"
 LONG = os.environ.get("TRAINHOOKS_LONG") == "1"
 LONG_TIMEOUT = 7200  # seconds; pyproject's 300-second default would cut long runs short
 # Tests whose size grows in long mode carry ``long_timeout``; long-only tests ``long_only``.
@@ -40,9 +42,6 @@ def long_only(test: Any) -> Any:
 COMMITTED_NAME = re.compile(r"ckpt-\d{12}")
 # Generous guard against a hung child; the suite never asserts on durations.
 LINE_WAIT_SECONDS = 180.0
-
-sys.path.insert(0, str(HERE))
-import _child_train as child  # noqa: E402  (the child script doubles as the model definition)
 
 
 def leftovers(directory: Path) -> set[str]:
@@ -235,22 +234,6 @@ def events_of(stdout: bytes) -> list[tuple[str, int]]:
         event, _, value = line.partition(" ")
         pairs.append((event, int(value)))
     return pairs
-
-
-SESSION_MODULES = (
-    "trainhooks._session._monitored",
-    "trainhooks._hooks._checkpoint_saver",
-    "trainhooks._hooks._stop_at_step",
-)
-
-
-def require_session() -> None:
-    """Skip while the monitored session or its hooks have not landed (module file missing)."""
-    import importlib.util
-
-    for name in SESSION_MODULES:
-        if importlib.util.find_spec(name) is None:
-            pytest.skip(f"{name} is not written yet")
 
 
 def report_figure(name: str, **values: Any) -> None:

@@ -1,7 +1,7 @@
 """What ``MonitoredTrainingSession`` decides before creating a session.
 
 Who is the chief, which of TF's default arguments apply, and which standard hooks the
-chief gets. Kept apart from the session itself so the per-step code stays short.
+chief gets. Kept apart from ``_factory.py`` so that the factory reads as TF's signature.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from trainhooks._hooks._checkpoint_saver import CheckpointSaverHook
 from trainhooks._hooks._step_counter import StepCounterHook
@@ -17,6 +17,7 @@ from trainhooks._hooks._step_counter import StepCounterHook
 __all__ = ["UseDefault", "default_is_chief", "resolve_default", "training_hooks"]
 
 _LOG = logging.getLogger("trainhooks")
+_Number = TypeVar("_Number", int, float)
 _warned_unavailable: set[str] = set()
 
 
@@ -46,7 +47,7 @@ def default_is_chief() -> bool:
     return bool(dist.get_rank() == 0)
 
 
-def _positive(value: float | None) -> float | None:
+def _positive(value: _Number | None) -> _Number | None:
     return value if value is not None and value > 0 else None
 
 
@@ -88,7 +89,7 @@ def training_hooks(
             )
         else:
             result.append(
-                CheckpointSaverHook._with_owned_saver(
+                CheckpointSaverHook(
                     checkpoint_dir, save_secs=secs, save_steps=steps, max_to_keep=max_to_keep
                 )
             )

@@ -1,14 +1,12 @@
-"""Shared helpers for the state round-trip tests: a strict, bit-level tree comparison."""
+"""State round-trip helpers: a strict, bit-level comparison of trees and of torch tensors."""
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
 
 
 def tensor_bits(tensor: Any) -> np.ndarray:
@@ -64,15 +62,3 @@ def _torch_if_loaded() -> Any:
     import sys
 
     return sys.modules.get("torch")
-
-
-@pytest.fixture
-def assert_same() -> Callable[..., None]:
-    """The strict tree comparison, as a fixture (test modules cannot import each other)."""
-    return assert_same_tree
-
-
-@pytest.fixture
-def bits() -> Callable[[Any], np.ndarray]:
-    """The bit view of a torch tensor, as a fixture."""
-    return tensor_bits

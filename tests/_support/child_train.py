@@ -2,10 +2,10 @@
 
 Two ways to run it:
 
-* ``python _child_train.py --zygote``: imports torch and trainhooks once, then forks one
+* ``python child_train.py --zygote``: imports torch and trainhooks once, then forks one
   worker per JSON line read on stdin. A SIGKILL loop of a thousand kills then costs a
   fork per kill instead of a two-second torch import per kill.
-* ``python _child_train.py '<json config>'``: one worker in this very process; fault
+* ``python child_train.py '<json config>'``: one worker in this very process; fault
   points then come from ``TRAINHOOKS_FAULTS``, exactly as a user would set them.
 
 A worker reports on stdout, one line per event, written with ``os.write`` so that nothing

@@ -1,0 +1,1 @@
+"""Private package: one adapter per array framework (see ``_base.ArrayAdapter``)."""

@@ -1,0 +1,202 @@
+"""The torch adapter: tensors, generators, dtypes and devices, and what torch's own
+``load_state_dict`` methods refuse. The one module of trainhooks that imports torch; it is
+loaded only once the process has imported torch (or asked for the torch profiler)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from trainhooks._exceptions import CheckpointFormatError
+from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill
+
+if TYPE_CHECKING:
+    from trainhooks._state._mapped import MappedTensor
+
+__all__ = ["ADAPTER", "TorchAdapter", "start_profiler"]
+
+CODE_BY_TORCH: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.uint16: "U16",
+    torch.int16: "I16",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.uint32: "U32",
+    torch.int32: "I32",
+    torch.float32: "F32",
+    torch.uint64: "U64",
+    torch.int64: "I64",
+    torch.float64: "F64",
+    torch.complex64: "C64",
+}
+TORCH_BY_CODE: dict[str, torch.dtype] = {code: dtype for dtype, code in CODE_BY_TORCH.items()}
+
+
+def _byte_view(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, shared with it."""
+    return tensor.reshape(-1).view(torch.uint8).numpy().data
+
+
+class TorchAdapter:
+    """torch tensors (kind ``torch``), ``torch.Generator``, ``torch.dtype``, ``torch.device``."""
+
+    name = "torch"
+
+    def kind_of(self, value: object) -> str | None:
+        return "torch" if isinstance(value, torch.Tensor) else None
+
+    def array_bytes(self, value: Any, where: str) -> ArrayBytes:
+        code = CODE_BY_TORCH.get(value.dtype)
+        if code is None:
+            raise CheckpointFormatError(
+                f"cannot checkpoint {where}: torch dtype {value.dtype} has no safetensors "
+                "equivalent; convert it first"
+            )
+        if value.layout != torch.strided or value.is_quantized:
+            raise CheckpointFormatError(
+                f"cannot checkpoint {where}: {value.layout} / quantized tensors are not "
+                "supported; convert with .to_dense() or .dequantize() first"
+            )
+        flat = value.detach().resolve_conj().resolve_neg().cpu().contiguous()
+        return code, tuple(value.shape), _byte_view(flat)
+
+    def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:
+        tensor = torch.empty(shape, dtype=TORCH_BY_CODE[code])
+        fill(_byte_view(tensor))
+        return tensor
+
+    def view(self, tensor: MappedTensor) -> torch.Tensor:
+        dtype = TORCH_BY_CODE[tensor.code]
+        if not tensor.data.nbytes:  # torch.frombuffer refuses an empty buffer
+            return torch.empty(tensor.shape, dtype=dtype)
+        flat = torch.frombuffer(tensor.data, dtype=torch.uint8)
+        return flat.view(dtype).reshape(tensor.shape)
+
+    def can_fill(self, target: Any) -> bool:
+        return isinstance(target, torch.Tensor)
+
+    def copy_into(self, target: Any, tensor: MappedTensor) -> None:
+        with torch.no_grad():
+            target.copy_(self.view(tensor))  # one copy, mapping -> target; casts if needed
+
+    def cast_copy(self, tensor: MappedTensor, like: Any) -> Any:
+        return self.view(tensor).to(dtype=like.dtype, copy=True)
+
+    def loads_by_copy(self, target: object) -> bool:
+        return isinstance(target, torch.nn.Module)  # load_state_dict copy_()s every tensor
+
+    def refusal(self, node_type: str, target: object, state: Any) -> str | None:
+        if node_type == "torch_generator":
+            return _generator_refusal(target, state)
+        if node_type != "stateful" or not isinstance(state, dict):
+            return None
+        if isinstance(target, torch.nn.Module):
+            return _module_refusal(target, state)
+        if isinstance(target, torch.optim.Optimizer):
+            return _optimizer_refusal(target, state)
+        if isinstance(target, torch.amp.GradScaler) and not state:
+            return "the checkpoint holds the empty state of a disabled GradScaler"
+        return None
+
+    def generator_state(self, value: object) -> tuple[str, Any] | None:
+        if isinstance(value, torch.Generator):
+            return "torch_generator", value.get_state()
+        return None
+
+    def restore_generator(self, node_type: str, target: object, state: Any) -> Any:
+        if node_type != "torch_generator":
+            raise CheckpointFormatError(f"unknown tree node type {node_type!r}")
+        generator = target if isinstance(target, torch.Generator) else torch.Generator()
+        generator.set_state(_as_tensor(state))
+        return generator
+
+    def global_rng_state(self) -> Any | None:
+        return torch.get_rng_state()
+
+    def set_global_rng_state(self, state: Any) -> None:
+        torch.set_rng_state(_as_tensor(state))
+
+    def value_name(self, value: object) -> tuple[str, str] | None:
+        if isinstance(value, torch.dtype):
+            return "torch_dtype", str(value).removeprefix("torch.")
+        if isinstance(value, torch.device):
+            return "torch_device", str(value)
+        return None
+
+    def decode_value(self, node_type: str, text: str) -> Any:
+        if node_type == "torch_device":
+            try:
+                return torch.device(text)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise CheckpointFormatError(f"invalid torch device {text[:80]!r} ({exc})") from None
+        dtype = getattr(torch, text, None)
+        if node_type != "torch_dtype" or not isinstance(dtype, torch.dtype):
+            raise CheckpointFormatError(f"unknown {node_type} {text!r} in the checkpoint tree")
+        return dtype
+
+
+def _as_tensor(state: Any) -> torch.Tensor:
+    return state if isinstance(state, torch.Tensor) else torch.as_tensor(np.asarray(state))
+
+
+def _generator_refusal(target: object, state: Any) -> str | None:
+    if not isinstance(target, torch.Generator):
+        return None
+    mine, saved = tuple(target.get_state().shape), tuple(getattr(state, "shape", ()))
+    if mine != saved:
+        return (
+            f"the checkpoint holds a generator state of {list(saved)} bytes, the target "
+            f"generator (on {target.device}) has {list(mine)}"
+        )
+    return None
+
+
+def _module_refusal(module: torch.nn.Module, state: dict[Any, Any]) -> str | None:
+    """What ``load_state_dict(strict=True)`` refuses: missing or unexpected keys."""
+    expected = module.state_dict().keys()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if not (missing or unexpected):
+        return None
+    return (
+        f"the saved {type(module).__name__} does not have the target's parameters and buffers: "
+        f"missing from the checkpoint {missing}, not in the model {unexpected}; the model's "
+        "architecture differs from the saved one"
+    )
+
+
+def _optimizer_refusal(optimizer: torch.optim.Optimizer, state: dict[Any, Any]) -> str | None:
+    """What ``Optimizer.load_state_dict`` refuses: other param group counts or sizes."""
+    saved = state.get("param_groups")
+    if not isinstance(saved, list):
+        return "the checkpoint's optimizer state has no param_groups list"
+    mine = [len(group["params"]) for group in optimizer.param_groups]
+    theirs = [len(g.get("params", ())) if isinstance(g, dict) else None for g in saved]
+    if mine != theirs:
+        return (
+            f"the saved optimizer has param groups of sizes {theirs}, the target {mine}; "
+            "build the optimizer over the same parameter groups as the saved run"
+        )
+    return None
+
+
+def start_profiler(show_memory: bool) -> Any:
+    """A started ``torch.profiler.profile`` over the CPU (and CUDA when available); for
+    ``ProfilerHook``, which must not import torch itself."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    profiler = profile(activities=activities, profile_memory=show_memory)
+    profiler.start()
+    return profiler
+
+
+ADAPTER: ArrayAdapter = TorchAdapter()
