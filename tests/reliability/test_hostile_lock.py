@@ -126,9 +126,10 @@ _FORKING_WRITER = textwrap.dedent(
     saver.save({"w": np.zeros(2)}, sys.argv[1], step=1)
     child = os.fork()
     if child == 0:  # a DataLoader worker: lives on until the test closes our stdin
+        os.write(1, b"forked\\n")  # fork() has returned here: the at-fork handlers ran
         sys.stdin.buffer.read()
         os._exit(0)
-    print(child, flush=True)
+    os.write(1, b"%d\\n" % child)  # one write each: lines never interleave
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
@@ -139,9 +140,12 @@ def test_a_forked_child_does_not_keep_a_killed_writers_lock(tmp_path: Path) -> N
         [sys.executable, "-c", _FORKING_WRITER, os.fspath(tmp_path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    assert writer.stdout is not None and writer.stdin is not None
-    child = int(writer.stdout.readline())
+    assert writer.stdout is not None and writer.stdin is not None and writer.stderr is not None
+    lines = {writer.stdout.readline().strip() for _ in range(2)}  # either may come first
+    assert b"forked" in lines, (lines, writer.stderr.read().decode()[-2000:])
+    child = int(next(line for line in lines if line != b"forked"))
     try:
         assert writer.wait(timeout=120) == -signal.SIGKILL
         os.kill(child, 0)  # the forked child is still alive
