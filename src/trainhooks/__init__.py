@@ -28,8 +28,8 @@ _PUBLIC: dict[str, str] = {
     "NanLossDuringTrainingError": "trainhooks._exceptions",
     # checkpoint store
     "CheckpointInfo": "trainhooks._store._info",
-    "list_checkpoints": "trainhooks._store._reader",
-    "latest_checkpoint": "trainhooks._store._reader",
+    "list_checkpoints": "trainhooks._store._listing",
+    "latest_checkpoint": "trainhooks._store._listing",
     "verify_checkpoint": "trainhooks._store._reader",
     "checkpoint_info": "trainhooks._store._reader",
     "prune_checkpoints": "trainhooks._store._writer",
@@ -92,9 +92,11 @@ if TYPE_CHECKING:
     from trainhooks._store._info import (
         CheckpointInfo as CheckpointInfo,
     )
-    from trainhooks._store._reader import (
+    from trainhooks._store._listing import (
         list_checkpoints as list_checkpoints,
         latest_checkpoint as latest_checkpoint,
+    )
+    from trainhooks._store._reader import (
         verify_checkpoint as verify_checkpoint,
         checkpoint_info as checkpoint_info,
     )

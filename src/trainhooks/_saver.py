@@ -35,7 +35,8 @@ from trainhooks._store._layout import (
     check_basename,
     committed_path,
 )
-from trainhooks._store._reader import CheckpointReader, committed_paths
+from trainhooks._store._listing import commits_newest_first
+from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._writer import DirectoryWriter, RetentionPolicy
 
 __all__ = ["Saver", "load"]
@@ -120,7 +121,7 @@ class Saver:
         warned: set[str] = set()
         for _ in range(_RESCANS):  # a live writer's retention may delete what we picked
             failures: list[CheckpointError] = []
-            for path in committed_paths(directory, self.basename):  # newest first
+            for path in commits_newest_first(directory, self.basename):
                 try:
                     info = self._restore_from(path, state, cast, strict)
                 except CheckpointNotFoundError:

@@ -26,6 +26,7 @@ from trainhooks._store._limits import (
     MAX_MANIFEST_BYTES,
     MAX_NAME_LENGTH,
     MAX_RANK,
+    MAX_SEQUENCE,
     MAX_TENSORS,
     MAX_TREE_DEPTH,
     json_depth,
@@ -215,6 +216,20 @@ def test_manifest_at_the_size_cap_commits_and_one_byte_more_is_refused(tmp_path:
     with pytest.raises(CheckpointFormatError, match=f"{MAX_MANIFEST_BYTES:,}"):
         _manifest_of(directory, padding + 1, 3)
     assert sorted(os.listdir(directory)) == before, "a refused save wrote something"
+    COUNTS["limits_past"] += 1
+
+
+def test_commit_number_at_the_limit_commits_and_one_more_is_refused(tmp_path: Path) -> None:
+    source = TensorSource("w", "F32", (2,), memoryview(np.zeros(2, np.float32)).cast("B"))
+    tree = {"type": "dict", "items": [["w", {"type": "tensor", "name": "w", "kind": "numpy"}]]}
+    directory = tmp_path / "ckpts"
+    directory.mkdir()
+    info = commit_checkpoint(directory, "ckpt", 1, [source], tree, {}, sequence=MAX_SEQUENCE)
+    assert trainhooks.latest_checkpoint(directory) == info and info.sequence == MAX_SEQUENCE
+    COUNTS["limits_at"] += 1
+    with pytest.raises(CheckpointFormatError, match=str(MAX_SEQUENCE)):
+        commit_checkpoint(directory, "ckpt", 2, [source], tree, {}, sequence=MAX_SEQUENCE + 1)
+    assert sorted(os.listdir(directory)) == ["ckpt-000000000001"]
     COUNTS["limits_past"] += 1
 
 

@@ -113,6 +113,7 @@ def info_json(info: CheckpointInfo, *, newest: bool | None = None) -> dict[str, 
         "nbytes": info.nbytes,
         "num_tensors": info.num_tensors,
         "format_version": info.format_version,
+        "sequence": info.sequence,
         "metadata": dict(info.metadata),
     }
     if newest is not None:

@@ -124,8 +124,9 @@ def listing_entry(path: Path) -> CheckpointInfo | None:
 
 
 def newest_in(directory: Path, infos: list[CheckpointInfo]) -> CheckpointInfo:
-    """The newest valid checkpoint (``infos`` is the store's listing, oldest first)."""
-    return infos[-1]
+    """The newest (last committed) valid checkpoint of the store's listing ``infos``: after
+    a rollback not the highest step, as ``Saver.restore()`` would resume."""
+    return max(infos, key=lambda info: info.commit_order)
 
 
 def resolve_checkpoint(arg: str) -> Resolved:
@@ -150,10 +151,11 @@ def resolve_checkpoint(arg: str) -> Resolved:
             raise no_checkpoints_error(arg)
         return Resolved(path, None)  # perhaps a checkpoint under a foreign name
     newest = newest_in(path, infos)
+    listed = {Path(info.path).name for info in infos}
     skipped = [
         p.name
         for p in candidates_in(path).get(basename_for(path), [])
-        if p.name > Path(newest.path).name
+        if p.name not in listed and p.name > Path(newest.path).name
     ]
     damaged = f" (newer but damaged: {', '.join(skipped)})" if skipped else ""
     note(f"{arg} is a directory of checkpoints; using the newest, step {newest.step}{damaged}")

@@ -16,6 +16,7 @@ from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._store._limits import (
     MAX_HEADER_BYTES,
     MAX_MANIFEST_BYTES,
+    MAX_SEQUENCE,
     count_problem,
     depth_problem,
     json_depth,
@@ -24,7 +25,7 @@ from trainhooks._store._limits import (
     size_problem,
 )
 
-__all__ = ["admit_sizes", "admit_tensors", "admit_tree", "checked_metadata"]
+__all__ = ["admit_sequence", "admit_sizes", "admit_tensors", "admit_tree", "checked_metadata"]
 
 _PLAIN_JSON = (
     "metadata must be plain JSON: str keys; str, int, finite float, bool, None, and lists "
@@ -96,6 +97,16 @@ def admit_tree(tree: Any) -> None:
     problem = depth_problem(json_depth(tree))
     if problem is not None:
         raise CheckpointFormatError(f"cannot save the state: its tree {problem}")
+
+
+def admit_sequence(sequence: int) -> None:
+    """Refuse a commit number readers would refuse (only a forged manifest in the
+    directory, claiming the largest one, can lead a writer there)."""
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise CheckpointFormatError(
+            f"cannot save: commit number {sequence} is past {MAX_SEQUENCE}; a checkpoint in "
+            "this directory claims an impossible sequence (`trainhooks ls --json` shows it)"
+        )
 
 
 def admit_sizes(header_bytes: int, manifest_bytes: int) -> None:

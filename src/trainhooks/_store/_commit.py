@@ -24,7 +24,13 @@ from typing import Any
 import crc32c
 
 from trainhooks._exceptions import CheckpointFormatError, CheckpointWriteError
-from trainhooks._store._admit import admit_sizes, admit_tensors, admit_tree, checked_metadata
+from trainhooks._store._admit import (
+    admit_sequence,
+    admit_sizes,
+    admit_tensors,
+    admit_tree,
+    checked_metadata,
+)
 from trainhooks._store._durable import exchange_paths, fsync_directory, write_new_file
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
@@ -65,14 +71,16 @@ def commit_checkpoint(
     *,
     when: float | None = None,
     retention: dict[str, Any] | None = None,
+    sequence: int = 0,
 ) -> CheckpointInfo:
     """Write and durably commit a checkpoint of ``tensors`` + ``tree`` at ``step``.
 
     ``when`` is the wall time recorded (default: now); ``retention`` is stored as is in the
-    manifest for the saver that writes after this one.
+    manifest for the saver that writes after this one; ``sequence`` is the commit's number
+    in its directory (the writer's; 0 records none).
     """
     when = time.time() if when is None else when
-    planned, header = _admitted_plan(step, when, tensors, tree, metadata, retention)
+    planned, header = _admitted_plan(step, when, tensors, tree, metadata, retention, sequence)
     staging = directory / staging_name(basename, step)
     final = committed_path(directory, basename, step)
     replaced: Path | None = None
@@ -122,6 +130,7 @@ def commit_checkpoint(
         len(manifest.tensors),
         manifest.format_version,
         manifest.metadata,
+        manifest.sequence,
     )
 
 
@@ -132,12 +141,14 @@ def _admitted_plan(
     tree: Any,
     metadata: dict[str, Any],
     retention: dict[str, Any] | None,
+    sequence: int,
 ) -> tuple[Manifest, bytes]:
     """The manifest to write (checksums still unknown) and the data file's header, after
     refusing anything a reader would refuse: nothing is on disk yet."""
     metadata = checked_metadata(metadata)
     admit_tensors((t.name, t.shape) for t in tensors)
     admit_tree(tree)
+    admit_sequence(sequence)
     header, entries = build_header(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
         {"format": "pt", "producer": "trainhooks", "step": str(step)},
@@ -145,7 +156,9 @@ def _admitted_plan(
     size = entries[-1].end if entries else len(header)
     files = {DATA_FILE: {"size": size, "header_size": len(header), "header_crc32c": _WIDEST}}
     records = [_record(entry, _WIDEST) for entry in entries]
-    planned = Manifest(step, when, files, records, tree, metadata, retention=retention)
+    planned = Manifest(
+        step, when, files, records, tree, metadata, retention=retention, sequence=sequence
+    )
     try:
         bound = planned.size_bound()
     except (TypeError, ValueError) as exc:  # e.g. an int too long for JSON

@@ -16,6 +16,10 @@ class CheckpointInfo:
     ``time`` is the wall clock at save (``time.time()``), kept as metadata only: nothing
     in trainhooks schedules by it. ``nbytes`` counts every file of the checkpoint.
     ``metadata`` is the JSON the caller passed to ``Saver.save(metadata=...)``.
+    ``sequence`` is the checkpoint's place in its directory's history of commits (1, 2,
+    ...; 0 for checkpoints written before trainhooks recorded it): the newest commit has
+    the highest, which is what ``latest_checkpoint`` and ``Saver.restore()`` pick — after
+    a rollback that is not the highest step (see ``docs/design.md``, "Rolling back").
     """
 
     step: int
@@ -25,3 +29,10 @@ class CheckpointInfo:
     num_tensors: int
     format_version: int
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    sequence: int = 0
+
+    @property
+    def commit_order(self) -> tuple[int, int]:
+        """Sort key of commits, oldest first: the sequence, then (for checkpoints without
+        one) the step."""
+        return self.sequence, self.step

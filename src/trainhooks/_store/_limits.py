@@ -40,6 +40,9 @@ MAX_HEADER_BYTES = MAX_MANIFEST_BYTES
 """A safetensors header entry is smaller than the manifest record of the same tensor, so
 every header the writer admits is smaller than its manifest."""
 
+MAX_SEQUENCE = 2**63 - 1
+"""Commit numbers fit a signed 64-bit integer, as any JSON reader holds them."""
+
 CHECKSUM_DIGITS = 10
 """Digits of the widest crc32c (4,294,967,295): the writer sizes a manifest with every
 checksum at this width before the checksums are known."""

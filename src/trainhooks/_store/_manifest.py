@@ -19,6 +19,7 @@ import crc32c
 from trainhooks._store._dtypes import DTYPE_ITEMSIZE
 from trainhooks._store._limits import (
     CHECKSUM_DIGITS,
+    MAX_SEQUENCE,
     MAX_TENSORS,
     MAX_TREE_DEPTH,
     json_text_depth,
@@ -74,6 +75,7 @@ class Manifest:
     metadata: dict[str, Any]
     format_version: int = FORMAT_VERSION
     retention: dict[str, Any] | None = None  # the saver's RetentionRecord, as JSON
+    sequence: int = 0  # the commit's place in its directory's history; 0: not recorded
 
     @property
     def nbytes(self) -> int:
@@ -102,6 +104,8 @@ class Manifest:
         }
         if self.retention is not None:
             body["retention"] = self.retention
+        if self.sequence:
+            body["sequence"] = self.sequence
         return body
 
     @classmethod
@@ -198,8 +202,19 @@ def _from_body(body: dict[str, Any]) -> Manifest:
     retention = body.get("retention")
     if retention is not None:
         _check_retention(retention)
+    sequence = body.get("sequence", 0)
+    if not _is_int(sequence) or not 0 <= sequence <= MAX_SEQUENCE:
+        raise ManifestError(f"manifest 'sequence' is {_short(sequence)}, not a commit number")
     return Manifest(
-        step, float(when), files, records, tree, metadata, body["format_version"], retention
+        step,
+        float(when),
+        files,
+        records,
+        tree,
+        metadata,
+        body["format_version"],
+        retention,
+        sequence,
     )
 
 

@@ -26,22 +26,14 @@ from trainhooks._exceptions import (
 )
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
-    DEFAULT_BASENAME,
     MANIFEST_FILE,
-    parse_committed,
     split_committed,
 )
 from trainhooks._store._limits import MAX_MANIFEST_BYTES
 from trainhooks._store._manifest import Manifest, ManifestError, TensorRecord
 from trainhooks._store._safetensors import HeaderError, header_length, parse_header
 
-__all__ = [
-    "CheckpointReader",
-    "checkpoint_info",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "verify_checkpoint",
-]
+__all__ = ["CheckpointReader", "checkpoint_info", "verify_checkpoint"]
 
 _CHUNK = 4 * 1024 * 1024
 Progress = Callable[[int, int], None]
@@ -53,10 +45,17 @@ class CheckpointReader:
     Every file is opened once, relative to a descriptor of the checkpoint directory, and
     kept open: a writer's retention renaming or deleting the checkpoint afterwards cannot
     make a read fail halfway (the open files outlive their names). Use as a context manager
-    or call :meth:`close`.
+    or call :meth:`close`. ``follow_symlinks=False`` refuses a symlink in the checkpoint's
+    place (for checkpoints found by name); ``data_files=False`` checks the manifest only.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        follow_symlinks: bool = True,
+        data_files: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.step: int | None = None
         self._maps: dict[str, mmap.mmap] = {}
@@ -68,7 +67,7 @@ class CheckpointReader:
             self.manifest = self._read_manifest()
             self._check_step_matches_name()
             self.step = self.manifest.step
-            for name in self.manifest.files:
+            for name in self.manifest.files if data_files else ():  # False: manifest only
                 self._check_data_file(name)
         except BaseException as exc:
             self.close()
@@ -130,7 +129,14 @@ class CheckpointReader:
         m = self.manifest
         nbytes = m.nbytes + self._manifest_size
         return CheckpointInfo(
-            m.step, self.path, m.time, nbytes, len(m.tensors), m.format_version, m.metadata
+            m.step,
+            self.path,
+            m.time,
+            nbytes,
+            len(m.tensors),
+            m.format_version,
+            m.metadata,
+            m.sequence,
         )
 
     # -- reading tensors ----------------------------------------------------------------
@@ -315,74 +321,6 @@ class CheckpointReader:
             tensor=record.name if record else tensor,
             byte_range=(record.begin, record.end) if record else None,
         )
-
-
-def committed_paths(
-    directory: str | os.PathLike[str], basename: str = DEFAULT_BASENAME
-) -> list[Path]:
-    """Directories named like committed checkpoints (not yet validated), newest step first."""
-    try:
-        entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = []
-    for entry in entries:
-        step = parse_committed(entry.name, basename)
-        if step is not None and entry.is_dir(follow_symlinks=False):
-            found.append((step, Path(entry.path)))
-    found.sort(reverse=True)
-    return [path for _, path in found]
-
-
-def scan_checkpoints(
-    directory: str | os.PathLike[str], basename: str = DEFAULT_BASENAME
-) -> tuple[list[CheckpointInfo], list[CheckpointError]]:
-    """Every committed checkpoint in ``directory`` that passes the structure check, by step,
-    and the errors of those that do not."""
-    valid: list[CheckpointInfo] = []
-    broken: list[CheckpointError] = []
-    for path in committed_paths(directory, basename):
-        try:
-            with CheckpointReader(path, follow_symlinks=False) as reader:
-                valid.append(reader.info)
-        except CheckpointNotFoundError:
-            continue  # deleted by a writer's retention while we looked: not an error
-        except CheckpointError as exc:  # corrupt, unknown format, unreadable
-            broken.append(exc)
-    valid.sort(key=lambda info: info.step)
-    return valid, broken
-
-
-def list_checkpoints(
-    directory: str | os.PathLike[str], *, basename: str = DEFAULT_BASENAME
-) -> list[CheckpointInfo]:
-    """Committed, structurally valid checkpoints in ``directory``, oldest step first."""
-    return scan_checkpoints(directory, basename)[0]
-
-
-def latest_checkpoint(
-    directory: str | os.PathLike[str], *, basename: str = DEFAULT_BASENAME
-) -> CheckpointInfo | None:
-    """The newest structurally valid checkpoint, or None only when there is none at all.
-
-    Checks checkpoints newest first and stops at the first valid one, so polling it is
-    cheap however many checkpoints a directory keeps.
-    """
-    # A writer's retention may delete every checkpoint of one listing while we read them
-    # (it commits newer ones first), so a listing whose entries vanished is taken again;
-    # only a listing with nothing deleted under it can answer None.
-    while True:
-        vanished = False
-        for path in committed_paths(directory, basename):
-            try:
-                with CheckpointReader(path, follow_symlinks=False) as reader:
-                    return reader.info
-            except CheckpointNotFoundError:  # deleted while we looked: list again
-                vanished = True
-            except CheckpointError:  # damaged or unreadable: try the next one
-                continue
-        if not vanished:
-            return None
 
 
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:

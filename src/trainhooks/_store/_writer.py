@@ -40,7 +40,8 @@ from trainhooks._store._layout import (
     leftover_step,
     parse_committed,
 )
-from trainhooks._store._reader import CheckpointReader, list_checkpoints
+from trainhooks._store._listing import list_checkpoints
+from trainhooks._store._reader import CheckpointReader
 
 __all__ = [
     "DirectoryWriter",
@@ -70,12 +71,16 @@ class RetentionRecord:
     first; ``delete`` the victims chosen at that save (removed right after its commit, or by
     the next writer if a crash came first); ``next_keep_time`` when the next checkpoint
     leaving the window is kept for good. Reading it back from the newest checkpoint makes
-    retention survive crashes and restarts without a separate state file.
+    retention survive crashes and restarts without a separate state file. ``sequence`` is
+    the number of the commit the record was planned for: the directory's commits count up
+    from 1, whatever their steps (it is stored as the manifest's ``sequence``, and a new
+    writer continues from the highest one it finds).
     """
 
     managed: tuple[tuple[int, float], ...] = ()
     delete: tuple[int, ...] = ()
     next_keep_time: float = math.inf
+    sequence: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,10 +105,18 @@ def plan_retention(
     record: RetentionRecord, step: int, when: float, policy: RetentionPolicy
 ) -> RetentionRecord:
     """TF's policy: keep the newest ``max_to_keep``; of those leaving the window, keep one
-    for good every ``keep_every`` seconds; the rest become ``delete`` victims."""
+    for good every ``keep_every`` seconds; the rest become ``delete`` victims.
+
+    "Newest" means committed last. A commit at a step below managed ones means the run was
+    rolled back: the checkpoints past its step belong to the abandoned branch and become
+    the oldest, the first to leave the window.
+    """
+    sequence = record.sequence + 1
     if policy.max_to_keep is None:
-        return RetentionRecord((), (), record.next_keep_time)
-    managed = [item for item in record.managed if item[0] != step] + [(step, when)]
+        return RetentionRecord((), (), record.next_keep_time, sequence)
+    others = [item for item in record.managed if item[0] != step]
+    abandoned = [item for item in others if item[0] > step]
+    managed = abandoned + [item for item in others if item[0] < step] + [(step, when)]
     delete = [victim for victim in record.delete if victim != step]  # retried until done
     next_keep = record.next_keep_time
     while len(managed) > policy.max_to_keep:
@@ -112,7 +125,7 @@ def plan_retention(
             next_keep = victim_time + policy.keep_every  # kept for good: no longer managed
         else:
             delete.append(victim_step)
-    return RetentionRecord(tuple(managed), tuple(delete), next_keep)
+    return RetentionRecord(tuple(managed), tuple(delete), next_keep, sequence)
 
 
 def _recover_record(directory: Path, basename: str, policy: RetentionPolicy) -> RetentionRecord:
@@ -123,20 +136,32 @@ def _recover_record(directory: Path, basename: str, policy: RetentionPolicy) -> 
     checkpoint yet, or one written by another tool), behave like TF's
     ``recover_last_checkpoints``: manage the newest window, leave older ones alone.
     """
-    existing = list_checkpoints(directory, basename=basename)
+    existing = sorted(list_checkpoints(directory, basename=basename), key=_commit_order)
     if not existing:
         return RetentionRecord(next_keep_time=policy.first_keep_time)
     newest = existing[-1]
+    sequence = max(c.sequence for c in existing)
     with CheckpointReader(newest.path, follow_symlinks=False) as reader:
         raw = reader.manifest.retention
     record = RetentionRecord.from_json(raw) if raw is not None else None
     if record is None:
         window = existing[-policy.max_to_keep :] if policy.max_to_keep else []
         managed = tuple((c.step, c.time) for c in window)
-        return RetentionRecord(managed, (), policy.first_keep_time)
-    # Victims a crash kept from being removed are deleted after the next commit.
-    pending = tuple(step for step in record.delete if step < newest.step)
-    return RetentionRecord(record.managed, pending, record.next_keep_time)
+        return RetentionRecord(managed, (), policy.first_keep_time, sequence)
+    # Victims a crash kept from being removed are deleted after the next commit: each was
+    # chosen at or before the newest commit, so only a checkpoint committed since (none,
+    # or the newest itself, re-saved at a victim's step) must be spared.
+    on_disk = {c.step: c for c in existing}
+    pending = tuple(
+        step
+        for step in record.delete
+        if step not in on_disk or _commit_order(on_disk[step]) < _commit_order(newest)
+    )
+    return RetentionRecord(record.managed, pending, record.next_keep_time, sequence)
+
+
+def _commit_order(info: CheckpointInfo) -> tuple[int, int]:
+    return info.commit_order
 
 
 # -- the writer -------------------------------------------------------------------------
@@ -203,6 +228,7 @@ class DirectoryWriter:
                 metadata,
                 when=when,
                 retention=plan.to_json(),
+                sequence=plan.sequence,
             )
         except CheckpointWriteError as exc:
             if exc.committed:  # on disk and in retention's care, though not yet durable
@@ -289,7 +315,8 @@ def prune_checkpoints(
     dry_run: bool = False,
     basename: str = DEFAULT_BASENAME,
 ) -> list[CheckpointInfo]:
-    """Delete all but the newest ``keep`` valid checkpoints; return what was (or would be) removed.
+    """Delete all but the ``keep`` newest (last committed) valid checkpoints; return what was
+    (or would be) removed, in step order.
 
     Takes the directory's writer lock, so it fails with ``CheckpointLockedError`` while a
     training run is saving there. Corrupt checkpoints are left alone for inspection.
@@ -300,11 +327,11 @@ def prune_checkpoints(
         )
     directory = Path(directory)
     if dry_run:
-        return list_checkpoints(directory, basename=basename)[:-keep]
+        return _prune_victims(directory, keep, basename)
     lock = DirectoryLock(directory)
     lock.acquire()
     try:
-        victims = list_checkpoints(directory, basename=basename)[:-keep]
+        victims = _prune_victims(directory, keep, basename)
         for info in victims:
             if parse_committed(info.path.name, basename) is None:
                 raise CheckpointError(
@@ -322,3 +349,11 @@ def prune_checkpoints(
     finally:
         lock.release()
     return victims
+
+
+def _prune_victims(directory: Path, keep: int, basename: str) -> list[CheckpointInfo]:
+    """All but the ``keep`` newest commits (after a rollback not the highest steps), in
+    step order."""
+    listed = list_checkpoints(directory, basename=basename)
+    keeping = {info.path for info in sorted(listed, key=_commit_order)[-keep:]}
+    return [info for info in listed if info.path not in keeping]
