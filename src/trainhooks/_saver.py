@@ -129,12 +129,7 @@ class Saver:
                 except (CheckpointCorruptError, CheckpointFormatError) as exc:
                     failures.append(exc)
                     continue
-                for failure in failures:
-                    _warn_once(
-                        warned,
-                        f"{failure}; restored step {info.step} ({info.path.name}) instead; "
-                        f"inspect the skipped checkpoint with `trainhooks verify {failure.path}`",
-                    )
+                _warn_skipped(warned, failures, info)
                 return info
             else:
                 if not failures:
@@ -210,10 +205,17 @@ class Saver:
 _RESCANS = 5
 
 
-def _warn_once(warned: set[str], message: str) -> None:
-    if message not in warned:
-        warned.add(message)
-        warnings.warn(message, stacklevel=3)
+def _warn_skipped(warned: set[str], failures: list[CheckpointError], used: CheckpointInfo) -> None:
+    """One warning per skipped checkpoint: why, which step was restored instead, and how
+    to inspect the skipped one."""
+    for failure in failures:
+        message = (
+            f"{failure}; restored step {used.step} ({used.path.name}) instead; inspect the "
+            f"skipped checkpoint with `trainhooks verify {failure.path}`"
+        )
+        if message not in warned:
+            warned.add(message)
+            warnings.warn(message, stacklevel=3)
 
 
 def read_tree(

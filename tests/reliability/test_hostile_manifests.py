@@ -305,6 +305,7 @@ def test_forged_checkpoint_gives_typed_errors_and_restore_falls_back(
         restored = state_for(0)
         info = outcome(lambda: Saver().restore(restored, directory))
     assert info.step == 1 and restored["meta"]["step"] == 1
+    assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]
     text = " ".join(str(w.message) for w in caught)
     assert "ckpt-000000000002" in text and "step 1" in text and "trainhooks verify" in text, text
 
