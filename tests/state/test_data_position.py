@@ -25,6 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
 import trainhooks
+from _support.trees import assert_same_tree
 
 # torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates; harmless (docs/porting.md)
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
@@ -97,7 +98,7 @@ def final_state(directory: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("num_workers", [0, 2], ids=["in-process", "two-workers"])
 def test_loader_in_state_resumes_mid_epoch_with_the_uninterrupted_batches_and_weights(
-    tmp_path: Path, num_workers: int, assert_same: Any
+    tmp_path: Path, num_workers: int
 ) -> None:
     reference_dir, directory = tmp_path / "reference", tmp_path / "interrupted"
     first = run_child(tmp_path, num_workers, (reference_dir, None), (directory, KILL_AT))
@@ -116,12 +117,12 @@ def test_loader_in_state_resumes_mid_epoch_with_the_uninterrupted_batches_and_we
 
     want, got = final_state(reference_dir), final_state(directory)
     for name in ("model", "optimizer", "rng"):
-        assert_same(got[name], want[name], name)
+        assert_same_tree(got[name], want[name], name)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2], ids=["in-process", "two-workers"])
 def test_loader_state_round_trips_through_a_checkpoint_unchanged(
-    tmp_path: Path, num_workers: int, assert_same: Any
+    tmp_path: Path, num_workers: int
 ) -> None:
     """Every value of the loader's state (ints, None, nested dicts, the generator's state
     tensor, the workers' snapshot) comes back as saved, with no pickle involved."""
@@ -144,5 +145,5 @@ def test_loader_state_round_trips_through_a_checkpoint_unchanged(
         saver.save({"loader": loader}, tmp_path, step=4)
         fresh = build()
         saver.restore({"loader": fresh}, tmp_path)
-    assert_same(fresh.state_dict(), loader.state_dict(), "loader")
+    assert_same_tree(fresh.state_dict(), loader.state_dict(), "loader")
     assert next(iter(fresh)).tolist() == next(batches).tolist()
