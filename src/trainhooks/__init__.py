@@ -24,6 +24,7 @@ _PUBLIC: dict[str, str] = {
     "CheckpointFormatError": "trainhooks._exceptions",
     "StateMismatchError": "trainhooks._exceptions",
     "NanLossDuringTrainingError": "trainhooks._exceptions",
+    "ResumeDivergenceError": "trainhooks._exceptions",
     # checkpoint store
     "CheckpointInfo": "trainhooks._store._info",
     "list_checkpoints": "trainhooks._store._reader",
@@ -56,6 +57,7 @@ _PUBLIC: dict[str, str] = {
     "GlobalStepWaiterHook": "trainhooks._hooks._global_step_waiter",
     "StepArgsHook": "trainhooks._hooks._step_args",
     "ProfilerHook": "trainhooks._hooks._profiler",
+    "ResumeCheckHook": "trainhooks._hooks._resume_check",
     # listeners
     "CheckpointSaverListener": "trainhooks._listeners._base",
     "EvaluationListener": "trainhooks._listeners._evaluation",

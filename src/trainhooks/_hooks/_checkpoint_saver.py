@@ -71,6 +71,7 @@ class CheckpointSaverHook(SessionRunHook):
         self._saver: SupportsSave | None = saver
         self._owns_saver = saver is None
         self._max_to_keep: int | None = 5
+        self._last_saved_step: int | None = None
 
     @classmethod
     def _with_owned_saver(
@@ -90,6 +91,12 @@ class CheckpointSaverHook(SessionRunHook):
     def checkpoint_dir(self) -> Path:
         """The directory checkpoints are saved into."""
         return self._checkpoint_dir
+
+    @property
+    def last_saved_step(self) -> int | None:
+        """The step of the newest checkpoint this hook committed (or found unchanged on
+        disk), None before the first; ``ResumeCheckHook`` follows saves through it."""
+        return self._last_saved_step
 
     # -- the hook protocol --------------------------------------------------------------
 
@@ -148,6 +155,7 @@ class CheckpointSaverHook(SessionRunHook):
                     "CheckpointSaverHook used without begin(); run it inside a session"
                 )
             self._saver.save(session.state, self._checkpoint_dir, step)
+        self._last_saved_step = step
         _LOG.info("Calling checkpoint listeners after saving checkpoint %d...", step)
         should_stop = False
         for listener in self._listeners:

@@ -134,6 +134,11 @@ class MonitoredSession:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
 
+    @property
+    def restored_checkpoint(self) -> Any:
+        """The ``CheckpointInfo`` the state was last restored from; None when it was not."""
+        return self._restored
+
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as one step with every hook; return its result.
 
