@@ -119,6 +119,33 @@ def test_a_resume_that_trains_differently_warns_once_naming_step_and_values(
     assert "'loss' = " in message and "resume_check=False" in message
 
 
+def test_a_fallback_to_an_older_checkpoint_compares_the_steps_of_later_windows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = crashed_copy(tmp_path, at=14, save_steps=1)
+    for step in (12, 13, 14):  # as if the newest checkpoints were unreadable
+        shutil.rmtree(copy / f"ckpt-{step:012d}")
+    with caplog.at_level(logging.INFO, logger="trainhooks"):
+        train(copy, 16, save_steps=1)
+    [record] = resume_check_records(caplog)
+    assert record.getMessage().startswith("resume check: 3 re-run step(s) after checkpoint 11")
+
+
+def test_a_raised_divergence_keeps_the_crashed_run_s_record_for_the_fixed_rerun(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = crashed_copy(tmp_path)
+    before = read_journal(copy)[10]
+    with pytest.raises(trainhooks.ResumeDivergenceError) as caught:
+        train(copy, 20, scale=2.0, resume_check=ResumeCheckHook(on_divergence="raise"))
+    assert (caught.value.step, caught.value.name) == (11, "loss")
+    assert read_journal(copy)[10] == before
+    with caplog.at_level(logging.INFO, logger="trainhooks"):
+        train(copy, 20)
+    [record] = resume_check_records(caplog)
+    assert record.getMessage().startswith("resume check: 4 re-run step(s) after checkpoint 10")
+
+
 def test_differences_within_rtol_are_accepted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -201,3 +228,25 @@ def test_a_check_without_a_saver_hook_fails_at_begin(tmp_path: Path) -> None:
 def test_invalid_arguments_are_refused_with_the_rule(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ResumeCheckHook(**kwargs)
+
+
+def test_a_hand_built_monitored_session_checks_with_the_saver_hook_it_is_given(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def run(directory: Path, last_step: int, scale: float, snapshot: Path | None = None) -> None:
+        state = {"w": np.zeros(2)}
+        saver = CheckpointSaverHook(directory, save_steps=5)
+        hooks = [saver, ResumeCheckHook(saver), trainhooks.StopAtStepHook(last_step=last_step)]
+        with trainhooks.MonitoredSession(hooks=hooks, state=state, checkpoint_dir=directory) as s:
+            while not s.should_stop():
+                state["w"] += scale / (s.global_step + 1)
+                s.run(lambda: float(state["w"].sum()))  # a bare number is digested too
+                if snapshot is not None and s.global_step == 7:
+                    shutil.copytree(directory, snapshot)
+
+    run(tmp_path / "run", 9, 1.0, snapshot=tmp_path / "crashed")
+    with caplog.at_level(logging.WARNING, logger="trainhooks"):
+        run(tmp_path / "crashed", 9, 1.5)
+    [record] = resume_check_records(caplog)
+    assert "step 6, re-run after restoring checkpoint 5" in record.getMessage()
+    assert "returned the value = " in record.getMessage()

@@ -99,8 +99,10 @@ class ResumeCheckHook(SessionRunHook):
         self._windows: dict[int, dict[int, Digest]] = {}  # save step -> step -> digest
         self._open: dict[int, Digest] | None = None  # the window being filled
         self._open_after: int | None = None  # the save step that window follows
+        self._count = 0  # steps this run recorded in the open window
         self._expected: dict[int, Digest] | None = None  # recorded before the crash
         self._restored_step = 0
+        self._expected_steps = (0, 0)  # first and last step recorded before the crash
         self._matched = 0
 
     @property
@@ -126,20 +128,27 @@ class ResumeCheckHook(SessionRunHook):
         if not self._enabled or self._saver_hook is None:
             return
         self._directory = self._saver_hook.checkpoint_dir
-        self._open, self._open_after, self._expected = None, None, None
+        self._expected = None
         first, self._loaded = not self._loaded, True
         if first:
             self._remove_temps()
+        step: int = session.global_step
         restored = getattr(session, "restored_checkpoint", None)
-        if restored is None or restored.step != session.global_step:
-            return
-        if not _same_directory(Path(restored.path).parent, self._directory):
-            return  # restored from elsewhere: this journal describes another history
-        if first:  # later re-creations in this process keep what memory holds (newer)
-            self._windows = self._read()
-        self._restored_step = restored.step
-        self._expected = self._windows.get(restored.step) or None
-        self._matched = 0
+        if (
+            restored is not None
+            and restored.step == step
+            and _same_directory(Path(restored.path).parent, self._directory)
+        ):
+            if first:  # later re-creations in this process keep what memory holds (newer)
+                self._windows = self._read()
+            self._expected = self._recorded_after(step)
+            self._restored_step, self._matched = step, 0
+            if self._expected:
+                self._expected_steps = (min(self._expected), max(self._expected))
+        # The saver hook saves at creation (TF's contract): the state at this step is in
+        # a checkpoint, so the steps after it form a window. After a restore the window
+        # starts with what the crashed run recorded, so that a write keeps those entries.
+        self._open_window(step, start=self._expected)
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         if self._saver_hook is None or not self._enabled:
@@ -150,8 +159,8 @@ class ResumeCheckHook(SessionRunHook):
         # (the saver ran first) opens its window only after the value is recorded.
         if saved is not None and saved != self._open_after and saved < step:
             self._open_window(saved)
-        if self._open is not None:
-            self._record(step, run_values.step_result)
+        if self._open is not None or self._expected is not None:
+            self._observe(step, run_values.step_result)
         if saved == step and saved != self._open_after:
             self._open_window(saved)
 
@@ -161,17 +170,36 @@ class ResumeCheckHook(SessionRunHook):
 
     # -- recording and comparing --------------------------------------------------------
 
-    def _open_window(self, after: int) -> None:
+    def _recorded_after(self, step: int) -> dict[int, Digest] | None:
+        """What the crashed run recorded for the steps after ``step``: every window at or
+        after it (each later save opened one) belongs to the history that went on from it."""
+        merged = {
+            s: values
+            for after in sorted(self._windows)
+            if after >= step
+            for s, values in self._windows[after].items()
+            if s > step
+        }
+        return merged or None
+
+    def _open_window(self, after: int, start: dict[int, Digest] | None = None) -> None:
+        """Start recording the steps after a save at ``after``.
+
+        Whatever the journal holds for steps after ``after`` belongs to a history that
+        this run replaces from here on: windows at or after it go, and so do entries
+        past it in older windows (copied there from the crashed run after a restore).
+        """
         for stale in [s for s in self._windows if s >= after]:
-            del self._windows[stale]  # a history that this save or restore replaces
-        self._open, self._open_after = {}, after
+            del self._windows[stale]
+        for window in self._windows.values():
+            for later in [s for s in window if s > after]:
+                del window[later]
+        self._open, self._open_after, self._count = dict(start or {}), after, 0
         self._windows[after] = self._open
         while len(self._windows) > KEEP_WINDOWS:
             del self._windows[min(self._windows)]
 
-    def _record(self, step: int, result: Any) -> None:
-        window = self._open
-        assert window is not None
+    def _observe(self, step: int, result: Any) -> None:
         try:
             values = digest(result)
         except Exception as exc:  # a diagnostic must never end training
@@ -183,11 +211,16 @@ class ResumeCheckHook(SessionRunHook):
             )
             self._enabled = False
             return
+        if self._expected is not None:
+            self._compare(step, values)  # may raise: then nothing of this run is recorded
+        if self._open is not None:
+            self._record(self._open, step, values)
+
+    def _record(self, window: dict[int, Digest], step: int, values: Digest) -> None:
         window[step] = values
         self._unwritten = True
-        if self._expected is not None:
-            self._compare(step, values)
-        count = len(window)
+        self._count += 1
+        count = self._count
         if count >= self._steps:
             self._open = None
         if count >= self._steps or count & (count - 1) == 0:  # full, or a power of two
@@ -204,7 +237,7 @@ class ResumeCheckHook(SessionRunHook):
                 self._report(step, difference)
                 return
             self._matched += 1
-        if step >= max(expected):
+        if step >= self._expected_steps[1]:
             self._expected = None
             _LOG.info(
                 "resume check: %d re-run step(s) after checkpoint %d match the run that wrote it",
@@ -219,7 +252,7 @@ class ResumeCheckHook(SessionRunHook):
             checkpoint_step=self._restored_step,
             directory=self._directory,
             difference=difference,
-            first_step_differs=self._matched == 0,
+            first_step_differs=self._matched == 0 and step <= self._expected_steps[0],
             rtol=self._rtol,
             atol=self._atol,
         )
@@ -232,6 +265,9 @@ class ResumeCheckHook(SessionRunHook):
                 recorded=recorded,
                 observed=observed,
             )
+        if self._open is not None:  # from here on this run makes a new history
+            for later in [s for s in self._open if s > step]:
+                del self._open[later]
         _LOG.warning("%s", message)
 
     # -- the journal --------------------------------------------------------------------
