@@ -34,6 +34,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
     select_fetches,
 )
+from trainhooks._store._info import CheckpointInfo
 
 __all__ = ["MonitoredSession", "StepContext"]
 
@@ -116,7 +117,7 @@ class MonitoredSession:
         self._after_run = tuple(call for _, call in self._calls.after_run)
         self._coord = Coordinator()
         self._closed = False
-        self._restored: Any = None  # CheckpointInfo of the last restore, if any
+        self._restored: CheckpointInfo | None = None  # the last restore, if any
         self._state_changed = False  # a step ran since the last restore/creation
         try:
             for begin in self._calls.begin:
@@ -135,7 +136,7 @@ class MonitoredSession:
         return self._checkpoint_dir
 
     @property
-    def restored_checkpoint(self) -> Any:
+    def restored_checkpoint(self) -> CheckpointInfo | None:
         """The ``CheckpointInfo`` the state was last restored from; None when it was not."""
         return self._restored
 
