@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability_support import LINE_WAIT_SECONDS
 
 import trainhooks
+from _support import resume_child
+from _support.reliability import LINE_WAIT_SECONDS
 
-CHILD = Path(__file__).resolve().parent / "_resume_child.py"
+CHILD = Path(resume_child.__file__)
 VARIANTS = ("complete", "no_scheduler", "no_data_position")
 KILL_AT, CHECKPOINT, LAST = 15, 10, 20
 
@@ -51,10 +52,7 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def resume(directory: Path, variant: str, **config: Any) -> int:
-    sys.path.insert(0, str(CHILD.parent))
-    import _resume_child
-
-    return _resume_child.train(
+    return resume_child.train(
         {"variant": variant, "directory": str(directory), "last_step": LAST, **config}
     )
 

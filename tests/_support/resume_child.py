@@ -1,6 +1,6 @@
 """Child of the resume-check tests: a small torch training that can forget part of its state.
 
-``python _resume_child.py '<json list of configs>'`` imports torch once, then forks one
+``python resume_child.py '<json list of configs>'`` imports torch once, then forks one
 worker per config; each trains through ``MonitoredTrainingSession`` and SIGKILLs itself
 at the start of step ``kill_at``. The child prints ``exit <index> <wait status>`` per
 worker. The test process imports this module too and resumes with :func:`train`.
