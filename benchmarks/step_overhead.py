@@ -6,6 +6,10 @@ Measures, side by side in one process with interleaved repetitions:
 * trainhooks: ``while not sess.should_stop(): sess.run(step)`` with ``StopAtStepHook`` +
   ``StepCounterHook`` (default 100 steps) + ``CheckpointSaverHook`` (not triggering:
   a huge ``save_steps``; the save at creation and at the end are outside the timing);
+* default session: ``MonitoredTrainingSession(checkpoint_dir=...)`` with its default
+  hooks (step counter, checkpoint saver not triggering, and the resume check) plus
+  ``StopAtStepHook``, once with ``resume_check=False`` and once with it on (the default);
+  the difference is the resume check's per-step cost outside its windows;
 * TensorFlow: ``MonitoredTrainingSession`` with the same three hooks around a no-op
   train op, when ``tensorflow`` is importable.
 
@@ -24,7 +28,13 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from trainhooks import CheckpointSaverHook, MonitoredSession, StepCounterHook, StopAtStepHook
+from trainhooks import (
+    CheckpointSaverHook,
+    MonitoredSession,
+    MonitoredTrainingSession,
+    StepCounterHook,
+    StopAtStepHook,
+)
 
 
 def no_op_step() -> None:
@@ -47,6 +57,24 @@ def time_trainhooks(steps: int, directory: str) -> float:
     ]
     step = no_op_step
     with MonitoredSession(hooks=hooks, state={}, checkpoint_dir=directory) as sess:
+        start = time.perf_counter_ns()
+        while not sess.should_stop():
+            sess.run(step)
+        elapsed = time.perf_counter_ns() - start
+    return elapsed / steps / 1000
+
+
+def time_default_session(steps: int, directory: str, *, resume_check: bool) -> float:
+    step = no_op_step
+    with MonitoredTrainingSession(
+        checkpoint_dir=directory,
+        state={},
+        hooks=[StopAtStepHook(num_steps=steps)],
+        save_checkpoint_secs=None,
+        save_checkpoint_steps=10**12,
+        save_summaries_steps=None,
+        resume_check=resume_check,
+    ) as sess:
         start = time.perf_counter_ns()
         while not sess.should_stop():
             sess.run(step)
@@ -91,10 +119,14 @@ def main() -> None:
         tf_timer = None
         if importlib.util.find_spec("tensorflow") is not None:
             tf_timer = make_tensorflow_timer(f"{tmp}/tf")
-        bare, ours, theirs = [], [], []
+        bare, ours, theirs, unchecked, checked = [], [], [], [], []
         for repeat in range(args.repeats):
             bare.append(time_bare(args.steps))
             ours.append(time_trainhooks(args.steps, f"{tmp}/th{repeat}"))
+            unchecked.append(
+                time_default_session(args.steps, f"{tmp}/off{repeat}", resume_check=False)
+            )
+            checked.append(time_default_session(args.steps, f"{tmp}/on{repeat}", resume_check=True))
             if tf_timer is not None:
                 theirs.append(tf_timer(args.tf_steps))
 
@@ -105,6 +137,10 @@ def main() -> None:
     print(f"trainhooks sess.run  {ours_us:8.3f} µs/step   ratio to bare {ours_us / bare_us:6.1f}x")
     verdict = "within" if overhead <= 3.0 else "ABOVE"
     print(f"trainhooks overhead  {overhead:8.3f} µs/step   ({verdict} the 3 µs target)")
+    off_us, on_us = statistics.median(unchecked), statistics.median(checked)
+    print(f"default session      {off_us:8.3f} µs/step   (resume_check=False)")
+    print(f"default session      {on_us:8.3f} µs/step   (resume check on)")
+    print(f"resume check cost    {on_us - off_us:8.3f} µs/step")
     if theirs:
         tf_us = statistics.median(theirs)
         print(f"TensorFlow MTS       {tf_us:8.3f} µs/step   {tf_us / ours_us:6.1f}x trainhooks")

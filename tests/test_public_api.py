@@ -24,6 +24,7 @@ EXPECTED_PUBLIC_NAMES = {
     "CheckpointFormatError",
     "StateMismatchError",
     "NanLossDuringTrainingError",
+    "ResumeDivergenceError",
     # checkpoint store
     "CheckpointInfo",
     "list_checkpoints",
@@ -51,6 +52,7 @@ EXPECTED_PUBLIC_NAMES = {
     "CheckpointSaverHook",
     "SupportsSave",
     "StopAtStepHook",
+    "ResumeCheckHook",
     "StepCounterHook",
     "LoggingTensorHook",
     "NanTensorHook",

@@ -26,6 +26,7 @@ _PUBLIC: dict[str, str] = {
     "CheckpointFormatError": "trainhooks._exceptions",
     "StateMismatchError": "trainhooks._exceptions",
     "NanLossDuringTrainingError": "trainhooks._exceptions",
+    "ResumeDivergenceError": "trainhooks._exceptions",
     # checkpoint store
     "CheckpointInfo": "trainhooks._store._info",
     "list_checkpoints": "trainhooks._store._listing",
@@ -63,6 +64,7 @@ _PUBLIC: dict[str, str] = {
     "StepArgsHook": "trainhooks._hooks._step_args",
     "FeedFnHook": "trainhooks._hooks._step_args",
     "ProfilerHook": "trainhooks._hooks._profiler",
+    "ResumeCheckHook": "trainhooks._hooks._resume_check",
     # listeners
     "CheckpointSaverListener": "trainhooks._listeners._base",
     "EvaluationListener": "trainhooks._listeners._evaluation",
@@ -88,6 +90,7 @@ if TYPE_CHECKING:
         CheckpointFormatError as CheckpointFormatError,
         StateMismatchError as StateMismatchError,
         NanLossDuringTrainingError as NanLossDuringTrainingError,
+        ResumeDivergenceError as ResumeDivergenceError,
     )
     from trainhooks._store._info import (
         CheckpointInfo as CheckpointInfo,
@@ -136,6 +139,9 @@ if TYPE_CHECKING:
     from trainhooks._hooks._checkpoint_saver import (
         CheckpointSaverHook as CheckpointSaverHook,
         SupportsSave as SupportsSave,
+    )
+    from trainhooks._hooks._resume_check import (
+        ResumeCheckHook as ResumeCheckHook,
     )
     from trainhooks._hooks._stop_at_step import (
         StopAtStepHook as StopAtStepHook,

@@ -10,7 +10,8 @@ Every error the library raises on purpose derives from :class:`TrainhooksError`:
     │   ├── CheckpointLockedError        another writer holds the directory
     │   ├── CheckpointFormatError        an unsupported format version or value type
     │   └── StateMismatchError           checkpoint and target state disagree (shape, dtype, keys)
-    └── NanLossDuringTrainingError       raised by ``NanTensorHook``
+    ├── NanLossDuringTrainingError       raised by ``NanTensorHook``
+    └── ResumeDivergenceError            a resumed run re-ran a step differently
 
 An exception raised by a user's hook or listener is not wrapped: it propagates with its
 own type (TF users catch their own errors), carrying a PEP 678 note that names the
@@ -31,6 +32,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "NanLossDuringTrainingError",
+    "ResumeDivergenceError",
     "StateMismatchError",
     "TrainhooksError",
 ]
@@ -121,3 +123,30 @@ class StateMismatchError(CheckpointError):
 
 class NanLossDuringTrainingError(TrainhooksError):
     """The loss became NaN or infinite (raised by ``NanTensorHook``)."""
+
+
+class ResumeDivergenceError(TrainhooksError):
+    """A step re-run after a restore returned other values than before the crash.
+
+    Raised by ``ResumeCheckHook(on_divergence="raise")``. ``step`` is the re-run step,
+    ``checkpoint_step`` the step restored, ``name`` the returned value that differs
+    (``""`` for a bare number) and ``recorded`` / ``observed`` its two values (``None``
+    when only one run returned that name).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: int,
+        checkpoint_step: int,
+        name: str,
+        recorded: float | None,
+        observed: float | None,
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint_step = checkpoint_step
+        self.name = name
+        self.recorded = recorded
+        self.observed = observed

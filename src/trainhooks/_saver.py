@@ -110,6 +110,13 @@ class Saver:
     ) -> CheckpointInfo:
         """Restore ``state`` in place from the newest valid checkpoint (or ``step``).
 
+        Tensors and arrays are filled in place, mutable containers (dicts, lists,
+        dataclasses) refilled. What cannot change in place — JAX arrays and keys, tuples
+        and named tuples, frozen dataclasses, JAX pytree nodes (optax states, equinox
+        modules) — is rebuilt as the target's own type and *replaces* the old value in its
+        container: read it back from ``state`` (``opt_state = state["opt"]``). Returns the
+        ``CheckpointInfo`` of the checkpoint restored.
+
         With ``step=None`` a corrupt newest checkpoint is reported with a warning and the
         next older valid one is used; with an explicit ``step`` corruption raises.
         """
@@ -262,8 +269,14 @@ def read_tree(
 def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
     """Read one checkpoint directory into nested dicts/lists of NumPy arrays and plain values.
 
-    Needs no framework: torch tensors come back as NumPy arrays (bfloat16 as
-    ``ml_dtypes.bfloat16`` when installed, else as its raw ``uint16`` bits).
+    Needs no framework and imports no class named in the file (no pickle, no template):
+    torch tensors and ``Parameter``s, JAX arrays come back as NumPy arrays (bfloat16 as
+    ``ml_dtypes.bfloat16``); tuples and named tuples (optax states) as tuples; dataclasses
+    and JAX pytree nodes (equinox modules) as dicts of their fields, callables in them as
+    None; objects saved through ``state_dict()`` as that dict; generators and typed JAX
+    keys as their state (``{"impl": ..., "data": uint32 array}`` for a key); ``OrderedDict``
+    and ``bytearray`` keep their types. To get the original types back, restore into a
+    template with ``Saver.restore`` instead.
     """
     with CheckpointReader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))

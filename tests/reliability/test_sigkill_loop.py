@@ -176,6 +176,8 @@ def kill_loop(
             tally.self_kills[plan.point or "?"] += 1
         tally.leftovers_seen += len(leftovers(directory))
     tally.retained_at_end = _finish_cleanly(zygote, reference, directory, config, latest)
+    # the session's default resume check follows the worker's saver; state is complete
+    assert "resume check" not in zygote.log_path.read_text(errors="replace")
     return tally
 
 

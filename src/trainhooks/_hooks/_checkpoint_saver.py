@@ -91,11 +91,18 @@ class CheckpointSaverHook(SessionRunHook):
         self._owns_saver = saver is None
         self._owned_saver: Saver | None = None  # the one begin() created, until release()
         self._max_to_keep = max_to_keep
+        self._last_saved_step: int | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
         """The directory checkpoints are saved into."""
         return self._checkpoint_dir
+
+    @property
+    def last_saved_step(self) -> int | None:
+        """The step of the newest checkpoint this hook committed (or found unchanged on
+        disk), None before the first; ``ResumeCheckHook`` follows saves through it."""
+        return self._last_saved_step
 
     # -- the hook protocol --------------------------------------------------------------
 
@@ -155,6 +162,7 @@ class CheckpointSaverHook(SessionRunHook):
                     "CheckpointSaverHook used without begin(); run it inside a session"
                 )
             self._saver.save(session.state, self._checkpoint_dir, step)
+        self._last_saved_step = step
         _LOG.info("Calling checkpoint listeners after saving checkpoint %d...", step)
         should_stop = False
         for listener in self._listeners:

@@ -6,21 +6,25 @@ Two passes. The first walks the checkpoint beside the caller's state and checks 
 each object's saved state against its current ``state_dict()`` and against what its
 framework's ``load_state_dict`` refuses — and plans one step per leaf. The second pass runs
 the steps: tensors are copied into existing tensors, objects get ``load_state_dict``,
-generators get their state, dicts and lists are refilled. So a checkpoint that does not fit
-raises before a single byte of the caller's objects changes. Only a user-written
+generators get their state, dicts, lists and dataclasses are refilled, and immutable
+containers (tuples, named tuples, frozen dataclasses, JAX pytree nodes) are rebuilt from the
+target's own type and put in their parent's place (see ``_containers``). So a checkpoint
+that does not fit raises before a single byte of the caller's objects changes. Only a user-written
 ``load_state_dict`` that refuses a state its own ``state_dict()`` template accepted can
 still fail in the second pass; nothing can check what such a method does without running it.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from trainhooks._exceptions import CheckpointCorruptError, StateMismatchError
 from trainhooks._state._adapters._base import ArrayAdapter
 from trainhooks._state._adapters._registry import adapter_for, adapter_of, loaded_adapters
-from trainhooks._state._decode import GeneratorValue, StatefulValue
+from trainhooks._state._containers import Children, Rebuild, rebuild_tuple, target_record
+from trainhooks._state._decode import CallableValue, GeneratorValue, RecordValue, StatefulValue
 from trainhooks._state._encode import is_stateful
 from trainhooks._state._encode import where as _where
 from trainhooks._state._mapped import MappedTensor
@@ -62,10 +66,16 @@ class _Planner:
             return self._generator(target, value, path)
         if isinstance(value, MappedTensor):
             return self._tensor(target, value, path)
+        if isinstance(value, RecordValue):
+            return self._record(target, value.items, path)
+        if isinstance(value, CallableValue):
+            return lambda: target  # not saved: the target's own callable stays
         if isinstance(value, dict):
             return self._dict(target, value, path)
         if isinstance(value, (list, tuple)):
             return self._sequence(target, value, path)
+        if isinstance(value, bytearray) and isinstance(target, bytearray):
+            return lambda: _refilled_bytes(target, value)
         return lambda: value
 
     def mapping(
@@ -89,9 +99,14 @@ class _Planner:
         return refill
 
     def _dict(self, target: Any, value: dict[Any, Any], path: tuple[Any, ...]) -> Step:
+        if isinstance(target, Mapping) and not isinstance(target, MutableMapping):
+            record = target_record(target)  # an immutable mapping node (flax's FrozenDict)
+            if record is not None:
+                return self._into_record(*record, value, path)
         if not isinstance(target, MutableMapping) or is_stateful(target):
             steps = {k: self.plan(None, v, (*path, k)) for k, v in value.items()}
-            return lambda: {k: step() for k, step in steps.items()}
+            fresh = OrderedDict if isinstance(value, OrderedDict) else dict
+            return lambda: fresh((k, step()) for k, step in steps.items())
         if self.strict and target.keys() != value.keys() and _holds_templates(target):
             missing = [k for k in target if k not in value]
             unexpected = [k for k in value if k not in target]
@@ -124,7 +139,36 @@ class _Planner:
                 return target
 
             return refill
+        if in_place:  # the target's own tuple type: a named tuple stays one
+            return lambda: rebuild_tuple(target, [step() for step in steps])
         return lambda: kind(step() for step in steps)
+
+    def _record(self, target: Any, items: dict[Any, Any], path: tuple[Any, ...]) -> Step:
+        record = target_record(target)
+        if record is None:  # no record to rebuild: a dict (refilled when the target is one)
+            return self._dict(target, items, path)
+        return self._into_record(*record, items, path)
+
+    def _into_record(
+        self, children: Children, rebuild: Rebuild, items: Mapping[Any, Any], path: tuple[Any, ...]
+    ) -> Step:
+        """Restore saved children into a record target, rebuilt (or refilled) by ``rebuild``.
+        Its fields are its structure: with ``strict`` they must be the saved ones; without,
+        children the checkpoint lacks keep the target's values."""
+        names = [name for name, _ in children]
+        if self.strict and set(names) != set(items):
+            missing = [n for n in names if n not in items]
+            unexpected = [k for k in items if k not in names]
+            raise StateMismatchError(
+                f"cannot restore {_where(path)}: missing from the checkpoint {missing}, not "
+                f"in the target {unexpected}; the saved object had other fields (pass "
+                "strict=False to restore only the fields both have)"
+            )
+        steps = [
+            self.plan(child, items[name], (*path, name)) if name in items else _keep(child)
+            for name, child in children
+        ]
+        return lambda: rebuild([step() for step in steps])
 
     def _tensor(self, target: Any, tensor: MappedTensor, path: tuple[Any, ...]) -> Step:
         found = adapter_of(target)
@@ -235,7 +279,18 @@ def _state_for(value: Any, template: Any, *, views: bool) -> Any:
         return state if adapter is None else _restored_generator(adapter, value.kind, None, state)
     if isinstance(value, StatefulValue):  # no object to load it into: its plain state
         return _state_for(value.state, None, views=views)
-    return value
+    if isinstance(value, RecordValue):
+        return _state_for(value.items, None, views=views)
+    return None if isinstance(value, CallableValue) else value
+
+
+def _keep(value: Any) -> Step:
+    return lambda: value
+
+
+def _refilled_bytes(target: bytearray, value: bytearray) -> bytearray:
+    target[:] = value
+    return target
 
 
 def _restored_generator(adapter: ArrayAdapter, kind: str, target: Any, state: Any) -> Any:
@@ -261,7 +316,10 @@ def _holds_templates(container: Any) -> bool:
         return any(_holds_templates(v) for v in container.values())
     if isinstance(container, (list, tuple)):
         return any(_holds_templates(v) for v in container)
-    return False
+    if container is None or isinstance(container, (str, bytes, bytearray, int, float)):
+        return False
+    record = target_record(container)
+    return record is not None and any(_holds_templates(child) for _, child in record[0])
 
 
 def _dtype_name(array: Any) -> str:

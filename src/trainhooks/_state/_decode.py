@@ -1,12 +1,18 @@
 """Turning a checkpoint's JSON tree back into values: fresh arrays read (and verified) from
 the store, plain Python values, and markers for objects that restore through
 ``load_state_dict``. Nothing is applied to the caller's objects here (see ``_apply``).
+
+No class is ever imported by a name read from the file: records (dataclasses, pytree nodes)
+decode as ``RecordValue`` markers that become the target's own type on restore, or a dict
+without one. Of the class names a checkpoint notes, only two built-in ones are rebuilt
+without a target: ``collections.OrderedDict`` and ``bytearray``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +20,14 @@ from typing import Any
 from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._state._adapters._registry import adapter_for, is_framework
 
-__all__ = ["GeneratorValue", "StatefulValue", "decode_tree"]
+__all__ = [
+    "CallableValue",
+    "GeneratorValue",
+    "RecordValue",
+    "StatefulValue",
+    "decode_tree",
+    "to_plain",
+]
 
 ReadTensor = Callable[[str, str], Any]  # (tensor name, kind) -> fresh verified array
 
@@ -35,6 +48,28 @@ class GeneratorValue:
     state: Any
 
 
+@dataclass
+class RecordValue:
+    """A saved record (a dataclass or pytree node's children by name); restored into the
+    target's own type, or as a dict of its children where there is none."""
+
+    cls: str
+    items: dict[str | int, Any]
+
+
+@dataclass
+class CallableValue:
+    """A callable inside a record, saved by name only: the target's own is kept."""
+
+    name: str
+
+
+_REBUILT: dict[str, Callable[[Any], Any]] = {
+    "collections.OrderedDict": OrderedDict,
+    "builtins.bytearray": bytearray,
+}
+
+
 def decode_tree(node: Any, read_tensor: ReadTensor) -> Any:
     """Decode one tree node; tensors are read through ``read_tensor``."""
     if not isinstance(node, dict):
@@ -45,19 +80,26 @@ def decode_tree(node: Any, read_tensor: ReadTensor) -> Any:
     if kind == "tensor":
         return read_tensor(node["name"], node.get("kind", "numpy"))
     if kind == "dict":
-        return {_key(k): decode_tree(v, read_tensor) for k, v in node["items"]}
+        items = {_key(k): decode_tree(v, read_tensor) for k, v in node["items"]}
+        return _REBUILT[node["class"]](items) if node.get("class") in _REBUILT else items
     if kind in ("list", "tuple"):
-        items = [decode_tree(v, read_tensor) for v in node["items"]]
-        return items if kind == "list" else tuple(items)
+        values = [decode_tree(v, read_tensor) for v in node["items"]]
+        return values if kind == "list" else tuple(values)
     if kind == "float":
         return float(_text(node, "value"))
     if kind == "bytes":
         try:
-            return base64.b64decode(_text(node, "value"), validate=True)
+            data = base64.b64decode(_text(node, "value"), validate=True)
         except binascii.Error as exc:
             raise CheckpointFormatError(f"a bytes value is not valid base64 ({exc})") from None
+        return _REBUILT[node["class"]](data) if node.get("class") in _REBUILT else data
     if kind == "stateful":
         return StatefulValue(str(node.get("class")), decode_tree(node["state"], read_tensor))
+    if kind == "record":
+        items = {_key(k): decode_tree(v, read_tensor) for k, v in node["items"]}
+        return RecordValue(str(node.get("class")), items)
+    if kind == "callable":
+        return CallableValue(str(node.get("name")))
     if isinstance(kind, str) and is_framework(kind):
         return _framework_node(kind, node, read_tensor)
     raise CheckpointFormatError(f"unknown tree node type {str(kind)[:80]!r}")
@@ -88,11 +130,17 @@ def _key(key: Any) -> str | int:
 
 
 def to_plain(value: Any) -> Any:
-    """Replace markers by their saved state: the form ``trainhooks.load`` returns."""
+    """Replace markers by their saved state: the form ``trainhooks.load`` returns (a
+    record as a dict of its children, a callable inside one as None)."""
     if isinstance(value, (StatefulValue, GeneratorValue)):
         return to_plain(value.state)
+    if isinstance(value, RecordValue):
+        return to_plain(value.items)
+    if isinstance(value, CallableValue):
+        return None
     if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
+        plain = {k: to_plain(v) for k, v in value.items()}
+        return OrderedDict(plain) if isinstance(value, OrderedDict) else plain
     if isinstance(value, list):
         return [to_plain(v) for v in value]
     if isinstance(value, tuple):

@@ -3,6 +3,10 @@
 Every leaf becomes a JSON node; arrays become ``{"type": "tensor", "name": ...}`` nodes whose
 bytes go to the safetensors file. Objects with ``state_dict()`` are stored through it, so
 nothing is ever pickled. Dict keys keep their type (str or int: optimizer state uses ints).
+Dataclasses and a framework's container nodes (JAX pytree nodes) are stored as records of
+their children (see ``_containers``); containers of a type other than the built-in one note
+its class name, for information only. Inside a record, a callable that is no state (an
+equinox module's activation function) is recorded by name only and restored from the target.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._state._adapters._base import ArrayAdapter
 from trainhooks._state._adapters._registry import adapter_of, loaded_adapters
+from trainhooks._state._containers import Children, class_name, record_of
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._limits import count_problem, depth_problem, name_problem, rank_problem
 
@@ -43,6 +48,7 @@ class _Encoder:
     def __init__(self) -> None:
         self.tensors: list[TensorSource] = []
         self._names: set[str] = {"__metadata__"}  # reserved by the safetensors header
+        self._in_record = 0  # how many records enclose the value being encoded
 
     def encode(self, value: Any, path: tuple[Any, ...], depth: int = 1) -> dict[str, Any]:
         """The node of ``value``, which sits at JSON level ``depth`` of the tree; each node
@@ -59,12 +65,14 @@ class _Encoder:
             return {"type": "float", "value": repr(value)}
         if isinstance(value, Mapping):
             pairs = [self._item(k, v, path, depth) for k, v in value.items()]
-            return {"type": "dict", "items": pairs}
+            return _with_class({"type": "dict", "items": pairs}, value, dict)
         if isinstance(value, (list, tuple)):
             items = [self.encode(v, (*path, i), depth + 2) for i, v in enumerate(value)]
-            return {"type": "list" if isinstance(value, list) else "tuple", "items": items}
+            kind = list if isinstance(value, list) else tuple
+            return _with_class({"type": kind.__name__, "items": items}, value, kind)
         if isinstance(value, (bytes, bytearray)):
-            return {"type": "bytes", "value": base64.b64encode(value).decode()}
+            node = {"type": "bytes", "value": base64.b64encode(value).decode()}
+            return _with_class(node, value, bytes)
         return self._special(value, path, depth)
 
     def _special(self, value: Any, path: tuple[Any, ...], depth: int) -> dict[str, Any]:
@@ -77,17 +85,29 @@ class _Encoder:
             if named is not None:
                 return {"type": named[0], "value": named[1]}
         if is_stateful(value):
-            cls = type(value)
-            return {
-                "type": "stateful",
-                "class": f"{cls.__module__}.{cls.__qualname__}",
-                "state": self.encode(value.state_dict(), path, depth + 1),
-            }
+            state = self.encode(value.state_dict(), path, depth + 1)
+            return {"type": "stateful", "class": class_name(value), "state": state}
+        children = record_of(value)
+        if children is not None:
+            return self._record(value, children, path, depth)
+        if self._in_record and callable(value):
+            return {"type": "callable", "name": _callable_name(value)}
         raise CheckpointFormatError(
             f"cannot checkpoint {where(path)}: values of type {type(value).__qualname__} are "
             "not supported (no pickle is used). Store arrays, numbers, strings, None, "
-            "dicts/lists/tuples of them, or an object with state_dict()/load_state_dict()."
+            "dicts/lists/tuples/dataclasses of them, JAX pytrees, or an object with "
+            "state_dict()/load_state_dict()."
         )
+
+    def _record(
+        self, value: Any, children: Children, path: tuple[Any, ...], depth: int
+    ) -> dict[str, Any]:
+        self._in_record += 1
+        try:
+            items = [self._item(name, child, path, depth) for name, child in children]
+        finally:
+            self._in_record -= 1
+        return {"type": "record", "class": class_name(value), "items": items}
 
     def _item(self, key: Any, value: Any, path: tuple[Any, ...], depth: int) -> list[Any]:
         if isinstance(key, bool) or not isinstance(key, (str, int)):
@@ -126,3 +146,20 @@ def _refuse(path: tuple[Any, ...], problem: str | None) -> None:
 def where(path: tuple[Any, ...]) -> str:
     """How a position in the state reads in an error message: ``state['model']['w']``."""
     return "state" + "".join(f"[{part!r}]" for part in path)
+
+
+def _with_class(node: dict[str, Any], value: object, builtin: type) -> dict[str, Any]:
+    """``node`` noting the class of a container of a type other than ``builtin`` (an
+    ``OrderedDict``, a named tuple, a ``bytearray``): information, and the one type a
+    reader rebuilds without a target when it is a built-in one it knows."""
+    if type(value) is not builtin:
+        node["class"] = class_name(value)
+    return node
+
+
+def _callable_name(value: object) -> str:
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    module = getattr(value, "__module__", None)
+    if isinstance(name, str) and isinstance(module, str):
+        return f"{module}.{name}"
+    return class_name(value)

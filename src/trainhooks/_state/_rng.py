@@ -2,8 +2,12 @@
 
 Put ``RNGState()`` in the state mapping to make a resumed run draw the same random numbers
 as an uninterrupted one: Python's ``random``, NumPy's legacy global generator and, when
-torch is in use, torch's CPU generator (each framework's adapter says whether it has a
-process-wide generator). Each is stored as plain JSON/arrays, never pickled.
+torch is in use, torch's CPU generator, every CUDA device's (once CUDA is initialised) and
+MPS's (each framework's adapter says what its process-wide random state is). A device
+generator saved where this process has no such device is skipped with a warning. JAX has
+no global generator (its keys belong in the state, where they round-trip as keys); for JAX
+this records the configuration that decides what a key draws, and warns on a resume under
+another one. Each is stored as plain JSON/arrays, never pickled.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ __all__ = ["RNGState"]
 
 
 class RNGState:
-    """Checkpoints the process-wide random generators (``random``, NumPy, torch CPU)."""
+    """Checkpoints the process-wide random generators (``random``, NumPy, torch's CPU,
+    CUDA and MPS generators) and JAX's PRNG configuration."""
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss_next = random.getstate()

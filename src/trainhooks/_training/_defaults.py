@@ -12,6 +12,7 @@ import sys
 from typing import Any, TypeVar
 
 from trainhooks._hooks._checkpoint_saver import CheckpointSaverHook
+from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._hooks._step_counter import StepCounterHook
 
 __all__ = ["UseDefault", "default_is_chief", "resolve_default", "training_hooks"]
@@ -63,8 +64,10 @@ def training_hooks(
     save_summaries_secs: float | None,
     log_step_count_steps: int | None,
     max_to_keep: int | None,
+    resume_check: bool | ResumeCheckHook = True,
 ) -> list[object]:
-    """The chief's hook list in TF's order: chief-only, counter, summaries, saver, hooks."""
+    """The chief's hook list in TF's order: chief-only, counter, summaries, saver, hooks;
+    the resume check (not in TF) follows the saver."""
     result = list(chief_only_hooks)
     output_dir = summary_dir if summary_dir is not None else checkpoint_dir
     if output_dir is not None:
@@ -79,8 +82,10 @@ def training_hooks(
             if summary_hook is not None:
                 result.append(summary_hook)
     steps, secs = _positive(save_checkpoint_steps), _positive(save_checkpoint_secs)
+    given = [*chief_only_hooks, *hooks]
+    saver_hook = None if checkpoint_dir is None else _saver_for(checkpoint_dir, given)
     if checkpoint_dir is not None and (steps is not None or secs is not None):
-        if _has_saver_for(checkpoint_dir, [*chief_only_hooks, *hooks]):
+        if saver_hook is not None:
             # TF would install a second saver writing every checkpoint twice; here two
             # writers on one directory would collide on its lock, so the user's hook wins.
             _LOG.info(
@@ -88,21 +93,36 @@ def training_hooks(
                 checkpoint_dir,
             )
         else:
-            result.append(
-                CheckpointSaverHook(
-                    checkpoint_dir, save_secs=secs, save_steps=steps, max_to_keep=max_to_keep
-                )
+            saver_hook = CheckpointSaverHook(
+                checkpoint_dir, save_secs=secs, save_steps=steps, max_to_keep=max_to_keep
             )
+            result.append(saver_hook)
+    if saver_hook is not None:
+        result.extend(_resume_check(resume_check, saver_hook, given))
     result.extend(hooks)
     return result
 
 
-def _has_saver_for(checkpoint_dir: str | os.PathLike[str], hooks: list[object]) -> bool:
+def _saver_for(
+    checkpoint_dir: str | os.PathLike[str], hooks: list[object]
+) -> CheckpointSaverHook | None:
     target = os.path.realpath(checkpoint_dir)
-    return any(
-        isinstance(h, CheckpointSaverHook) and os.path.realpath(h.checkpoint_dir) == target
-        for h in hooks
-    )
+    for h in hooks:
+        if isinstance(h, CheckpointSaverHook) and os.path.realpath(h.checkpoint_dir) == target:
+            return h
+    return None
+
+
+def _resume_check(
+    option: bool | ResumeCheckHook, saver_hook: CheckpointSaverHook, hooks: list[object]
+) -> list[object]:
+    """The resume check to add after the saver: none when off or already given."""
+    if option is False or any(isinstance(h, ResumeCheckHook) for h in hooks):
+        return []
+    check = ResumeCheckHook() if option is True else option
+    if check.saver_hook is None:
+        check._follow(saver_hook)
+    return [check]
 
 
 def _summary_saver_hook(**kwargs: Any) -> object | None:

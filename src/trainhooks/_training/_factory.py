@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._session._core import MonitoredSession
 from trainhooks._session._dispatch import as_hook_list
 from trainhooks._training._defaults import (
@@ -46,6 +47,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     stop_grace_period_secs: float = 120,
     max_wait_secs: float = 7200,
     save_graph_def: bool = True,
+    resume_check: bool | ResumeCheckHook = True,
 ) -> MonitoredSession:
     """Create a ``MonitoredSession`` with TF's standard hooks installed on the chief.
 
@@ -56,6 +58,11 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     (``save_checkpoint_secs`` / ``_steps``, keeping ``max_to_keep``) when
     ``checkpoint_dir`` is set, then ``hooks``. Other workers run only ``hooks``. Every
     worker restores ``state`` from ``checkpoint_dir``.
+
+    Not in TF: with checkpoints saved, the chief also gets a ``ResumeCheckHook`` that
+    warns when steps re-run after a restore return other values than before the crash
+    (a scheduler or data position missing from ``state``). ``resume_check=False`` turns
+    it off; ``resume_check=ResumeCheckHook(rtol=..., on_divergence="raise")`` tunes it.
 
     As in TF, giving ``save_checkpoint_steps`` drops the 600-second default, and giving
     ``save_summaries_secs`` drops the 100-step default. All arguments are keyword-only:
@@ -83,6 +90,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
             save_summaries_secs=save_summaries_secs,
             log_step_count_steps=log_step_count_steps,
             max_to_keep=max_to_keep,
+            resume_check=resume_check,
         )
     return MonitoredSession(
         hooks=all_hooks,

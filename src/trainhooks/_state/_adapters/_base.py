@@ -9,8 +9,9 @@ framework-free. Adding a framework means one new module and one name in ``_regis
 Why these members and no others: they are the points where frameworks actually differ
 when a state is checkpointed (recognising an array, reaching its bytes without a copy,
 making an empty one to read into, copying a verified tensor into an existing one, the
-random generators) and restored without surprises (what an object's ``load_state_dict``
-would refuse, found before anything is written).
+random generators, the containers of its own that must be rebuilt rather than refilled)
+and restored without surprises (what an object's ``load_state_dict`` would refuse, found
+before anything is written).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class ArrayAdapter(Protocol):
         ...
 
     def generator_state(self, value: object) -> tuple[str, Any] | None:
-        """(node type, state) if ``value`` is one of this framework's random generators."""
+        """(node type, state) if ``value`` is one of this framework's random generators
+        (a ``torch.Generator``, a NumPy ``Generator``, a JAX typed key)."""
         ...
 
     def restore_generator(self, node_type: str, target: object, state: Any) -> Any:
@@ -94,6 +96,18 @@ class ArrayAdapter(Protocol):
 
     def set_global_rng_state(self, state: Any) -> None:
         """Restore what ``global_rng_state`` returned."""
+        ...
+
+    # -- the framework's own containers ------------------------------------------------
+    def node_children(self, value: object) -> list[tuple[str | int, Any]] | None:
+        """The children of ``value``, each with its name (a field, key or position), if it
+        is a container node of this framework (a registered JAX pytree node such as an
+        equinox module), else None. Structure kept outside the children is not saved."""
+        ...
+
+    def rebuild_node(self, target: Any, children: list[Any]) -> Any:
+        """A node of ``target``'s own type and structure holding ``children`` (in the
+        order ``node_children(target)`` gave them): how immutable nodes are restored."""
         ...
 
     # -- other framework values --------------------------------------------------------

@@ -117,6 +117,12 @@ class NumpyAdapter:
     def set_global_rng_state(self, state: Any) -> None:
         np.random.set_state(state)
 
+    def node_children(self, value: object) -> list[tuple[str | int, Any]] | None:
+        return None
+
+    def rebuild_node(self, target: Any, children: list[Any]) -> Any:
+        raise TypeError(f"{type(target).__name__} is not a container node of {self.name}")
+
     def value_name(self, value: object) -> tuple[str, str] | None:
         return None
 

@@ -1,9 +1,19 @@
 """The torch adapter: tensors, generators, dtypes and devices, and what torch's own
 ``load_state_dict`` methods refuse. The one module of trainhooks that imports torch; it is
-loaded only once the process has imported torch (or asked for the torch profiler)."""
+loaded only once the process has imported torch (or asked for the torch profiler).
+
+Its process-wide random state is the CPU generator's, every CUDA device's (once CUDA is
+initialised: capturing it must not initialise CUDA in a process that never used it) and
+MPS's when present. A checkpoint restored where a saved device generator has no device
+warns and skips that part. The CUDA and MPS calls are one line each around
+``device_rng_states``, which plans what to set and is tested with real CPU tensors; they
+have not run on a GPU in this project's tests (its machines have none).
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +25,7 @@ from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill
 if TYPE_CHECKING:
     from trainhooks._state._mapped import MappedTensor
 
-__all__ = ["ADAPTER", "TorchAdapter", "start_profiler"]
+__all__ = ["ADAPTER", "TorchAdapter", "device_rng_states", "start_profiler"]
 
 CODE_BY_TORCH: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
@@ -49,6 +59,8 @@ class TorchAdapter:
     name = "torch"
 
     def kind_of(self, value: object) -> str | None:
+        if isinstance(value, torch.nn.Parameter):
+            return "torch_parameter"  # restored without a target as a Parameter again
         return "torch" if isinstance(value, torch.Tensor) else None
 
     def array_bytes(self, value: Any, where: str) -> ArrayBytes:
@@ -69,6 +81,9 @@ class TorchAdapter:
     def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:
         tensor = torch.empty(shape, dtype=TORCH_BY_CODE[code])
         fill(_byte_view(tensor))
+        if kind == "torch_parameter":  # requires_grad as a new Parameter has it
+            grad = tensor.is_floating_point() or tensor.is_complex()  # (True unless integer)
+            return torch.nn.Parameter(tensor, requires_grad=grad)
         return tensor
 
     def view(self, tensor: MappedTensor) -> torch.Tensor:
@@ -117,10 +132,35 @@ class TorchAdapter:
         return generator
 
     def global_rng_state(self) -> Any | None:
-        return torch.get_rng_state()
+        state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        if torch.backends.mps.is_available():
+            state["mps"] = torch.mps.get_rng_state()
+        return state
 
     def set_global_rng_state(self, state: Any) -> None:
-        torch.set_rng_state(_as_tensor(state))
+        if not isinstance(state, dict):  # a checkpoint from before device generators
+            state = {"cpu": state}
+        torch.set_rng_state(_as_tensor(state["cpu"]))
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda, problem = device_rng_states(state.get("cuda", ()), cuda_count, "CUDA")
+        for index, device_state in enumerate(cuda):
+            torch.cuda.set_rng_state(device_state, index)  # queued until CUDA initialises
+        mps_count = 1 if torch.backends.mps.is_available() else 0
+        saved_mps = [state["mps"]] if state.get("mps") is not None else []
+        mps, mps_problem = device_rng_states(saved_mps, mps_count, "MPS")
+        for device_state in mps:
+            torch.mps.set_rng_state(device_state)
+        for message in (problem, mps_problem):
+            if message is not None:
+                warnings.warn(message, stacklevel=3)
+
+    def node_children(self, value: object) -> list[tuple[str | int, Any]] | None:
+        return None
+
+    def rebuild_node(self, target: Any, children: list[Any]) -> Any:
+        raise TypeError(f"{type(target).__name__} is not a container node of {self.name}")
 
     def value_name(self, value: object) -> tuple[str, str] | None:
         if isinstance(value, torch.dtype):
@@ -143,6 +183,37 @@ class TorchAdapter:
 
 def _as_tensor(state: Any) -> torch.Tensor:
     return state if isinstance(state, torch.Tensor) else torch.as_tensor(np.asarray(state))
+
+
+def device_rng_states(
+    saved: Sequence[Any], device_count: int, backend: str
+) -> tuple[list[torch.Tensor], str | None]:
+    """The generator states to set on devices ``0..`` of a backend, from the per-device
+    states a checkpoint holds, and a warning when they do not fit: saved on more devices
+    than this process has (the extra ones are skipped; none are set on a machine without
+    the backend) or on fewer (the other devices keep their state). Pure: no device is
+    touched, so the plan is tested with CPU tensors where no GPU exists."""
+    states = [_as_tensor(state).cpu() for state in saved]
+    if any(state.dtype != torch.uint8 or state.dim() != 1 for state in states):
+        raise ValueError(f"a saved {backend} generator state is not a flat uint8 tensor")
+    usable = states[:device_count]
+    if not states or len(states) == device_count:
+        return usable, None
+    held = f"the checkpoint holds the {backend} random state of {len(states)} device(s)"
+    if not device_count:
+        return [], (
+            f"{held} but this process has no {backend} device: it was not restored, so "
+            f"{backend} random draws will differ from the saved run"
+        )
+    if len(states) > device_count:
+        return usable, (
+            f"{held}, this process has {device_count}: devices 0-{device_count - 1} were "
+            f"restored, the states of the other {len(states) - device_count} skipped"
+        )
+    return usable, (
+        f"{held}, this process has {device_count}: devices 0-{len(states) - 1} were "
+        "restored, the others keep their current state"
+    )
 
 
 def _generator_refusal(target: object, state: Any) -> str | None:
