@@ -41,8 +41,10 @@ class CheckpointSaverHook(SessionRunHook):
 
     Exactly one of ``save_secs`` / ``save_steps`` must be given (``ValueError`` otherwise).
     ``saver`` is a ``trainhooks.Saver`` (default: ``Saver(max_to_keep=max_to_keep)``,
-    created at ``begin`` and closed in ``release()`` when the session closes, which
-    releases the directory lock). ``max_to_keep`` is for that default saver only (a saver
+    created at ``begin`` and closed in ``release()`` when the session closes). The hook
+    takes the directory's lock in ``begin``, so a second process writing there fails at
+    session creation (the error points to ``is_chief``); hooks of one process on the same
+    directory share its writer. ``max_to_keep`` is for that default saver only (a saver
     you pass keeps its own setting). ``listeners`` are ``CheckpointSaverListener`` objects
     called around every save. ``save_secs`` are read from ``clock`` (default
     ``time.monotonic``; see ``SecondOrStepTimer``).
@@ -104,6 +106,7 @@ class CheckpointSaverHook(SessionRunHook):
             from trainhooks._saver import Saver  # lazy: the store pulls in numpy & co.
 
             self._saver = self._owned_saver = Saver(max_to_keep=self._max_to_keep)
+        self._acquire_directory()
         for listener in self._listeners:
             _call_listener(listener, "begin", None)
 
@@ -136,6 +139,24 @@ class CheckpointSaverHook(SessionRunHook):
             owned.close()
 
     # -- saving -------------------------------------------------------------------------
+
+    def _acquire_directory(self) -> None:
+        """Take the directory's lock now: a second writer fails before any training."""
+        acquire = getattr(self._saver, "acquire", None)
+        if not callable(acquire):  # a saver of the user's own making: it locks when it can
+            return
+        from trainhooks._exceptions import CheckpointLockedError
+
+        try:
+            acquire(self._checkpoint_dir)
+        except CheckpointLockedError as exc:  # held by another process
+            raise CheckpointLockedError(
+                f"{exc} In a multi-process job only the chief saves checkpoints: create "
+                "the session with is_chief=True on one process (e.g. rank 0) and "
+                "is_chief=False on the others (MonitoredTrainingSession(is_chief=...)), "
+                "and give CheckpointSaverHooks to chief_only_hooks.",
+                path=exc.path,
+            ) from None
 
     def _save(self, session: HookSession, step: int) -> bool:
         """One save at ``step`` with its listener calls; True if a listener asked to stop."""
