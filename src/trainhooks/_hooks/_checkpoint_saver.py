@@ -99,6 +99,18 @@ class CheckpointSaverHook(SessionRunHook):
         """The directory checkpoints are saved into."""
         return self._checkpoint_dir
 
+    @property
+    def max_to_keep(self) -> int | None:
+        """How many checkpoints the hook's saver keeps (None: all, or a saver of unknown
+        kind)."""
+        keep = self._max_to_keep if self._owns_saver else getattr(self._saver, "max_to_keep", None)
+        return keep or None
+
+    @property
+    def owns_saver(self) -> bool:
+        """Whether the hook creates its own saver (no ``saver=`` was given)."""
+        return self._owns_saver
+
     # -- the hook protocol --------------------------------------------------------------
 
     def begin(self) -> None:

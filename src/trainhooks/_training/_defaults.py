@@ -80,9 +80,11 @@ def training_hooks(
                 result.append(summary_hook)
     steps, secs = _positive(save_checkpoint_steps), _positive(save_checkpoint_secs)
     if checkpoint_dir is not None and (steps is not None or secs is not None):
-        if _has_saver_for(checkpoint_dir, [*chief_only_hooks, *hooks]):
-            # TF would install a second saver writing every checkpoint twice; here two
-            # writers on one directory would collide on its lock, so the user's hook wins.
+        own = _saver_for(checkpoint_dir, [*chief_only_hooks, *hooks])
+        if own is not None:
+            # TF would install a second saver writing every checkpoint twice; the user's
+            # hook is the directory's saver, so the user's hook wins.
+            _check_max_to_keep(max_to_keep, own)
             _LOG.info(
                 "a CheckpointSaverHook for %s was given; not adding the default one",
                 checkpoint_dir,
@@ -90,18 +92,44 @@ def training_hooks(
         else:
             result.append(
                 CheckpointSaverHook(
-                    checkpoint_dir, save_secs=secs, save_steps=steps, max_to_keep=max_to_keep
+                    checkpoint_dir,
+                    save_secs=secs,
+                    save_steps=steps,
+                    max_to_keep=None if max_to_keep is None else int(max_to_keep),
                 )
             )
     result.extend(hooks)
     return result
 
 
-def _has_saver_for(checkpoint_dir: str | os.PathLike[str], hooks: list[object]) -> bool:
+def _saver_for(
+    checkpoint_dir: str | os.PathLike[str], hooks: list[object]
+) -> CheckpointSaverHook | None:
     target = os.path.realpath(checkpoint_dir)
-    return any(
-        isinstance(h, CheckpointSaverHook) and os.path.realpath(h.checkpoint_dir) == target
-        for h in hooks
+    for hook in hooks:
+        if (
+            isinstance(hook, CheckpointSaverHook)
+            and os.path.realpath(hook.checkpoint_dir) == target
+        ):
+            return hook
+    return None
+
+
+def _check_max_to_keep(max_to_keep: int | None, hook: CheckpointSaverHook) -> None:
+    """Refuse a ``max_to_keep`` that the user's own saver hook would silently ignore."""
+    if isinstance(max_to_keep, UseDefault) or (max_to_keep or None) == hook.max_to_keep:
+        return
+    where = (
+        f"CheckpointSaverHook({str(hook.checkpoint_dir)!r}, ..., max_to_keep={max_to_keep!r})"
+        if hook.owns_saver
+        else f"its saver: saver=Saver(max_to_keep={max_to_keep!r})"
+    )
+    kept = "every checkpoint" if hook.max_to_keep is None else hook.max_to_keep
+    raise ValueError(
+        f"MonitoredTrainingSession(max_to_keep={max_to_keep!r}) would be ignored: it is for "
+        f"the default CheckpointSaverHook, and the hooks hold your own CheckpointSaverHook "
+        f"for {hook.checkpoint_dir}, which keeps {kept}. Set it on your hook instead "
+        f"({where}) and drop it here."
     )
 
 
