@@ -9,6 +9,7 @@ which holds that directory's lock and retention (TF's ``max_to_keep`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -29,13 +30,15 @@ from trainhooks._state._apply import apply_state
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
+from trainhooks._state._subtree import select_entry
+from trainhooks._store._export import export_checkpoint
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
 from trainhooks._store._reader import CheckpointReader, committed_paths
 from trainhooks._store._sharing import WriterLease, open_writer
 from trainhooks._store._writer import RetentionPolicy
 
-__all__ = ["Saver", "load"]
+__all__ = ["Saver", "export_safetensors", "load"]
 
 
 class Saver:
@@ -270,3 +273,24 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     with CheckpointReader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
     return plain
+
+
+def export_safetensors(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    only: str | None = None,
+) -> Path:
+    """Write one checkpoint's tensors to ``out_path`` as one verified safetensors file.
+
+    Tensor names are the checkpoint's (``model/fc1.weight``, the names ``trainhooks show``
+    prints). With ``only``, just the entry ``only`` of the state is exported (``"model"``,
+    or a path such as ``"nets/generator"``), its tensors named relative to it: for a torch
+    module those are its ``state_dict()`` keys, so
+    ``model.load_state_dict(safetensors.torch.load_file(out_path))`` works as is (an export
+    of the whole state holds optimizer moments, RNG states and the like too). The header's
+    ``__metadata__`` holds ``trainhooks_step``, ``trainhooks_tree`` (the JSON tree of what
+    was exported) and, with ``only``, ``trainhooks_only``.
+    """
+    select = None if only is None else functools.partial(select_entry, only=only)
+    return export_checkpoint(checkpoint_path, out_path, select=select)

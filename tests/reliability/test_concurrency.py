@@ -3,8 +3,9 @@
 One writer per directory: a ``Saver`` of another process fails fast with
 ``CheckpointLockedError`` naming the holder, and succeeds once the first is gone; savers of
 one process share the writer (one lock, one retention window) and are refused only when
-they ask for another retention. A reader restoring the latest checkpoint in a loop while a writer process saves with
-``max_to_keep=2`` (so every save deletes one) never sees a torn state, never a bare
+they ask for another retention. A reader restoring the latest checkpoint in a loop while
+a writer process saves with ``max_to_keep=2`` (so every save deletes one) never sees a
+torn state, never a bare
 ``FileNotFoundError`` halfway through a load, and never fails once a checkpoint exists.
 """
 
