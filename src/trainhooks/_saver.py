@@ -30,6 +30,7 @@ from trainhooks._state._apply import apply_state
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
+from trainhooks._state._reserved import HOOK_STATE_KEY
 from trainhooks._state._subtree import select_entry
 from trainhooks._store._export import export_checkpoint
 from trainhooks._store._info import CheckpointInfo
@@ -127,7 +128,10 @@ class Saver:
         """Restore ``state`` in place from the newest valid checkpoint (or ``step``).
 
         With ``step=None`` a corrupt newest checkpoint is reported with a warning and the
-        next older valid one is used; with an explicit ``step`` corruption raises.
+        next older valid one is used; with an explicit ``step`` corruption raises. The
+        hooks' own states a session saves (entry ``"__trainhooks__"``) are restored only
+        into a state that has that entry: a session's checkpoint restores into a plain
+        state mapping too.
         """
         directory = Path(directory)
         if step is not None:
@@ -172,7 +176,7 @@ class Saver:
                 f"{path}: the saved state is not a mapping", path=path, step=info.step
             )
         try:
-            apply_state(state, saved, strict=strict, cast=cast)
+            apply_state(state, saved, strict=strict, cast=cast, optional=(HOOK_STATE_KEY,))
         except StateMismatchError as exc:
             raise StateMismatchError(
                 f"{exc} (restoring {path}, step {info.step})", path=path, step=info.step

@@ -20,6 +20,7 @@ from trainhooks._session._hook import (
     SessionRunHook,
     SessionRunValues,
 )
+from trainhooks._session._hook_state import StatefulParts
 from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 if TYPE_CHECKING:
@@ -57,6 +58,12 @@ class CheckpointSaverHook(SessionRunHook):
 
     An exception raised by a listener propagates with its own type, carrying a note
     naming the listener, the method and the step; a checkpoint committed before it stays.
+
+    Each checkpoint holds ``session.checkpoint_state``: the state plus the hooks' own
+    states, among them this hook's, which is its listeners' states
+    (``{"listeners": {name: listener.state_dict()}}`` for every listener that has
+    ``state_dict()`` / ``load_state_dict()``). ``name`` keys this hook's state (default:
+    the class name).
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class CheckpointSaverHook(SessionRunHook):
         *,
         max_to_keep: int | None = 5,
         clock: Clock | None = None,
+        name: str | None = None,
     ) -> None:
         if (save_secs is None) == (save_steps is None):
             raise ValueError(
@@ -93,6 +101,8 @@ class CheckpointSaverHook(SessionRunHook):
         self._owns_saver = saver is None
         self._owned_saver: Saver | None = None  # the one begin() created, until release()
         self._max_to_keep = max_to_keep
+        self._listener_states = StatefulParts(self._listeners, "listener")
+        self.name = name or type(self).__name__
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -150,6 +160,15 @@ class CheckpointSaverHook(SessionRunHook):
             self._saver = None
             owned.close()
 
+    # -- the state it carries across restarts --------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The listeners' states, saved inside each checkpoint (``_session/_hook_state.py``)."""
+        return {"listeners": self._listener_states.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._listener_states.load_state_dict(state.get("listeners", {}))
+
     # -- saving -------------------------------------------------------------------------
 
     def _acquire_directory(self) -> None:
@@ -187,7 +206,7 @@ class CheckpointSaverHook(SessionRunHook):
                 raise RuntimeError(
                     "CheckpointSaverHook used without begin(); run it inside a session"
                 )
-            self._saver.save(session.state, self._checkpoint_dir, step)
+            self._saver.save(session.checkpoint_state, self._checkpoint_dir, step)
         _LOG.info("Calling checkpoint listeners after saving checkpoint %d...", step)
         should_stop = False
         for listener in self._listeners:

@@ -34,6 +34,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
     select_fetches,
 )
+from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
 
 if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
@@ -111,11 +112,13 @@ class MonitoredSession:
         if not isinstance(steps_per_run, int) or steps_per_run < 1:
             raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
         self.state: MutableMapping[str, Any] = {} if state is None else state
+        refuse_reserved_key(self.state)
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self._recoverable = _exception_types(recoverable_errors)
         self._hooks = as_hook_list(hooks)
+        self._hook_states = SessionHookStates(self._hooks)
         self._calls = HookCalls.build(self._hooks)
         self._after_run = tuple(call for _, call in self._calls.after_run)
         self._coord = Coordinator()
@@ -138,6 +141,12 @@ class MonitoredSession:
     def checkpoint_dir(self) -> Path | None:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
+
+    @property
+    def checkpoint_state(self) -> MutableMapping[str, Any]:
+        """What a checkpoint holds: ``state`` plus the hooks' and listeners' own states
+        (one reserved entry, ``"__trainhooks__"``; see ``_hook_state.py``)."""
+        return self._hook_states.around(self.state)
 
     @property
     def restored_checkpoint(self) -> CheckpointInfo | None:
@@ -323,7 +332,7 @@ class MonitoredSession:
 
         try:
             with Saver(max_to_keep=None) as saver:
-                info = saver.restore(self.state, directory)
+                info = saver.restore(self.checkpoint_state, directory)
         except CheckpointNotFoundError:
             # WARNING, not INFO: a mistyped checkpoint_dir looks exactly like a new run
             _LOG.warning(
