@@ -131,7 +131,7 @@ def test_a_session_checkpoint_restores_into_a_plain_state(tmp_path: Path) -> Non
     assert info.step == 4 and state["w"][0] == 4
 
 
-def test_states_no_hook_claims_are_reported(
+def test_a_renamed_hook_starts_afresh_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     train(tmp_path, [Tally(name="old")], [], last_step=2)
@@ -141,7 +141,7 @@ def test_states_no_hook_claims_are_reported(
         train(tmp_path, [renamed], [], last_step=4)
     assert renamed.seen == 2  # started afresh
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("['old']" in m and "name=" in m for m in warnings), warnings
+    assert any("['new']" in m and "['old']" in m and "name=" in m for m in warnings), warnings
 
 
 def test_a_hook_after_the_saver_is_saved_before_its_after_run(tmp_path: Path) -> None:

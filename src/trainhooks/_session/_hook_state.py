@@ -18,8 +18,9 @@ the listeners as they were *before* their ``after_save(S)``. At creation the ses
 restores them with the state (after every ``begin``); the saver hook then calls the
 listeners' ``after_save(S)`` for the restored checkpoint again, which replays exactly what
 the interrupted run did at ``S``. A checkpoint without the entry restores fine (nothing is
-loaded into the hooks); a hook the checkpoint has no state for starts afresh (logged), and
-saved states no hook claims are reported with a warning (a renamed or removed hook).
+loaded into the hooks); a hook the checkpoint has no state for starts afresh, and saved
+states no hook claims are ignored (another worker restores the chief's hooks' states);
+both at once, which a renamed hook causes, is reported with a warning.
 """
 
 from __future__ import annotations
@@ -89,24 +90,33 @@ class StatefulParts:
         return {name: part.state_dict() for name, part in self.parts.items()}
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        missing = []
         for name, part in self.parts.items():
             if name in saved:
                 part.load_state_dict(saved[name])
             else:
-                _LOG.info(
-                    "the checkpoint holds no state for %s %r; it starts afresh", self.what, name
-                )
+                missing.append(name)
         unclaimed = sorted(set(saved) - set(self.parts))
-        if unclaimed:
+        if missing and unclaimed:  # most likely a renamed (or reordered) one
             _LOG.warning(
-                "the checkpoint holds the states of %ss %s, which this session does not "
-                "have (removed, or renamed: give a %s name=... to keep its state across "
-                "changes); they are ignored. This session's %ss: %s",
+                "the checkpoint holds no state for %ss %s, which start afresh, and states for "
+                "%ss %s, which this session does not have and ignores. If a %s was renamed "
+                "or reordered, give it a fixed name=... to keep its state across changes.",
+                self.what,
+                missing,
                 self.what,
                 unclaimed,
                 self.what,
+            )
+        elif missing:
+            _LOG.info(
+                "the checkpoint holds no state for %ss %s; they start afresh", self.what, missing
+            )
+        elif unclaimed:  # e.g. the chief's hooks, restored on another worker
+            _LOG.info(
+                "ignoring the checkpoint's states of %ss %s, not in this session",
                 self.what,
-                sorted(self.parts),
+                unclaimed,
             )
 
 
