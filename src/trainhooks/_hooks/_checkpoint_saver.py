@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trainhooks._exceptions import CheckpointLockedError
 from trainhooks._session._hook import (
     HookSession,
     SessionRunContext,
@@ -166,7 +168,7 @@ class CheckpointSaverHook(SessionRunHook):
         """The listeners' states, saved inside each checkpoint (``_session/_hook_state.py``)."""
         return {"listeners": self._listener_states.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._listener_states.load_state_dict(state.get("listeners", {}))
 
     # -- saving -------------------------------------------------------------------------
@@ -176,8 +178,6 @@ class CheckpointSaverHook(SessionRunHook):
         acquire = getattr(self._saver, "acquire", None)
         if not callable(acquire):  # a saver of the user's own making: it locks when it can
             return
-        from trainhooks._exceptions import CheckpointLockedError
-
         try:
             acquire(self._checkpoint_dir)
         except CheckpointLockedError as exc:  # held by another process
