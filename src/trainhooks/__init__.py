@@ -34,10 +34,10 @@ _PUBLIC: dict[str, str] = {
     "verify_checkpoint": "trainhooks._store._reader",
     "checkpoint_info": "trainhooks._store._reader",
     "prune_checkpoints": "trainhooks._store._writer",
-    "export_safetensors": "trainhooks._store._export",
     # state and the saver
     "Saver": "trainhooks._saver",
     "load": "trainhooks._saver",
+    "export_safetensors": "trainhooks._saver",
     "RNGState": "trainhooks._state._rng",
     # session and hook protocol
     "HookSession": "trainhooks._session._hook",
@@ -104,12 +104,10 @@ if TYPE_CHECKING:
     from trainhooks._store._writer import (
         prune_checkpoints as prune_checkpoints,
     )
-    from trainhooks._store._export import (
-        export_safetensors as export_safetensors,
-    )
     from trainhooks._saver import (
         Saver as Saver,
         load as load,
+        export_safetensors as export_safetensors,
     )
     from trainhooks._state._rng import (
         RNGState as RNGState,

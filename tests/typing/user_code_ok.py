@@ -26,6 +26,7 @@ class LossRecorder(th.SessionRunHook):
     def after_create_session(self, session: th.HookSession, coord: Any) -> None:
         self.restored_from = session.restored_checkpoint
         assert session.checkpoint_dir is not None and session.steps_per_run == 1
+        assert "w" in session.checkpoint_state  # what a saver hook would write
 
     def before_run(self, run_context: th.SessionRunContext) -> th.SessionRunArgs | None:
         return th.SessionRunArgs(fetches="loss")
@@ -95,6 +96,8 @@ def main(directory: Path) -> None:
     assert np.array_equal(restored["w"], state["w"])
     plain = th.load(info.path)
     assert set(plain) >= {"w"}
+    exported: Path = th.export_safetensors(info.path, directory / "w.safetensors", only="w")
+    assert exported.is_file()
     checked = th.verify_checkpoint(info.path, progress=lambda done, total: None)
     kept = th.list_checkpoints(directory)
     assert checked.step == kept[-1].step == th.checkpoint_info(info.path).step

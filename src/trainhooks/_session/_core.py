@@ -34,6 +34,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
     select_fetches,
 )
+from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
 
 if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
@@ -42,6 +43,7 @@ __all__ = ["MonitoredSession", "StepContext"]
 
 _LOG = logging.getLogger("trainhooks")
 _NO_ARGS = SessionRunArgs()
+_IN_STEP = "a hook's before_run/after_run, a listener, or the step function itself"
 
 
 class _StopRequested(StopIteration):
@@ -110,17 +112,20 @@ class MonitoredSession:
         if not isinstance(steps_per_run, int) or steps_per_run < 1:
             raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
         self.state: MutableMapping[str, Any] = {} if state is None else state
+        refuse_reserved_key(self.state)
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self._recoverable = _exception_types(recoverable_errors)
         self._hooks = as_hook_list(hooks)
+        self._hook_states = SessionHookStates(self._hooks)
         self._calls = HookCalls.build(self._hooks)
         self._after_run = tuple(call for _, call in self._calls.after_run)
         self._coord = Coordinator()
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any
         self._state_changed = False  # a step ran since the last restore/creation
+        self._busy: str | None = None  # what hook code or step is running, for nested runs
         try:
             for begin in self._calls.begin:
                 begin()
@@ -136,6 +141,12 @@ class MonitoredSession:
     def checkpoint_dir(self) -> Path | None:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
+
+    @property
+    def checkpoint_state(self) -> MutableMapping[str, Any]:
+        """What a checkpoint holds: ``state`` plus the hooks' and listeners' own states
+        (one reserved entry, ``"__trainhooks__"``; see ``_hook_state.py``)."""
+        return self._hook_states.around(self.state)
 
     @property
     def restored_checkpoint(self) -> CheckpointInfo | None:
@@ -173,6 +184,8 @@ class MonitoredSession:
         and may do other work around them; ``step_context.request_stop()`` ends the loop.
         Returns what ``step_fn`` returns, or None when it requested a stop.
         """
+        if self._busy is not None:
+            self._raise_nested_run("run_step_fn()")
         while True:
             try:
                 self._raise_if_stopped()
@@ -216,21 +229,27 @@ class MonitoredSession:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """One step: every ``before_run``, ``fn``, the global step, every ``after_run``."""
+        if self._busy is not None:
+            self._raise_nested_run()
         if self._coord.stop:
             self._raise_if_stopped()
-        context = SessionRunContext(_NO_ARGS, self)
-        requests: dict[int, SessionRunArgs] | None = None
-        if self._calls.before_run:  # only then may a hook ask for results or feed
-            requests, kwargs = self._call_before_run(context, kwargs)
-        result = fn(*args, **kwargs)
-        self.global_step += self.steps_per_run
-        self._state_changed = True
-        if requests:
-            self._call_after_run_with_results(context, requests, result)
-        elif self._after_run:  # the common case, kept inline: nobody asked for results
-            values = plain_run_values(result)
-            for after_run in self._after_run:
-                after_run(context, values)
+        self._busy = _IN_STEP
+        try:  # kept in one function: this is the per-step path
+            context = SessionRunContext(_NO_ARGS, self)
+            requests: dict[int, SessionRunArgs] | None = None
+            if self._calls.before_run:  # only then may a hook ask for results or feed
+                requests, kwargs = self._call_before_run(context, kwargs)
+            result = fn(*args, **kwargs)
+            self.global_step += self.steps_per_run
+            self._state_changed = True
+            if requests:
+                self._call_after_run_with_results(context, requests, result)
+            elif self._after_run:  # the common case, kept inline: nobody asked for results
+                values = plain_run_values(result)
+                for after_run in self._after_run:
+                    after_run(context, values)
+        finally:
+            self._busy = None
         if context._stop_requested:
             self._coord.stop = True
         return result
@@ -268,6 +287,15 @@ class MonitoredSession:
             else:
                 after_run(context, values)
 
+    def _raise_nested_run(self, what: str = "session.run()") -> None:
+        raise RuntimeError(
+            f"{what} was called from inside {self._busy} (global step "
+            f"{self.global_step}); that would run and count a training step inside the "
+            "current one, and trigger the saver's hooks again. To compute a value there, "
+            "call the function directly (e.g. eval_fn(...) or model(x)) and read the "
+            "model from session.state; a hook gets the step's results in run_values"
+        )
+
     def _raise_if_stopped(self) -> None:
         if self._closed:
             raise RuntimeError("run called on a closed session; create a new session")
@@ -292,17 +320,27 @@ class MonitoredSession:
         if self._checkpoint_dir is not None:
             self._restore_latest(self._checkpoint_dir)
         self._state_changed = False
-        for after_create_session in self._calls.after_create_session:
-            after_create_session(self, self._coord)
+        self._busy = "a hook's after_create_session or a listener it calls"
+        try:
+            for after_create_session in self._calls.after_create_session:
+                after_create_session(self, self._coord)
+        finally:
+            self._busy = None
 
     def _restore_latest(self, directory: Path) -> None:
         from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
 
         try:
             with Saver(max_to_keep=None) as saver:
-                info = saver.restore(self.state, directory)
+                info = saver.restore(self.checkpoint_state, directory)
         except CheckpointNotFoundError:
-            _LOG.info("no checkpoint in %s; starting at step %d", directory, self.global_step)
+            # WARNING, not INFO: a mistyped checkpoint_dir looks exactly like a new run
+            _LOG.warning(
+                "no checkpoint found in %s; starting at step %d (expected for a new run; "
+                "to resume, check checkpoint_dir)",
+                directory.absolute(),
+                self.global_step,
+            )
             return
         self.global_step = info.step
         self._restored = info
@@ -324,9 +362,11 @@ class MonitoredSession:
         self._closed = True
         try:
             if normal:
+                self._busy = "a hook's end or a listener it calls"
                 for end in self._calls.end:
                     end(self)
         finally:
+            self._busy = None
             self._coord.stop = True
             self._release_hooks()
 

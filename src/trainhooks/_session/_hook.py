@@ -77,6 +77,16 @@ class HookSession(Protocol):
         ...
 
     @property
+    def checkpoint_state(self) -> MutableMapping[str, Any]:
+        """What a saver writes: ``state`` plus the hooks' and listeners' own states.
+
+        Those are the states of every hook and listener with ``state_dict()`` /
+        ``load_state_dict()``, under one reserved entry (``"__trainhooks__"``); the session
+        restores them at creation. A hook that saves checkpoints saves this mapping.
+        """
+        ...
+
+    @property
     def steps_per_run(self) -> int:
         """How many training steps one ``run`` call counts for (TF's ``steps_per_run``)."""
         ...

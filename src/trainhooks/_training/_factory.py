@@ -39,7 +39,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     log_step_count_steps: int | None = 100,
     steps_per_run: int = 1,
     recoverable_errors: Iterable[type[BaseException]] = (),
-    max_to_keep: int | None = 5,
+    max_to_keep: int | None = UseDefault(5),
     summary_dir: str | os.PathLike[str] | None = None,
     master: str = "",
     scaffold: Any = None,
@@ -65,7 +65,10 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     it off; ``resume_check=ResumeCheckHook(rtol=..., on_divergence="raise")`` tunes it.
 
     As in TF, giving ``save_checkpoint_steps`` drops the 600-second default, and giving
-    ``save_summaries_secs`` drops the 100-step default. All arguments are keyword-only:
+    ``save_summaries_secs`` drops the 100-step default. ``max_to_keep`` is for the default
+    saver hook: given together with your own ``CheckpointSaverHook`` for
+    ``checkpoint_dir`` that keeps another number, it is refused (``ValueError``) rather
+    than silently ignored; set it on your hook. All arguments are keyword-only:
     TF's first positional argument is ``master``, so positional TF calls would bind
     wrongly. ``master``, ``scaffold``, ``config``, ``stop_grace_period_secs``,
     ``max_wait_secs`` and ``save_graph_def`` are accepted and ignored.
