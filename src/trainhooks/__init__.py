@@ -26,6 +26,10 @@ _PUBLIC: dict[str, str] = {
     "CheckpointFormatError": "trainhooks._exceptions",
     "StateMismatchError": "trainhooks._exceptions",
     "NanLossDuringTrainingError": "trainhooks._exceptions",
+    "RollbackRequested": "trainhooks._exceptions",
+    # preemption: the exit a preempted session raises, and its status
+    "Preempted": "trainhooks._exceptions",
+    "EXIT_PREEMPTED": "trainhooks._exceptions",
     # checkpoint store
     "CheckpointInfo": "trainhooks._store._info",
     "list_checkpoints": "trainhooks._store._reader",
@@ -48,7 +52,7 @@ _PUBLIC: dict[str, str] = {
     "MonitoredSession": "trainhooks._session._monitored",
     "SingularMonitoredSession": "trainhooks._session._monitored",
     "MonitoredTrainingSession": "trainhooks._training._factory",
-    "StepContext": "trainhooks._session._core",
+    "StepContext": "trainhooks._session._step_context",
     # hooks
     "CheckpointSaverHook": "trainhooks._hooks._checkpoint_saver",
     "SupportsSave": "trainhooks._hooks._checkpoint_saver",
@@ -88,6 +92,9 @@ if TYPE_CHECKING:
         CheckpointFormatError as CheckpointFormatError,
         StateMismatchError as StateMismatchError,
         NanLossDuringTrainingError as NanLossDuringTrainingError,
+        RollbackRequested as RollbackRequested,
+        Preempted as Preempted,
+        EXIT_PREEMPTED as EXIT_PREEMPTED,
     )
     from trainhooks._store._info import (
         CheckpointInfo as CheckpointInfo,
@@ -128,7 +135,7 @@ if TYPE_CHECKING:
     from trainhooks._training._factory import (
         MonitoredTrainingSession as MonitoredTrainingSession,
     )
-    from trainhooks._session._core import (
+    from trainhooks._session._step_context import (
         StepContext as StepContext,
     )
     from trainhooks._hooks._checkpoint_saver import (
