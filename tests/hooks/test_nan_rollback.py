@@ -193,3 +193,56 @@ def test_a_spike_fails_the_run_outside_rollback_mode():
     ):
         while not sess.should_stop():
             sess.run(lambda: {"loss": next(losses)})
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11
+def test_a_poisoned_example_behind_a_stateful_loader_is_skipped_exactly(tmp_path: Path) -> None:
+    """The loader is in ``state``: the rollback restores its position too, and the loop
+    starts a new iterator when ``restored_checkpoint`` says a restore just happened."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from torchdata.stateful_dataloader.sampler import RandomSampler
+
+    generator = torch.Generator().manual_seed(7)
+    inputs = torch.randn(96, 4, generator=generator)
+    targets = inputs.sum(dim=1, keepdim=True)
+    inputs[41, 2] = float("nan")  # one bad example: its batch comes once an epoch
+    dataset = torch.utils.data.TensorDataset(inputs, targets)
+
+    def build_loader() -> StatefulDataLoader:
+        return StatefulDataLoader(
+            dataset,
+            batch_size=8,
+            sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(1)),
+            generator=torch.Generator().manual_seed(2),
+        )
+
+    last_step = 30  # 12 batches an epoch: the bad batch comes in three epochs
+    state = {**build_state(), "loader": build_loader()}
+    with th.MonitoredTrainingSession(
+        checkpoint_dir=tmp_path,
+        state=state,
+        hooks=[th.NanTensorHook("loss", rollback=True), th.StopAtStepHook(last_step=last_step)],
+        save_checkpoint_steps=SAVE_STEPS,
+        save_summaries_steps=None,
+        log_step_count_steps=None,
+    ) as sess:
+        while not sess.should_stop():
+            for x, y in state["loader"]:  # a new iterator starts where the loader's state is
+                sess.run(train_step, state, x, y)
+                if sess.should_stop() or sess.restored_checkpoint is not None:
+                    break  # stopped, or a rollback moved the loader back: iterate anew
+        skipped = sess.skipped_steps
+
+    reference, loader, consumed = build_state(), build_loader(), 0
+    clean_steps = []
+    while consumed < last_step:
+        for x, y in loader:
+            consumed += 1
+            if not torch.isnan(x).any():
+                train_step(reference, x, y)
+                clean_steps.append(consumed)
+            if consumed == last_step:
+                break
+    assert len(skipped) == 3
+    assert sorted(skipped) == [s for s in range(1, last_step + 1) if s not in clean_steps]
+    assert_same_tree(plain(state), plain(reference))
