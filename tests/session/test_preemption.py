@@ -253,3 +253,17 @@ def test_signals_that_cannot_be_handled_are_refused(tmp_path):
         th.MonitoredSession(preemption_signals=[signal.SIGKILL])
     with pytest.raises(TypeError, match="signal numbers"):
         th.MonitoredSession(preemption_signals=["SIGTERM"])  # type: ignore[list-item]
+
+
+def test_a_session_dropped_without_close_hands_the_signal_back_to_the_previous_handler(
+    tmp_path, guard
+):
+    import gc
+
+    sess = quiet_session(checkpoint_dir=tmp_path, state={"w": np.zeros(1)})
+    assert signal.getsignal(signal.SIGTERM) is not guard
+    del sess
+    gc.collect()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.received == [signal.SIGTERM]  # not swallowed by a session that is gone
+    assert signal.getsignal(signal.SIGTERM) is guard

@@ -33,6 +33,7 @@ from trainhooks._session._dispatch import (
     as_hook_list,
     call_after_run_with_results,
     call_before_run,
+    exception_types,
     plain_run_values,
 )
 from trainhooks._session._hook import SessionRunArgs, SessionRunContext
@@ -99,7 +100,7 @@ class MonitoredSession:
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self._recoverable = _exception_types(recoverable_errors)
+        self._recoverable = exception_types(recoverable_errors)
         self._hooks = as_hook_list(hooks)
         self._calls = HookCalls.build(self._hooks)
         self._after_run = tuple(call for _, call in self._calls.after_run)
@@ -394,12 +395,3 @@ class MonitoredSession:
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-
-def _exception_types(types: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
-    # a lone class is accepted too; every item is checked below
-    result: tuple[Any, ...] = (types,) if isinstance(types, type) else tuple(types)
-    for t in result:
-        if not (isinstance(t, type) and issubclass(t, BaseException)):
-            raise TypeError(f"recoverable_errors must hold exception classes, got {t!r}")
-    return result

@@ -26,6 +26,7 @@ __all__ = [
     "as_hook_list",
     "call_after_run_with_results",
     "call_before_run",
+    "exception_types",
     "plain_run_values",
 ]
 
@@ -151,3 +152,12 @@ def call_after_run_with_results(
             after_run(context, SessionRunValues(results, step_result=result))
         else:
             after_run(context, values)
+
+
+def exception_types(types: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    """``recoverable_errors`` as a tuple of exception classes (a lone class is accepted)."""
+    result: tuple[Any, ...] = (types,) if isinstance(types, type) else tuple(types)
+    for t in result:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"recoverable_errors must hold exception classes, got {t!r}")
+    return result

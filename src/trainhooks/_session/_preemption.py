@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -41,12 +42,19 @@ class PreemptionSignals:
     """Handlers for ``signals`` that call ``on_signal(signum)``; the previous ones come back.
 
     ``install()`` replaces the handlers (in the main thread only) and ``restore()`` puts
-    the previous ones back; both may be called more than once.
+    the previous ones back; both may be called more than once. A bound method is held
+    weakly: if its session was dropped without being closed, the next signal puts the
+    previous handlers back and is delivered again to them, instead of being swallowed by
+    a session that no longer exists.
     """
 
-    def __init__(self, signals: Iterable[int], on_signal: Callable[[int], None]) -> None:
+    def __init__(self, signals: Iterable[int], on_signal: Callable[[int | None], None]) -> None:
         self._signals = _checked(signals)
-        self._on_signal = on_signal
+        self._on_signal: Callable[[], Callable[[int | None], None] | None]
+        if hasattr(on_signal, "__self__"):
+            self._on_signal = weakref.WeakMethod(on_signal)
+        else:
+            self._on_signal = lambda: on_signal
         self._previous: dict[int, Any] = {}
 
     @property
@@ -79,7 +87,12 @@ class PreemptionSignals:
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._on_signal(signum)
+        on_signal = self._on_signal()
+        if on_signal is None:  # the session is gone: hand the signal to whoever was before
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        on_signal(signum)
 
 
 def _checked(signals: Iterable[int]) -> tuple[int, ...]:
