@@ -27,6 +27,10 @@ _PUBLIC: dict[str, str] = {
     "StateMismatchError": "trainhooks._exceptions",
     "NanLossDuringTrainingError": "trainhooks._exceptions",
     "ResumeDivergenceError": "trainhooks._exceptions",
+    "RollbackRequested": "trainhooks._exceptions",
+    # preemption: the exit a preempted session raises, and its status
+    "Preempted": "trainhooks._exceptions",
+    "EXIT_PREEMPTED": "trainhooks._exceptions",
     # checkpoint store
     "CheckpointInfo": "trainhooks._store._info",
     "list_checkpoints": "trainhooks._store._reader",
@@ -49,7 +53,7 @@ _PUBLIC: dict[str, str] = {
     "MonitoredSession": "trainhooks._session._monitored",
     "SingularMonitoredSession": "trainhooks._session._monitored",
     "MonitoredTrainingSession": "trainhooks._training._factory",
-    "StepContext": "trainhooks._session._core",
+    "StepContext": "trainhooks._session._step_context",
     # hooks
     "CheckpointSaverHook": "trainhooks._hooks._checkpoint_saver",
     "SupportsSave": "trainhooks._hooks._checkpoint_saver",
@@ -91,6 +95,9 @@ if TYPE_CHECKING:
         StateMismatchError as StateMismatchError,
         NanLossDuringTrainingError as NanLossDuringTrainingError,
         ResumeDivergenceError as ResumeDivergenceError,
+        RollbackRequested as RollbackRequested,
+        Preempted as Preempted,
+        EXIT_PREEMPTED as EXIT_PREEMPTED,
     )
     from trainhooks._store._info import (
         CheckpointInfo as CheckpointInfo,
@@ -129,7 +136,7 @@ if TYPE_CHECKING:
     from trainhooks._training._factory import (
         MonitoredTrainingSession as MonitoredTrainingSession,
     )
-    from trainhooks._session._core import (
+    from trainhooks._session._step_context import (
         StepContext as StepContext,
     )
     from trainhooks._hooks._checkpoint_saver import (

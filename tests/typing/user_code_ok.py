@@ -115,3 +115,24 @@ def main(directory: Path) -> None:
         assert exc.path is not None
     saver_protocol: th.SupportsSave = th.Saver()
     assert callable(saver_protocol.save)
+
+    # preemption and rollback, as a preemptible job uses them
+    guard = th.NanTensorHook("loss", rollback=True, max_rollbacks=2, spike_factor=10.0)
+    try:
+        with th.MonitoredTrainingSession(
+            checkpoint_dir=directory / "preemptible",
+            state=restored,
+            hooks=[guard],
+            save_checkpoint_steps=2,
+            save_summaries_steps=None,
+            preemption_signals=(),
+        ) as preemptible:
+            skipped: frozenset[int] = preemptible.skipped_steps
+            assert not skipped and not preemptible.preempted
+            preemptible.run(train_step, restored["w"], 1.0)
+            preemptible.request_preemption()
+    except th.Preempted as preempted:
+        status: int = th.EXIT_PREEMPTED
+        assert preempted.code == status and preempted.step == 1
+    else:
+        raise AssertionError("a preempted session leaves its with block with Preempted")
