@@ -13,8 +13,8 @@ import signal
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._hooks._nan_tensor import NanTensorHook
+from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._session._core import MonitoredSession
 from trainhooks._session._dispatch import as_hook_list
 from trainhooks._training._defaults import (
