@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import statistics
 import tempfile
 import time
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions")
     parser.add_argument("--tf-steps", type=int, default=5_000, help="steps per TF repetition")
     args = parser.parse_args()
+    logging.getLogger("trainhooks").setLevel(logging.ERROR)  # each fresh run warns: no checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         tf_timer = None

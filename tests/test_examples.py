@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import trainhooks as th
+from _support.trees import assert_same_tree
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -75,3 +79,37 @@ def test_numpy_loop_uses_jax_when_it_is_installed(tmp_path):
     assert f"backend: {backend}" in out
     assert "resumed from step 50" in out
     assert float(re.search(r"final validation mse: ([0-9.]+)", out)[1]) < 0.05
+
+
+def test_preemptible_job_saves_on_sigterm_exits_75_and_the_relaunch_resumes_exactly(tmp_path):
+    reference_dir, job_dir = tmp_path / "reference", tmp_path / "job"
+    out = run_example("preemptible_job.py", f"--dir={reference_dir}")
+    assert "finished at step 4000" in out
+
+    # With --log-every=1 the job prints 4000 lines (~96 KB), more than a pipe holds: it
+    # cannot reach its end before this test reads past step 20, so the SIGTERM sent then
+    # always lands in the middle of the run.
+    job = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "preemptible_job.py"), f"--dir={job_dir}", "--log-every=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert job.stdout is not None
+    for line in job.stdout:
+        if line.startswith("step 20 "):
+            job.send_signal(signal.SIGTERM)
+            break
+    out, err = job.communicate(timeout=240)
+    assert job.returncode == th.EXIT_PREEMPTED == 75, err
+    preempted = int(re.search(r"preempted at step (\d+): checkpoint saved", out)[1])
+    assert 20 <= preempted < 4000
+    assert "finished" not in out
+    assert th.latest_checkpoint(job_dir).step == preempted
+
+    out = run_example("preemptible_job.py", f"--dir={job_dir}")
+    assert f"started at step {preempted}" in out
+    assert "finished at step 4000" in out
+    want = th.load(th.latest_checkpoint(reference_dir).path)
+    got = th.load(th.latest_checkpoint(job_dir).path)
+    assert_same_tree(got, want)

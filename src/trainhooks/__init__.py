@@ -27,6 +27,10 @@ _PUBLIC: dict[str, str] = {
     "StateMismatchError": "trainhooks._exceptions",
     "NanLossDuringTrainingError": "trainhooks._exceptions",
     "ResumeDivergenceError": "trainhooks._exceptions",
+    "RollbackRequested": "trainhooks._exceptions",
+    # preemption: the exit a preempted session raises, and its status
+    "Preempted": "trainhooks._exceptions",
+    "EXIT_PREEMPTED": "trainhooks._exceptions",
     # checkpoint store
     "CheckpointInfo": "trainhooks._store._info",
     "list_checkpoints": "trainhooks._store._listing",
@@ -34,10 +38,10 @@ _PUBLIC: dict[str, str] = {
     "verify_checkpoint": "trainhooks._store._reader",
     "checkpoint_info": "trainhooks._store._reader",
     "prune_checkpoints": "trainhooks._store._writer",
-    "export_safetensors": "trainhooks._store._export",
     # state and the saver
     "Saver": "trainhooks._saver",
     "load": "trainhooks._saver",
+    "export_safetensors": "trainhooks._saver",
     "RNGState": "trainhooks._state._rng",
     # session and hook protocol
     "HookSession": "trainhooks._session._hook",
@@ -49,7 +53,7 @@ _PUBLIC: dict[str, str] = {
     "MonitoredSession": "trainhooks._session._monitored",
     "SingularMonitoredSession": "trainhooks._session._monitored",
     "MonitoredTrainingSession": "trainhooks._training._factory",
-    "StepContext": "trainhooks._session._core",
+    "StepContext": "trainhooks._session._step_context",
     # hooks
     "CheckpointSaverHook": "trainhooks._hooks._checkpoint_saver",
     "SupportsSave": "trainhooks._hooks._checkpoint_saver",
@@ -91,6 +95,9 @@ if TYPE_CHECKING:
         StateMismatchError as StateMismatchError,
         NanLossDuringTrainingError as NanLossDuringTrainingError,
         ResumeDivergenceError as ResumeDivergenceError,
+        RollbackRequested as RollbackRequested,
+        Preempted as Preempted,
+        EXIT_PREEMPTED as EXIT_PREEMPTED,
     )
     from trainhooks._store._info import (
         CheckpointInfo as CheckpointInfo,
@@ -106,12 +113,10 @@ if TYPE_CHECKING:
     from trainhooks._store._writer import (
         prune_checkpoints as prune_checkpoints,
     )
-    from trainhooks._store._export import (
-        export_safetensors as export_safetensors,
-    )
     from trainhooks._saver import (
         Saver as Saver,
         load as load,
+        export_safetensors as export_safetensors,
     )
     from trainhooks._state._rng import (
         RNGState as RNGState,
@@ -133,7 +138,7 @@ if TYPE_CHECKING:
     from trainhooks._training._factory import (
         MonitoredTrainingSession as MonitoredTrainingSession,
     )
-    from trainhooks._session._core import (
+    from trainhooks._session._step_context import (
         StepContext as StepContext,
     )
     from trainhooks._hooks._checkpoint_saver import (

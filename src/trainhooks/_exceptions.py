@@ -10,8 +10,15 @@ Every error the library raises on purpose derives from :class:`TrainhooksError`:
     │   ├── CheckpointLockedError        another writer holds the directory
     │   ├── CheckpointFormatError        an unsupported format version or value type
     │   └── StateMismatchError           checkpoint and target state disagree (shape, dtype, keys)
-    ├── NanLossDuringTrainingError       raised by ``NanTensorHook``
-    └── ResumeDivergenceError            a resumed run re-ran a step differently
+    ├── NanLossDuringTrainingError       raised by ``NanTensorHook`` (also when it gives up
+    │                                    rolling back: ``steps`` names the bad steps)
+    ├── ResumeDivergenceError            a resumed run re-ran a step differently
+    └── RollbackRequested                raised by a hook's ``after_run`` to undo the step
+                                         (the session handles it; see docs/preemption.md)
+
+Not an error, and so outside the tree: ``Preempted``, the ``SystemExit`` (status
+``EXIT_PREEMPTED``) a session raises once it has saved and ended after a preemption
+signal, so that a job script exits with a status its scheduler can requeue.
 
 An exception raised by a user's hook or listener is not wrapped: it propagates with its
 own type (TF users catch their own errors), carrying a PEP 678 note that names the
@@ -25,6 +32,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointFormatError",
@@ -32,10 +40,15 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "NanLossDuringTrainingError",
+    "Preempted",
     "ResumeDivergenceError",
+    "RollbackRequested",
     "StateMismatchError",
     "TrainhooksError",
 ]
+
+# sysexits.h's EX_TEMPFAIL, "temporary failure, retry later": docs/preemption.md says why.
+EXIT_PREEMPTED = 75
 
 
 class TrainhooksError(Exception):
@@ -122,7 +135,15 @@ class StateMismatchError(CheckpointError):
 
 
 class NanLossDuringTrainingError(TrainhooksError):
-    """The loss became NaN or infinite (raised by ``NanTensorHook``)."""
+    """The loss became NaN or infinite (raised by ``NanTensorHook``).
+
+    ``steps`` holds the global steps whose loss was bad (in rollback mode: every bad step
+    of the window that made the hook give up).
+    """
+
+    def __init__(self, message: str, *, steps: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.steps = steps
 
 
 class ResumeDivergenceError(TrainhooksError):
@@ -150,3 +171,40 @@ class ResumeDivergenceError(TrainhooksError):
         self.name = name
         self.recorded = recorded
         self.observed = observed
+
+
+class RollbackRequested(TrainhooksError):
+    """Raised by a hook's ``after_run`` to undo the step that just ran.
+
+    The session stops calling the remaining hooks' ``after_run`` for that step, restores
+    ``state`` from the checkpoint at ``step`` in its ``checkpoint_dir``, adds
+    ``skip_steps`` to the steps whose runs it skips from then on, and re-creates itself
+    (every hook's ``after_create_session``, so listeners see a restore); ``run`` then
+    returns the undone step's result. ``reason`` is logged. Raised anywhere else, it
+    propagates like any error.
+    """
+
+    def __init__(self, step: int, skip_steps: tuple[int, ...], reason: str) -> None:
+        super().__init__(
+            f"roll back to the checkpoint at step {step} and skip steps {list(skip_steps)}: "
+            f"{reason}"
+        )
+        self.step = step
+        self.skip_steps = skip_steps
+        self.reason = reason
+
+
+class Preempted(SystemExit):
+    """The session saved, ended and stopped because a preemption was requested.
+
+    A ``SystemExit`` whose ``code`` is ``EXIT_PREEMPTED`` (75): a script that does not
+    catch it exits with that status, which a scheduler can be told to requeue; code after
+    the ``with`` block, which would treat the run as finished, does not run. ``step`` is
+    the global step saved; ``signal_number`` the signal that asked (None when
+    ``request_preemption()`` did).
+    """
+
+    def __init__(self, step: int, signal_number: int | None) -> None:
+        super().__init__(EXIT_PREEMPTED)
+        self.step = step
+        self.signal_number = signal_number

@@ -1,13 +1,15 @@
 """``Saver``: checkpoints a state mapping into a directory and restores it in place; ``load``.
 
 The saver joins the two lower layers: the state layer turns objects into a JSON tree and
-named tensors (and applies them back); the store commits them crash-safely, with one
-``DirectoryWriter`` per directory saved into holding that directory's lock and retention
-(TF's ``max_to_keep`` and ``keep_checkpoint_every_n_hours``).
+named tensors (and applies them back); the store commits them crash-safely, through the
+process's one ``DirectoryWriter`` per directory (a lease on it per directory saved into),
+which holds that directory's lock and retention (TF's ``max_to_keep`` and
+``keep_checkpoint_every_n_hours``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -27,7 +29,10 @@ from trainhooks._state._apply import apply_state
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
+from trainhooks._state._reserved import HOOK_STATE_KEY
+from trainhooks._state._subtree import select_entry
 from trainhooks._store._admit import checked_metadata
+from trainhooks._store._export import export_checkpoint
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
     DEFAULT_BASENAME,
@@ -37,9 +42,10 @@ from trainhooks._store._layout import (
 )
 from trainhooks._store._listing import commits_newest_first
 from trainhooks._store._reader import CheckpointReader
-from trainhooks._store._writer import DirectoryWriter, RetentionPolicy
+from trainhooks._store._sharing import WriterLease, open_writer
+from trainhooks._store._writer import RetentionPolicy
 
-__all__ = ["Saver", "load"]
+__all__ = ["Saver", "export_safetensors", "load"]
 
 
 class Saver:
@@ -50,6 +56,11 @@ class Saver:
     (measured from the first saver's creation, as TF does, and carried across restarts).
     Retention survives crashes: its state is stored in each checkpoint's manifest, so the
     next writer finishes deletions a crash interrupted (see ``docs/design.md``).
+
+    A directory has one writer: a saver takes its lock at its first save there (or at
+    :meth:`acquire`) and keeps it until :meth:`close`, so another process saving there
+    fails with ``CheckpointLockedError``. Savers of one process share the directory's
+    writer (as TF's saver hooks share one saver) if they keep the same retention.
     """
 
     def __init__(
@@ -74,7 +85,7 @@ class Saver:
             keep_every,
             first_keep_time=time.time() + keep_every,  # TF: from the saver's creation
         )
-        self._writers: dict[Path, DirectoryWriter] = {}
+        self._writers: dict[Path, WriterLease] = {}
 
     # -- saving ---------------------------------------------------------------------
     def save(
@@ -91,12 +102,24 @@ class Saver:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         metadata = checked_metadata(metadata)
         tree, tensors = encode_state(state)
-        directory = Path(directory).absolute()
-        writer = self._writers.get(directory)
-        if writer is None or writer.closed:  # closed: its directory was removed or replaced
-            writer = DirectoryWriter.open(directory, self.basename, self._retention, step)
-            self._writers[directory] = writer
-        return writer.commit(step, tensors, tree, metadata)
+        return self._writer(Path(directory), step).commit(step, tensors, tree, metadata)
+
+    def acquire(self, directory: str | os.PathLike[str]) -> None:
+        """Become the writer of ``directory`` now rather than at the first save.
+
+        Takes its lock (``CheckpointLockedError`` if another process holds it), creates
+        it if needed and finishes what a crashed writer left. A training session's saver
+        hook calls this at creation, so a second writer is found before any training.
+        """
+        self._writer(Path(directory), None)
+
+    def _writer(self, directory: Path, step: int | None) -> WriterLease:
+        directory = directory.absolute()
+        lease = self._writers.get(directory)
+        if lease is None or lease.closed:  # closed: its directory was removed or replaced
+            lease = open_writer(directory, self.basename, self._retention, step)
+            self._writers[directory] = lease
+        return lease
 
     # -- restoring ------------------------------------------------------------------
     def restore(
@@ -118,7 +141,10 @@ class Saver:
         ``CheckpointInfo`` of the checkpoint restored.
 
         With ``step=None`` a corrupt newest checkpoint is reported with a warning and the
-        next older valid one is used; with an explicit ``step`` corruption raises.
+        next older valid one is used; with an explicit ``step`` corruption raises. The
+        hooks' own states a session saves (entry ``"__trainhooks__"``) are restored only
+        into a state that has that entry: a session's checkpoint restores into a plain
+        state mapping too.
         """
         directory = Path(directory)
         if step is not None:
@@ -165,7 +191,7 @@ class Saver:
                 f"{path}: the saved state is not a mapping", path=path, step=info.step
             )
         try:
-            apply_state(state, saved, strict=strict, cast=cast)
+            apply_state(state, saved, strict=strict, cast=cast, optional=(HOOK_STATE_KEY,))
         except StateMismatchError as exc:
             raise StateMismatchError(
                 f"{exc} (restoring {path}, step {info.step})", path=path, step=info.step
@@ -197,9 +223,10 @@ class Saver:
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
-        """Release every directory lock this saver holds."""
-        for writer in self._writers.values():
-            writer.close()
+        """Release every directory lock this saver holds (shared ones once no saver of
+        this process holds them any more)."""
+        for lease in self._writers.values():
+            lease.close()
         self._writers.clear()
 
     def __enter__(self) -> Saver:
@@ -281,3 +308,24 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     with CheckpointReader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
     return plain
+
+
+def export_safetensors(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    only: str | None = None,
+) -> Path:
+    """Write one checkpoint's tensors to ``out_path`` as one verified safetensors file.
+
+    Tensor names are the checkpoint's (``model/fc1.weight``, the names ``trainhooks show``
+    prints). With ``only``, just the entry ``only`` of the state is exported (``"model"``,
+    or a path such as ``"nets/generator"``), its tensors named relative to it: for a torch
+    module those are its ``state_dict()`` keys, so
+    ``model.load_state_dict(safetensors.torch.load_file(out_path))`` works as is (an export
+    of the whole state holds optimizer moments, RNG states and the like too). The header's
+    ``__metadata__`` holds ``trainhooks_step``, ``trainhooks_tree`` (the JSON tree of what
+    was exported) and, with ``only``, ``trainhooks_only``.
+    """
+    select = None if only is None else functools.partial(select_entry, only=only)
+    return export_checkpoint(checkpoint_path, out_path, select=select)

@@ -18,9 +18,11 @@ seeded with ``s``), so the weights after step ``s`` are the same whatever kills 
 before; the parent replays the steps to check a restored checkpoint bit for bit.
 
 Config keys: ``mode`` ("saver": a bare ``Saver`` loop; "session": the same training through
-``MonitoredTrainingSession`` and ``CheckpointSaverHook``), ``directory``, ``last_step``,
-``max_to_keep``, ``faults`` (a fault spec configured in-process, zygote workers only) and
-``marker_len`` (elements of the float64 marker tensor: the bulk of each save).
+``MonitoredTrainingSession`` and ``CheckpointSaverHook``; "early_stop": the session with an
+evaluator, an early stopper and an exporter, see ``run_early_stop_worker``), ``directory``,
+``last_step``, ``max_to_keep``, ``faults`` (a fault spec configured in-process, zygote
+workers only) and ``marker_len`` (elements of the float64 marker tensor: the bulk of each
+save).
 """
 
 from __future__ import annotations
@@ -147,6 +149,60 @@ def run_session_worker(config: dict[str, Any]) -> None:
     announce("done", last)
 
 
+def run_early_stop_worker(config: dict[str, Any]) -> None:
+    """Train with an evaluator, an early stopper and a best-model exporter, resuming from
+    ``directory``; with ``kill_at``, SIGKILL itself in the ``after_save`` of that step,
+    before every listener (``kill_where="before"``) or after all of them ("after")."""
+    import signal
+
+    import torch
+
+    import trainhooks
+
+    state = build_state(torch, config.get("marker_len", MARKER_LEN))
+    inputs = torch.randn(64, 8, generator=torch.Generator().manual_seed(10**6))
+    targets = torch.randn(64, 2, generator=torch.Generator().manual_seed(10**6 + 1))
+
+    def eval_fn(session: Any) -> dict[str, float]:
+        with torch.no_grad():
+            loss = torch.nn.functional.mse_loss(session.state["model"](inputs), targets)
+        return {"loss": round(loss.item(), 4)}
+
+    class Killer(trainhooks.CheckpointSaverListener):
+        def after_save(self, session: Any, global_step_value: int) -> None:
+            if global_step_value == config.get("kill_at"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    evaluator = trainhooks.EvaluationListener(eval_fn, output_dir=config["eval_dir"])
+    stopper = trainhooks.EarlyStoppingListener(
+        "loss", patience=config["patience"], source=evaluator
+    )
+    exporter = trainhooks.BestCheckpointExporter(
+        "loss", mode="min", keep=2, export_dir=config["export_dir"], source=evaluator, only="model"
+    )
+    listeners = [evaluator, stopper, exporter]
+    listeners.insert(0 if config.get("kill_where") == "before" else len(listeners), Killer())
+    directory = config["directory"]
+    saver_hook = trainhooks.CheckpointSaverHook(
+        directory, save_steps=config["save_steps"], listeners=listeners
+    )
+    with trainhooks.MonitoredTrainingSession(
+        checkpoint_dir=directory,
+        state=state,
+        hooks=[trainhooks.StopAtStepHook(last_step=config["last_step"])],
+        chief_only_hooks=[saver_hook],
+        save_checkpoint_secs=None,
+        save_summaries_steps=None,
+        log_step_count_steps=None,
+    ) as session:
+        announce("start", session.global_step)
+        while not session.should_stop():
+            session.run(train_step, torch, state, session.global_step + 1)
+        last = session.global_step
+    announce("stopped", -1 if stopper.stopped_step is None else stopper.stopped_step)
+    announce("done", last)
+
+
 def run_worker(config: dict[str, Any]) -> None:
     """Run one worker as its config says (fault spec configured in-process if given)."""
     if config.get("faults") is not None:
@@ -155,6 +211,8 @@ def run_worker(config: dict[str, Any]) -> None:
         _faults.configure(config["faults"])
     if config["mode"] == "session":
         run_session_worker(config)
+    elif config["mode"] == "early_stop":
+        run_early_stop_worker(config)
     else:
         run_saver_worker(config)
 

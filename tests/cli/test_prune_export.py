@@ -85,3 +85,27 @@ def test_export_of_a_corrupt_checkpoint_fails_and_writes_nothing(cli, run, damag
     assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "run"]
     assert leftovers == [], "a failed export must not leave its temp file behind"
+
+
+def test_export_only_model_writes_the_names_its_state_dict_uses(cli, pristine_run, tmp_path):
+    import safetensors.torch
+    import torch
+
+    out = tmp_path / "model.safetensors"
+    result = cli("export", pristine_run, out, "--only", "model", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["only"] == "model"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    model.load_state_dict(safetensors.torch.load_file(out))  # no optimizer, ema, mask...
+    expected = trainhooks.load(pristine_run / "ckpt-000000000020")["model"]
+    np.testing.assert_array_equal(model[0].weight.detach().numpy(), expected["0.weight"])
+
+
+def test_export_only_an_unknown_entry_is_a_usage_error_listing_the_entries(
+    cli, pristine_run, tmp_path
+):
+    out = tmp_path / "model.safetensors"
+    result = cli("export", pristine_run, out, "--only", "modle")
+    assert result.code == 2
+    assert "no entry 'modle'" in result.err and "'model'" in result.err
+    assert not out.exists()

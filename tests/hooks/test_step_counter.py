@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import numpy as np
 import pytest
 
-from trainhooks import MonitoredSession, StepCounterHook, StopAtStepHook
+from trainhooks import CheckpointSaverHook, MonitoredSession, StepCounterHook, StopAtStepHook
 
 
 def rates_logged(caplog: pytest.LogCaptureFixture) -> list[float]:
@@ -79,3 +81,40 @@ def test_write_summary_seam_receives_step_and_rate() -> None:
 def test_needs_exactly_one_interval(kwargs: dict[str, float | None]) -> None:
     with pytest.raises(ValueError, match="every_n_steps=None, every_n_secs=SECONDS"):
         StepCounterHook(**kwargs)
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run: the session exits without ``end``."""
+
+
+def reports(directory, *, last_step: int, crash_at: int | None = None) -> list[tuple[int, float]]:
+    """The (step, rate) reports of one session resuming from ``directory``."""
+    written: list[tuple[int, float]] = []
+
+    class Capturing(StepCounterHook):
+        def _write_summary(self, step: int, steps_per_sec: float) -> None:
+            written.append((step, steps_per_sec))
+
+    clock = StepClock(secs_per_step=0.5)
+    saver = CheckpointSaverHook(directory, save_steps=25)
+    hooks = [Capturing(every_n_steps=100, clock=clock), saver, StopAtStepHook(last_step=last_step)]
+    with (
+        contextlib.suppress(Crash),
+        MonitoredSession(hooks=hooks, state={"w": np.zeros(1)}, checkpoint_dir=directory) as sess,
+    ):
+        while not sess.should_stop():
+            sess.run(clock.step)
+            if sess.global_step == crash_at:
+                raise Crash
+    return written
+
+
+def test_a_resumed_run_reports_at_the_steps_of_an_uninterrupted_one(tmp_path) -> None:
+    uninterrupted = reports(tmp_path / "a", last_step=400)
+    assert [step for step, _ in uninterrupted] == [101, 201, 301]
+
+    reports(tmp_path / "b", last_step=400, crash_at=260)  # last checkpoint: step 250
+    resumed = reports(tmp_path / "b", last_step=400)
+    # the schedule goes on from the report at 201; the first rate counts the 51 steps
+    # run since the restore at 250, not the 100 since that report
+    assert resumed == [(301, pytest.approx(2.0))]

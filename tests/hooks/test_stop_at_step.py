@@ -72,6 +72,16 @@ def test_num_steps_zero_runs_no_step() -> None:
     assert count_runs(StopAtStepHook(num_steps=0)) == (0, 0)
 
 
+def test_last_step_zero_on_a_fresh_session_runs_no_step() -> None:
+    # TF runs one step (it looks only in after_run) and ends at step 1; docs/deviations.md
+    assert count_runs(StopAtStepHook(last_step=0)) == (0, 0)
+
+
+def test_steps_per_run_stops_at_the_first_multiple_past_last_step() -> None:
+    # 14 with 3 steps per run: 15 here, 18 in TF (its hook reads a step one run stale)
+    assert count_runs(StopAtStepHook(last_step=14), steps_per_run=3) == (5, 15)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

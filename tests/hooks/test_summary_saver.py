@@ -139,8 +139,27 @@ def test_missing_tensorboard_names_the_extra_and_training_goes_on(tmp_path, monk
     assert any("SummarySaverHook is unavailable" in r.getMessage() for r in caplog.records)
 
 
+def next_event_files_sort_in_creation_order(scratch) -> None:
+    """Make the next two event files this process creates sort in creation order.
+
+    TensorBoard reads a directory's event files in name order, and names them
+    ``<second>.<host>.<pid>.<per-process counter>``: within one second, counter 10 sorts
+    before counter 9. Throwaway files move the counter past such a step.
+    """
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    while True:
+        writer = EventFileWriter(str(scratch))
+        writer.close()
+        counter = max(int(p.name.rsplit(".", 1)[1]) for p in scratch.glob("*tfevents*"))
+        if len(str(counter + 1)) == len(str(counter + 2)):
+            return
+
+
 def test_a_resumed_run_replaces_what_the_crashed_run_wrote_past_its_checkpoint(tmp_path):
     weight = torch.zeros(())
+    next_event_files_sort_in_creation_order(tmp_path / "scratch")
+    tmp_path = tmp_path / "run"
 
     def session() -> th.MonitoredSession:
         return th.MonitoredTrainingSession(

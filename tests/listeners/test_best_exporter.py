@@ -213,3 +213,29 @@ def test_exports_ranked_by_another_metric_are_never_mixed_in(tmp_path):
     with pytest.raises(ValueError, match="own export_dir"):
         train(tmp_path / "ckpt", [other], last_step=4)
     assert exported_steps(tmp_path / "best") == [2]
+
+
+def test_only_model_exports_load_straight_into_the_model(tmp_path):
+    import safetensors.torch
+
+    exporter = th.BestCheckpointExporter(
+        "acc", keep=1, export_dir=tmp_path / "best", metric_fn=score, only="model"
+    )
+    train(tmp_path / "ckpt", [exporter])
+    (best,) = exporter.best
+    model = torch.nn.Linear(3, 2)
+    model.load_state_dict(safetensors.torch.load_file(best.path))
+    assert best.step == 6 and bool((model.weight == 6.0).all())
+    assert json.loads(best.metadata_path.read_text())["only"] == "model"
+
+
+def test_an_export_dir_of_whole_state_exports_is_refused_for_only_model(tmp_path):
+    train(
+        tmp_path / "ckpt",
+        [th.BestCheckpointExporter("acc", export_dir=tmp_path / "best", metric_fn=score)],
+    )
+    exporter = th.BestCheckpointExporter(
+        "acc", export_dir=tmp_path / "best", metric_fn=score, only="model"
+    )
+    with pytest.raises(ValueError, match="exports of the whole state, not of entry 'model'"):
+        exporter.begin()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import trainhooks as th
 from _support.listeners import train_counter
@@ -69,3 +70,35 @@ def test_a_source_placed_after_it_is_reported(tmp_path):
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
         th.EarlyStoppingListener("loss", **kwargs)
+
+
+def test_the_count_survives_a_restart_from_a_checkpoint(tmp_path):
+    # best 2.0 at step 4; 6 does not improve; the run dies after step 7 (checkpoint 6)
+    def stopper() -> th.EarlyStoppingListener:
+        return th.EarlyStoppingListener(
+            "loss", patience=2, metric_fn=lambda s: {"loss": LOSSES[s.global_step]}
+        )
+
+    weight = torch.zeros(())
+
+    def run(listener: th.EarlyStoppingListener, crash_after: int | None = None) -> int:
+        saver = th.CheckpointSaverHook(tmp_path, save_steps=2, listeners=[listener])
+        with th.MonitoredTrainingSession(
+            checkpoint_dir=tmp_path,
+            state={"w": weight},
+            chief_only_hooks=[saver],
+            hooks=[th.StopAtStepHook(last_step=14)],
+            save_summaries_steps=None,
+            log_step_count_steps=None,
+        ) as session:
+            while not session.should_stop():
+                session.run(lambda: weight.add_(1.0))
+                if session.global_step == crash_after:
+                    raise KeyboardInterrupt  # the session exits without end()
+            return session.global_step
+
+    with pytest.raises(KeyboardInterrupt):
+        run(stopper(), crash_after=7)
+    resumed = stopper()
+    assert run(resumed) == 8  # as uninterrupted; a fresh count would run on to 14
+    assert (resumed.best, resumed.best_step, resumed.stopped_step) == (2.0, 4, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -86,3 +87,62 @@ def test_a_non_numeric_metric_names_listener_metric_and_step(tmp_path):
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
         th.EvaluationListener(lambda s: {}, **kwargs)
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run: the session exits without ``end``."""
+
+
+def train_resumable(directory, listener, *, last_step: int, crash_at: int | None = None) -> None:
+    """Train a torch scalar (+1 per step) saving every 2 steps, resuming from ``directory``."""
+    weight = torch.zeros(())
+    saver_hook = th.CheckpointSaverHook(directory, save_steps=2, listeners=[listener])
+    with (
+        pytest.raises(Crash) if crash_at is not None else contextlib.nullcontext(),
+        th.MonitoredTrainingSession(
+            checkpoint_dir=directory,
+            state={"w": weight},
+            chief_only_hooks=[saver_hook],
+            hooks=[th.StopAtStepHook(last_step=last_step)],
+            save_summaries_steps=None,
+            log_step_count_steps=None,
+        ) as session,
+    ):
+        while not session.should_stop():
+            session.run(lambda: weight.add_(1.0))
+            if session.global_step == crash_at:
+                raise Crash
+
+
+def test_a_resumed_run_keeps_the_schedule_and_records_each_evaluation_once(tmp_path):
+    out = tmp_path / "out"
+    uninterrupted = th.EvaluationListener(weight_metrics([]), every_n_saves=2, output_dir=out)
+    train_resumable(tmp_path / "a", uninterrupted, last_step=12)
+    reference = (out / "eval.jsonl").read_text().splitlines()
+    (out / "eval.jsonl").unlink()
+
+    first = th.EvaluationListener(weight_metrics([]), every_n_saves=2, output_dir=out)
+    train_resumable(tmp_path / "b", first, last_step=12, crash_at=7)  # evaluated 2 and 6
+    calls: list[int] = []
+    resumed = th.EvaluationListener(weight_metrics(calls), every_n_saves=2, output_dir=out)
+    train_resumable(tmp_path / "b", resumed, last_step=12)
+
+    assert calls == [6, 10, 12]  # the restored step again, then the schedule of 2nd saves
+    assert resumed.history == uninterrupted.history
+    records = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [json.loads(line)["step"] for line in reference]
+    assert [r["step"] for r in records] == [2, 6, 10, 12]  # step 6 recorded once
+    accumulator = EventAccumulator(str(out / "eval"))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("w")] == [2, 6, 10, 12]
+
+
+def test_an_append_after_a_torn_line_starts_a_new_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "eval.jsonl").write_text('{"step": 0, "metrics": {"w": 0.0}}\n{"step": 2, "met')
+    listener = th.EvaluationListener(weight_metrics([]), output_dir=out, tensorboard=False)
+    train_counter(tmp_path / "ckpt", [listener], last_step=2, save_steps=2)
+    lines = (out / "eval.jsonl").read_text().splitlines()
+    assert lines[1] == '{"step": 2, "met'
+    assert [json.loads(line)["step"] for line in lines[2:]] == [0, 2]

@@ -1,9 +1,11 @@
 """Two writers on one directory, and readers restoring while a writer saves and deletes.
 
-One writer per directory: a second live ``Saver`` (another process, or the same process)
-fails fast with ``CheckpointLockedError`` naming the holder, and succeeds once the first is
-gone. A reader restoring the latest checkpoint in a loop while a writer process saves with
-``max_to_keep=2`` (so every save deletes one) never sees a torn state, never a bare
+One writer per directory: a ``Saver`` of another process fails fast with
+``CheckpointLockedError`` naming the holder, and succeeds once the first is gone; savers of
+one process share the writer (one lock, one retention window) and are refused only when
+they ask for another retention. A reader restoring the latest checkpoint in a loop while
+a writer process saves with ``max_to_keep=2`` (so every save deletes one) never sees a
+torn state, never a bare
 ``FileNotFoundError`` halfway through a load, and never fails once a checkpoint exists.
 """
 
@@ -90,18 +92,39 @@ def test_a_second_writer_process_fails_fast_naming_the_holder(tmp_path: Path) ->
     assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1, 2]
 
 
-def test_a_second_saver_in_the_same_process_is_refused_until_the_first_closes(
+def test_savers_of_one_process_share_the_directory_writer_and_its_retention(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "ckpt"
-    first = trainhooks.Saver()
+    first = trainhooks.Saver(max_to_keep=2)
     first.save({"x": [1]}, directory, 1)
-    with trainhooks.Saver() as second:
-        with pytest.raises(trainhooks.CheckpointLockedError):
-            second.save({"x": [2]}, directory, 2)
-        first.close()
+    with trainhooks.Saver(max_to_keep=2) as second:
         second.save({"x": [2]}, directory, 2)
-    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1, 2]
+        first.save({"x": [3]}, directory, 3)  # one window: step 1 leaves it
+        assert [i.step for i in trainhooks.list_checkpoints(directory)] == [2, 3]
+        first.close()
+        second.save({"x": [4]}, directory, 4)  # still the writer after the first closed
+    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [3, 4]
+    with trainhooks.Saver() as third:  # the last close released the lock
+        third.save({"x": [5]}, directory, 5)
+
+
+def test_a_saver_of_the_same_process_with_other_retention_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    with trainhooks.Saver(max_to_keep=5) as first, trainhooks.Saver(max_to_keep=2) as second:
+        first.save({"x": [1]}, directory, 1)
+        with pytest.raises(ValueError, match=r"max_to_keep=5.*asks for.*max_to_keep=2"):
+            second.save({"x": [2]}, directory, 2)
+    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1]
+
+
+def test_a_saver_dropped_without_close_lets_the_lock_go(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    trainhooks.Saver().save({"x": [1]}, directory, 1)  # never closed; collected at once
+    trainhooks.Saver().save({"x": [2]}, directory, 2)
+    assert trainhooks.prune_checkpoints(directory, keep=1)  # would raise if still locked
+    with trainhooks.Saver(max_to_keep=3) as saver:  # a new writer, with its own policy
+        saver.save({"x": [3]}, directory, 3)
 
 
 @long_timeout

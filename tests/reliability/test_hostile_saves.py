@@ -219,6 +219,31 @@ def test_manifest_at_the_size_cap_commits_and_one_byte_more_is_refused(tmp_path:
     COUNTS["limits_past"] += 1
 
 
+def test_shards_past_the_tensor_count_together_are_refused_before_the_commit(
+    tmp_path: Path,
+) -> None:
+    """Each process's shard fits; all of them together are one tensor too many."""
+    from trainhooks._store._sharded import commit_staged, shard_file_name, stage, write_shard
+
+    empty = memoryview(np.zeros(0, np.uint8)).cast("B")
+    half = MAX_TENSORS // 2
+    staging = stage(tmp_path, "ckpt", 1)
+    shards = [
+        write_shard(
+            staging,
+            shard_file_name(rank, 2),
+            1,
+            [TensorSource(f"t{rank}.{i}", "U8", (0,), empty) for i in range(half + rank)],
+        )
+        for rank in range(2)
+    ]
+    tree = {"type": "value", "value": 0}
+    with pytest.raises(CheckpointFormatError, match=f"{MAX_TENSORS:,}"):
+        commit_staged(tmp_path, "ckpt", 1, staging, shards, tree, {})
+    assert sorted(os.listdir(tmp_path)) == [], "a refused commit left its staging behind"
+    COUNTS["limits_past"] += 1
+
+
 def test_commit_number_at_the_limit_commits_and_one_more_is_refused(tmp_path: Path) -> None:
     source = TensorSource("w", "F32", (2,), memoryview(np.zeros(2, np.float32)).cast("B"))
     tree = {"type": "dict", "items": [["w", {"type": "tensor", "name": "w", "kind": "numpy"}]]}

@@ -166,3 +166,27 @@ def test_the_cli_takes_the_newest_commit_and_shows_sequences(
     assert cli_main(["show", "--json", str(tmp_path)]) == 0
     shown = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
     assert shown["checkpoint"]["step"] == 2
+
+
+def test_a_checkpoint_written_by_several_processes_takes_the_next_commit_number(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from trainhooks._store._commit import TensorSource
+    from trainhooks._store._sharded import commit_staged, shard_file_name, stage, write_shard
+
+    save_steps(tmp_path, [5, 6], max_to_keep=None)
+    staging = stage(tmp_path, "ckpt", 3)
+    shards = [
+        write_shard(
+            staging,
+            shard_file_name(rank, 2),
+            3,
+            [TensorSource(f"w[{rank}]", "F32", (2,), memoryview(np.ones(2, np.float32)).cast("B"))],
+        )
+        for rank in range(2)
+    ]
+    info = commit_staged(tmp_path, "ckpt", 3, staging, shards, {"type": "value", "value": 0}, {})
+    assert info.sequence == 3
+    assert latest_checkpoint(tmp_path).step == 3

@@ -21,6 +21,7 @@ from _support.session import (
 from trainhooks import (
     CheckpointSaverHook,
     MonitoredTrainingSession,
+    Saver,
     StepCounterHook,
     list_checkpoints,
 )
@@ -84,6 +85,35 @@ def test_user_saver_hook_for_the_same_directory_replaces_the_default_one(
             s.run(counter.step)
 
     assert trace == ["a.begin", *save_pair("a", 0, 2, 3), "a.end(3)"]
+
+
+def test_max_to_keep_with_an_own_saver_hook_keeping_another_number_is_refused(
+    tmp_path: Path, counter: Counter
+) -> None:
+    hook = CheckpointSaverHook(tmp_path, save_steps=2)  # keeps 5
+    with pytest.raises(ValueError, match=r"would be ignored.*keeps 5.*max_to_keep=2\)\)"):
+        quiet_session(
+            checkpoint_dir=tmp_path, state=counter.state, chief_only_hooks=[hook], max_to_keep=2
+        )
+    mine = CheckpointSaverHook(tmp_path, save_steps=2, saver=Saver(max_to_keep=3))
+    with pytest.raises(ValueError, match=r"saver=Saver\(max_to_keep=2\)"):
+        quiet_session(
+            checkpoint_dir=tmp_path, state=counter.state, chief_only_hooks=[mine], max_to_keep=2
+        )
+    assert list_checkpoints(tmp_path) == []  # refused before anything was written
+
+
+def test_max_to_keep_agreeing_with_the_own_saver_hook_is_accepted(
+    tmp_path: Path, counter: Counter
+) -> None:
+    hook = CheckpointSaverHook(tmp_path, save_steps=1, max_to_keep=2)
+    with quiet_session(
+        checkpoint_dir=tmp_path, state=counter.state, chief_only_hooks=[hook], max_to_keep=2
+    ) as sess:
+        for _ in range(4):
+            sess.run(counter.step)
+
+    assert [i.step for i in list_checkpoints(tmp_path)] == [3, 4]
 
 
 def test_step_counter_installed_on_chief_with_checkpoint_dir(

@@ -26,6 +26,7 @@ class LossRecorder(th.SessionRunHook):
     def after_create_session(self, session: th.HookSession, coord: Any) -> None:
         self.restored_from = session.restored_checkpoint
         assert session.checkpoint_dir is not None and session.steps_per_run == 1
+        assert "w" in session.checkpoint_state  # what a saver hook would write
 
     def before_run(self, run_context: th.SessionRunContext) -> th.SessionRunArgs | None:
         return th.SessionRunArgs(fetches="loss")
@@ -95,6 +96,8 @@ def main(directory: Path) -> None:
     assert np.array_equal(restored["w"], state["w"])
     plain = th.load(info.path)
     assert set(plain) >= {"w"}
+    exported: Path = th.export_safetensors(info.path, directory / "w.safetensors", only="w")
+    assert exported.is_file()
     checked = th.verify_checkpoint(info.path, progress=lambda done, total: None)
     kept = th.list_checkpoints(directory)
     assert checked.step == kept[-1].step == th.checkpoint_info(info.path).step
@@ -112,3 +115,24 @@ def main(directory: Path) -> None:
         assert exc.path is not None
     saver_protocol: th.SupportsSave = th.Saver()
     assert callable(saver_protocol.save)
+
+    # preemption and rollback, as a preemptible job uses them
+    guard = th.NanTensorHook("loss", rollback=True, max_rollbacks=2, spike_factor=10.0)
+    try:
+        with th.MonitoredTrainingSession(
+            checkpoint_dir=directory / "preemptible",
+            state=restored,
+            hooks=[guard],
+            save_checkpoint_steps=2,
+            save_summaries_steps=None,
+            preemption_signals=(),
+        ) as preemptible:
+            skipped: frozenset[int] = preemptible.skipped_steps
+            assert not skipped and not preemptible.preempted
+            preemptible.run(train_step, restored["w"], 1.0)
+            preemptible.request_preemption()
+    except th.Preempted as preempted:
+        status: int = th.EXIT_PREEMPTED
+        assert preempted.code == status and preempted.step == 1
+    else:
+        raise AssertionError("a preempted session leaves its with block with Preempted")

@@ -97,14 +97,21 @@ def prune(directory: str, keep: int, dry_run: bool, as_json: bool) -> int:
 @click.command("export")
 @click.argument("checkpoint", metavar="CKPT")
 @click.argument("output", metavar="OUT.safetensors")
+@click.option(
+    "--only",
+    metavar="ENTRY",
+    help="Export only this entry of the state (e.g. model), named as its state_dict() names it.",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @json_option
-def export(checkpoint: str, output: str, force: bool, as_json: bool) -> int:
+def export(checkpoint: str, output: str, only: str | None, force: bool, as_json: bool) -> int:
     """Write CKPT as one standalone .safetensors file OUT.
 
     Tensor names are the flat names `show` prints; the state tree and checkpoint facts go
-    into the file's __metadata__. CKPT may be a run directory (its newest checkpoint); OUT
-    may be a directory (the file is named after the checkpoint).
+    into the file's __metadata__. With --only ENTRY (e.g. model) only that entry is written,
+    its tensors named relative to it, so model.load_state_dict(load_file(OUT)) works.
+    CKPT may be a run directory (its newest checkpoint); OUT may be a directory (the file
+    is named after the checkpoint).
     """
     target = resolve_checkpoint(checkpoint)
     out = Path(output).expanduser()
@@ -114,11 +121,21 @@ def export(checkpoint: str, output: str, force: bool, as_json: bool) -> int:
         raise CliError(f"{out} exists; pass --force to replace it", EXIT_USAGE)
     if not out.parent.is_dir():
         raise CliError(f"no such directory: {out.parent}", EXIT_USAGE)
-    with reading(target.path):
-        written = Path(trainhooks.export_safetensors(target.path, out))
+    try:
+        with reading(target.path):
+            written = Path(trainhooks.export_safetensors(target.path, out, only=only))
+    except (trainhooks.StateMismatchError, ValueError) as exc:  # --only names no entry
+        raise CliError(str(exc), EXIT_USAGE) from None
     nbytes = os.stat(written).st_size
     if as_json:
-        emit_json({"checkpoint": target.to_json(), "output": str(written), "nbytes": nbytes})
+        emit_json(
+            {
+                "checkpoint": target.to_json(),
+                "output": str(written),
+                "nbytes": nbytes,
+                "only": only,
+            }
+        )
         return 0
     step = f"step {target.info.step} " if target.info is not None else ""
     stdout_console().print(f"exported {step}{target.path} -> {written} ({human_bytes(nbytes)})")

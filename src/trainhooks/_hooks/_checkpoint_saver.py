@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trainhooks._exceptions import CheckpointLockedError
 from trainhooks._session._hook import (
     HookSession,
     SessionRunContext,
     SessionRunHook,
     SessionRunValues,
 )
+from trainhooks._session._hook_state import StatefulParts
 from trainhooks._session._timer import Clock, SecondOrStepTimer
 
 if TYPE_CHECKING:
@@ -41,8 +44,10 @@ class CheckpointSaverHook(SessionRunHook):
 
     Exactly one of ``save_secs`` / ``save_steps`` must be given (``ValueError`` otherwise).
     ``saver`` is a ``trainhooks.Saver`` (default: ``Saver(max_to_keep=max_to_keep)``,
-    created at ``begin`` and closed in ``release()`` when the session closes, which
-    releases the directory lock). ``max_to_keep`` is for that default saver only (a saver
+    created at ``begin`` and closed in ``release()`` when the session closes). The hook
+    takes the directory's lock in ``begin``, so a second process writing there fails at
+    session creation (the error points to ``is_chief``); hooks of one process on the same
+    directory share its writer. ``max_to_keep`` is for that default saver only (a saver
     you pass keeps its own setting). ``listeners`` are ``CheckpointSaverListener`` objects
     called around every save. ``save_secs`` are read from ``clock`` (default
     ``time.monotonic``; see ``SecondOrStepTimer``).
@@ -55,6 +60,12 @@ class CheckpointSaverHook(SessionRunHook):
 
     An exception raised by a listener propagates with its own type, carrying a note
     naming the listener, the method and the step; a checkpoint committed before it stays.
+
+    Each checkpoint holds ``session.checkpoint_state``: the state plus the hooks' own
+    states, among them this hook's, which is its listeners' states
+    (``{"listeners": {name: listener.state_dict()}}`` for every listener that has
+    ``state_dict()`` / ``load_state_dict()``). ``name`` keys this hook's state (default:
+    the class name).
     """
 
     def __init__(
@@ -70,6 +81,7 @@ class CheckpointSaverHook(SessionRunHook):
         *,
         max_to_keep: int | None = 5,
         clock: Clock | None = None,
+        name: str | None = None,
     ) -> None:
         if (save_secs is None) == (save_steps is None):
             raise ValueError(
@@ -92,6 +104,8 @@ class CheckpointSaverHook(SessionRunHook):
         self._owned_saver: Saver | None = None  # the one begin() created, until release()
         self._max_to_keep = max_to_keep
         self._last_saved_step: int | None = None
+        self._listener_states = StatefulParts(self._listeners, "listener")
+        self.name = name or type(self).__name__
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -104,6 +118,18 @@ class CheckpointSaverHook(SessionRunHook):
         disk), None before the first; ``ResumeCheckHook`` follows saves through it."""
         return self._last_saved_step
 
+    @property
+    def max_to_keep(self) -> int | None:
+        """How many checkpoints the hook's saver keeps (None: all, or a saver of unknown
+        kind)."""
+        keep = self._max_to_keep if self._owns_saver else getattr(self._saver, "max_to_keep", None)
+        return keep or None
+
+    @property
+    def owns_saver(self) -> bool:
+        """Whether the hook creates its own saver (no ``saver=`` was given)."""
+        return self._owns_saver
+
     # -- the hook protocol --------------------------------------------------------------
 
     def begin(self) -> None:
@@ -111,6 +137,7 @@ class CheckpointSaverHook(SessionRunHook):
             from trainhooks._saver import Saver  # lazy: the store pulls in numpy & co.
 
             self._saver = self._owned_saver = Saver(max_to_keep=self._max_to_keep)
+        self._acquire_directory()
         for listener in self._listeners:
             _call_listener(listener, "begin", None)
 
@@ -142,7 +169,32 @@ class CheckpointSaverHook(SessionRunHook):
             self._saver = None
             owned.close()
 
+    # -- the state it carries across restarts --------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The listeners' states, saved inside each checkpoint (``_session/_hook_state.py``)."""
+        return {"listeners": self._listener_states.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._listener_states.load_state_dict(state.get("listeners", {}))
+
     # -- saving -------------------------------------------------------------------------
+
+    def _acquire_directory(self) -> None:
+        """Take the directory's lock now: a second writer fails before any training."""
+        acquire = getattr(self._saver, "acquire", None)
+        if not callable(acquire):  # a saver of the user's own making: it locks when it can
+            return
+        try:
+            acquire(self._checkpoint_dir)
+        except CheckpointLockedError as exc:  # held by another process
+            raise CheckpointLockedError(
+                f"{exc} In a multi-process job only the chief saves checkpoints: create "
+                "the session with is_chief=True on one process (e.g. rank 0) and "
+                "is_chief=False on the others (MonitoredTrainingSession(is_chief=...)), "
+                "and give CheckpointSaverHooks to chief_only_hooks.",
+                path=exc.path,
+            ) from None
 
     def _save(self, session: HookSession, step: int) -> bool:
         """One save at ``step`` with its listener calls; True if a listener asked to stop."""
@@ -161,7 +213,7 @@ class CheckpointSaverHook(SessionRunHook):
                 raise RuntimeError(
                     "CheckpointSaverHook used without begin(); run it inside a session"
                 )
-            self._saver.save(session.state, self._checkpoint_dir, step)
+            self._saver.save(session.checkpoint_state, self._checkpoint_dir, step)
         self._last_saved_step = step
         _LOG.info("Calling checkpoint listeners after saving checkpoint %d...", step)
         should_stop = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from trainhooks._session._hook import (
@@ -27,6 +28,12 @@ class StepCounterHook(SessionRunHook):
     monotonic clock (or ``clock``, see ``SecondOrStepTimer``) and logged at INFO on the
     ``"trainhooks"`` logger. ``output_dir`` /
     ``summary_writer`` select TensorBoard output (``_write_summary``).
+
+    Across restarts the step-based schedule continues: the step of the last report is
+    saved inside each checkpoint (under ``name``) and restored, so a resumed run reports
+    at the same steps as an uninterrupted one (every ``every_n_steps`` from the first
+    report), its first rate measured from the restored step. Without a restored state (a
+    new run, a time interval) the first step only starts the clock, as in TF.
     """
 
     def __init__(
@@ -37,6 +44,7 @@ class StepCounterHook(SessionRunHook):
         summary_writer: Any = None,
         *,
         clock: Clock | None = None,
+        name: str = "StepCounterHook",
     ) -> None:
         if (every_n_steps is None) == (every_n_secs is None):
             raise ValueError(
@@ -45,20 +53,41 @@ class StepCounterHook(SessionRunHook):
                 "time interval pass every_n_steps=None, every_n_secs=SECONDS"
             )
         self._timer = SecondOrStepTimer(every_n_secs, every_n_steps, clock=clock)
+        self._every_n_steps = every_n_steps
+        self.name = name
+        self._restored_report: int | None = None  # from load_state_dict, until used
+        self._rate_from: int | None = None  # the step the first rate after a restore counts from
         self._output_dir = output_dir
         self._summary_writer = summary_writer
         self._owns_writer = False
         self._summary_tag = "global_step/sec"
 
+    def state_dict(self) -> dict[str, Any]:
+        """The step of the last report (or of the first step, which starts the clock): where
+        the step-based schedule continues."""
+        return {"last_trigger_step": self._timer.last_triggered_step()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        last = state["last_trigger_step"]
+        self._restored_report = None if last is None else int(last)
+
     def after_create_session(self, session: HookSession, coord: Any) -> None:
         # Start a fresh measurement, also after a recoverable error re-created the session.
         self._timer.reset()
+        self._rate_from = None
+        last, self._restored_report = self._restored_report, None
+        step = session.global_step
+        if last is not None and self._every_n_steps is not None and last <= step:
+            self._timer.update_last_triggered_step(last)  # the clock starts now
+            self._rate_from = step
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         step = run_context.session.global_step
         timer = self._timer
         if timer.should_trigger_for_step(step):
             elapsed_secs, elapsed_steps = timer.update_last_triggered_step(step)
+            if self._rate_from is not None:  # the first report after a restore
+                elapsed_steps, self._rate_from = step - self._rate_from, None
             if elapsed_secs is not None and elapsed_secs > 0:
                 self._log_and_record(elapsed_steps, elapsed_secs, step)  # type: ignore[arg-type]
 

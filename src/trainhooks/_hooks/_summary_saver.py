@@ -41,7 +41,8 @@ class SummarySaverHook(SessionRunHook):
     graph and is refused with a pointer to ``scalars``; ``scaffold`` is accepted and ignored.
     Events are flushed after each write, so a crash loses none already written; as in TF a
     ``SessionLog.START`` marks the first step of each session, so TensorBoard drops what a
-    crashed earlier run wrote past the point this one resumed from. ``save_secs`` are read
+    crashed earlier run wrote past the point this one resumed from (also after a
+    recoverable error or a rollback re-created the session). ``save_secs`` are read
     from ``clock`` (default ``time.monotonic``; see ``SecondOrStepTimer``).
     """
 
@@ -84,6 +85,12 @@ class SummarySaverHook(SessionRunHook):
             assert self._output_dir is not None
             self._writer = ScalarWriter(self._output_dir)
         self._timer.reset()
+        self._started = False
+
+    def after_create_session(self, session: HookSession, coord: Any) -> None:
+        # Again after every re-creation (a recoverable error, a rollback): the state is
+        # back at an older step, and the next write's SessionLog.START makes TensorBoard
+        # drop what was written past it, as after a crash. TF marks only the first start.
         self._started = False
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:

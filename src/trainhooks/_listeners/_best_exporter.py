@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
 from trainhooks._session._hook import HookSession
+from trainhooks._state._subtree import select_entry
 from trainhooks._store._export import ExportDirectory, StoredExport
 from trainhooks._store._layout import DEFAULT_BASENAME, committed_path
 
@@ -50,6 +52,11 @@ class BestCheckpointExporter(CheckpointSaverListener):
     The metric comes from ``source`` (an ``EvaluationListener`` placed before this one in
     the listener list) or ``metric_fn(session)``. Saves without a metric value are skipped;
     ``end()`` looks again at the last step (the evaluator may evaluate it there).
+
+    ``only="model"`` exports just that entry of the state (not the optimizer's moments or
+    RNG states), its tensors named as the model's ``state_dict()`` names them, so
+    ``model.load_state_dict(safetensors.torch.load_file(export.path))`` loads it
+    (``trainhooks.export_safetensors(..., only=...)``).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         metric_fn: MetricFn | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         basename: str = DEFAULT_BASENAME,
+        only: str | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"BestCheckpointExporter: keep must be >= 1, got {keep}")
@@ -73,6 +81,7 @@ class BestCheckpointExporter(CheckpointSaverListener):
         self._store = ExportDirectory(self.export_dir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.basename = basename
+        self.only = only
         self._read = MetricReader("BestCheckpointExporter", metric, source, metric_fn)
         self._exports: list[BestExport] = []
         self._considered: set[int] = set()
@@ -130,8 +139,11 @@ class BestCheckpointExporter(CheckpointSaverListener):
         return committed_path(Path(directory), self.basename, step)
 
     def _export(self, session: HookSession, step: int, value: float) -> BestExport:
-        metadata = {"metric": self.metric, "value": value, "mode": self.mode}
-        stored = self._store.add(step, self._checkpoint_path(session, step), metadata)
+        metadata = {"metric": self.metric, "value": value, "mode": self.mode, "only": self.only}
+        select = None if self.only is None else functools.partial(select_entry, only=self.only)
+        stored = self._store.add(
+            step, self._checkpoint_path(session, step), metadata, select=select
+        )
         return BestExport(step, value, stored.path, stored.metadata_path)
 
     def _load_existing(self) -> list[BestExport]:
@@ -147,9 +159,19 @@ class BestCheckpointExporter(CheckpointSaverListener):
                 f"{meta.get('metric')!r} ({meta.get('mode')}), not {self.metric!r} "
                 f"({self.mode}); give each exporter its own export_dir"
             )
+        if meta.get("only") != self.only:
+            raise ValueError(
+                f"BestCheckpointExporter: {self.export_dir} holds exports of "
+                f"{_part(meta.get('only'))}, not of {_part(self.only)}; give each exporter "
+                "its own export_dir"
+            )
         try:
             value = float(meta["value"])
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("Ignoring export %s: no readable metric value (%s)", stored.path, exc)
             return None
         return BestExport(stored.step, value, stored.path, stored.metadata_path)
+
+
+def _part(only: object) -> str:
+    return "the whole state" if only is None else f"entry {only!r}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from trainhooks._listeners._base import CheckpointSaverListener
 from trainhooks._listeners._evaluation import EvaluationListener
@@ -22,8 +24,12 @@ class EarlyStoppingListener(CheckpointSaverListener):
     lower is better, ``"max"``: higher). Saves where the metric was not evaluated (the
     ``source`` listener evaluates every n-th save) do not count. The stop is the saver's
     ordinary one: every listener still gets its ``after_save``, the session stops after
-    this step and ``end`` does not save again. The count starts afresh in each session
-    (a restart forgets it); ``best``, ``best_step`` and ``stopped_step`` tell what happened.
+    this step and ``end`` does not save again. ``best``, ``best_step`` and ``stopped_step``
+    tell what happened.
+
+    The count survives restarts: it is saved inside each checkpoint (``state_dict``, under
+    ``name``, default ``"EarlyStoppingListener"``) and restored at session creation, so a
+    run killed and resumed stops at the same step as an uninterrupted one.
     """
 
     def __init__(
@@ -35,6 +41,7 @@ class EarlyStoppingListener(CheckpointSaverListener):
         *,
         source: EvaluationListener | None = None,
         metric_fn: MetricFn | None = None,
+        name: str = "EarlyStoppingListener",
     ) -> None:
         if patience < 1:
             raise ValueError(f"patience must be >= 1 evaluations, got {patience}")
@@ -45,6 +52,7 @@ class EarlyStoppingListener(CheckpointSaverListener):
         self.min_delta = min_delta
         self._read = MetricReader("EarlyStoppingListener", metric, source, metric_fn)
         self.metric = metric
+        self.name = name
         self.best: float | None = None
         self.best_step: int | None = None
         self.stopped_step: int | None = None
@@ -55,6 +63,22 @@ class EarlyStoppingListener(CheckpointSaverListener):
         self.best_step = None
         self.stopped_step = None
         self._bad_evaluations = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a restart must not forget: the best value so far and the count since."""
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_evaluations": self._bad_evaluations,
+            "stopped_step": self.stopped_step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        best = state["best"]
+        self.best = None if best is None else float(best)
+        self.best_step = _optional_int(state["best_step"])
+        self._bad_evaluations = int(state["bad_evaluations"])
+        self.stopped_step = _optional_int(state["stopped_step"])
 
     def after_save(self, session: HookSession, global_step_value: int) -> bool:
         value = self._read(session, global_step_value)
@@ -79,3 +103,7 @@ class EarlyStoppingListener(CheckpointSaverListener):
             self._bad_evaluations,
         )
         return True
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -40,6 +40,13 @@ class EvaluationListener(CheckpointSaverListener):
 
     The contract's "don't act twice" rule: ``end()`` evaluates the last checkpoint only if
     ``after_save`` did not already evaluate that same step.
+
+    Across restarts: ``history`` and the count of saves (the every-n-th schedule) are
+    saved inside each checkpoint under ``name`` and restored at session creation. A
+    resumed session evaluates the checkpoint it restored again (its listeners run once
+    more for it); that evaluation is not appended to the JSONL file a second time when
+    the interrupted run already recorded it, and TensorBoard replaces its point (the
+    session-start event drops the points a crashed run wrote from that step on).
     """
 
     def __init__(
@@ -88,6 +95,17 @@ class EvaluationListener(CheckpointSaverListener):
         self.history = {}
         self._saves = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The saves counted (the every-n-th schedule) and every evaluation so far."""
+        return {"saves": self._saves, "history": {s: dict(m) for s, m in self.history.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._saves = int(state["saves"])
+        self.history = {
+            int(step): {str(k): float(v) for k, v in metrics.items()}
+            for step, metrics in state["history"].items()
+        }
+
     def after_save(self, session: HookSession, global_step_value: int) -> None:
         self._saves += 1
         if self._saves % self.every_n_saves == 0:
@@ -107,7 +125,8 @@ class EvaluationListener(CheckpointSaverListener):
         self.history.pop(step, None)  # re-evaluated (after a recovery): it is the latest now
         self.history[step] = metrics
         if self.output_dir is not None:
-            self._append_jsonl(step, metrics)
+            if not self._recorded_before_restart(session, step):
+                self._append_jsonl(step, metrics)
             self._write_tensorboard(step, metrics)
         logger.info(
             "%s at step %d: %s",
@@ -134,6 +153,15 @@ class EvaluationListener(CheckpointSaverListener):
                 ) from None
         return metrics
 
+    def _recorded_before_restart(self, session: HookSession, step: int) -> bool:
+        """Whether ``step`` is the checkpoint just restored and the JSONL file already has
+        its evaluation (the interrupted run wrote it after that checkpoint's commit)."""
+        restored = session.restored_checkpoint
+        path = self.jsonl_path
+        if restored is None or restored.step != step or path is None or not path.exists():
+            return False
+        return step in _recorded_steps(path)
+
     def _append_jsonl(self, step: int, metrics: dict[str, float]) -> None:
         assert self.output_dir is not None
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +170,11 @@ class EvaluationListener(CheckpointSaverListener):
             "wall_time": time.time(),
             "metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()},
         }
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.output_dir / f"{self.name}.jsonl", "a", encoding="utf-8") as f:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        with open(self.output_dir / f"{self.name}.jsonl", "ab+") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end > 0 and os.pread(f.fileno(), 1, end - 1) != b"\n":
+                line = b"\n" + line  # a line a crash cut short must not swallow this one
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -167,3 +198,15 @@ class EvaluationListener(CheckpointSaverListener):
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+
+
+def _recorded_steps(path: Path) -> set[int]:
+    """The steps of the records in a JSONL file of evaluations (torn lines skipped)."""
+    steps = set()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                steps.add(int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return steps

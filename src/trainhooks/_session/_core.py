@@ -21,19 +21,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from trainhooks._exceptions import CheckpointNotFoundError
+from trainhooks._exceptions import (
+    EXIT_PREEMPTED,
+    CheckpointNotFoundError,
+    Preempted,
+    RollbackRequested,
+)
 from trainhooks._session._dispatch import (
     Coordinator,
     HookCalls,
     as_hook_list,
+    call_after_run_with_results,
+    call_before_run,
+    exception_types,
     plain_run_values,
 )
-from trainhooks._session._hook import (
-    SessionRunArgs,
-    SessionRunContext,
-    SessionRunValues,
-    select_fetches,
-)
+from trainhooks._session._hook import SessionRunArgs, SessionRunContext
+from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
+from trainhooks._session._preemption import PreemptionSignals, signal_name
+from trainhooks._session._step_context import StepContext, StopRequested
 
 if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
@@ -42,36 +48,7 @@ __all__ = ["MonitoredSession", "StepContext"]
 
 _LOG = logging.getLogger("trainhooks")
 _NO_ARGS = SessionRunArgs()
-
-
-class _StopRequested(StopIteration):
-    """Raised by ``StepContext.request_stop`` to leave the step function (TF's behaviour)."""
-
-
-class StepContext:
-    """What ``run_step_fn`` passes to the step function (TF's ``StepContext``).
-
-    ``session`` is the monitored session (its ``state`` and ``global_step``);
-    ``run_with_hooks(fn, ...)`` runs one hooked step; ``request_stop()`` leaves the step
-    function at once and makes ``should_stop()`` true.
-    """
-
-    __slots__ = ("_session",)
-
-    def __init__(self, session: MonitoredSession) -> None:
-        self._session = session
-
-    @property
-    def session(self) -> MonitoredSession:
-        return self._session
-
-    def run_with_hooks(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` as one step with every hook's ``before_run`` / ``after_run``."""
-        return self._session._run_with_hooks(fn, args, kwargs)
-
-    def request_stop(self) -> None:
-        """Stop the loop: raises out of the step function; ``run_step_fn`` returns None."""
-        raise _StopRequested("step_fn requested a stop")
+_IN_STEP = "a hook's before_run/after_run, a listener, or the step function itself"
 
 
 class MonitoredSession:
@@ -85,6 +62,17 @@ class MonitoredSession:
     hook's ``after_create_session`` again) and the same ``run`` call is retried — TF's
     behaviour for preemption errors. Without a checkpoint to restore, state and step are
     kept as they were.
+
+    ``preemption_signals`` (default: none; ``MonitoredTrainingSession`` handles SIGTERM
+    when it has a ``checkpoint_dir``) are handled from creation until close, in the main
+    thread only: a signal only sets ``preempted`` and makes ``should_stop()`` true; at the
+    next step boundary (the end of the running step, or the next ``run``) the session
+    closes normally (every hook's ``end``, so the saver hook saves with its listeners) and
+    raises ``Preempted``, a ``SystemExit`` with status ``EXIT_PREEMPTED``. A loop that
+    stops on its own after the signal gets the same from ``close()`` / the ``with``
+    block. A hook's ``after_run`` may raise ``RollbackRequested`` to undo a step: the
+    session restores the checkpoint it names and skips the runs of ``skipped_steps`` (see
+    docs/preemption.md).
 
     TF's ``session_creator`` has no counterpart (there is no graph to initialise): pass
     ``state=`` and ``checkpoint_dir=`` directly. ``stop_grace_period_secs`` is accepted
@@ -101,6 +89,7 @@ class MonitoredSession:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         steps_per_run: int = 1,
         recoverable_errors: Iterable[type[BaseException]] = (),
+        preemption_signals: Iterable[int] = (),
     ) -> None:
         if session_creator is not None:
             raise TypeError(
@@ -110,24 +99,35 @@ class MonitoredSession:
         if not isinstance(steps_per_run, int) or steps_per_run < 1:
             raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
         self.state: MutableMapping[str, Any] = {} if state is None else state
+        refuse_reserved_key(self.state)
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self._recoverable = _exception_types(recoverable_errors)
+        self._recoverable = exception_types(recoverable_errors)
         self._hooks = as_hook_list(hooks)
+        self._hook_states = SessionHookStates(self._hooks)
         self._calls = HookCalls.build(self._hooks)
         self._after_run = tuple(call for _, call in self._calls.after_run)
         self._coord = Coordinator()
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any
         self._state_changed = False  # a step ran since the last restore/creation
+        self._busy: str | None = None  # what hook code or step is running, for nested runs
+        self._skipped: frozenset[int] = frozenset()
+        self._preempted = False
+        self._preempt_signal: int | None = None
+        self._signals = PreemptionSignals(preemption_signals, self._on_preemption)
         try:
+            self._signals.install()  # first: a signal during the restore is not lost
             for begin in self._calls.begin:
                 begin()
             self._create_with_recovery()
         except BaseException:
-            with contextlib.suppress(Exception):  # the original error is the one to report
-                self._release_hooks()
+            try:
+                with contextlib.suppress(Exception):  # the original error is the one to report
+                    self._release_hooks()
+            finally:
+                self._signals.restore()
             raise
 
     # -- the public surface (``HookSession`` is the part hooks may use) -----------------
@@ -136,6 +136,12 @@ class MonitoredSession:
     def checkpoint_dir(self) -> Path | None:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
+
+    @property
+    def checkpoint_state(self) -> MutableMapping[str, Any]:
+        """What a checkpoint holds: ``state`` plus the hooks' and listeners' own states
+        (one reserved entry, ``"__trainhooks__"``; see ``_hook_state.py``)."""
+        return self._hook_states.around(self.state)
 
     @property
     def restored_checkpoint(self) -> CheckpointInfo | None:
@@ -152,6 +158,32 @@ class MonitoredSession:
         A step already running completes, with its ``after_run`` calls.
         """
         self._coord.stop = True
+
+    @property
+    def preempted(self) -> bool:
+        """True once a preemption was requested (a preemption signal or
+        ``request_preemption()``); the session then saves, ends and raises ``Preempted``
+        at the next step boundary."""
+        return self._preempted
+
+    def request_preemption(self) -> None:
+        """Do what a preemption signal does: finish the running step, save, end, stop.
+
+        Only sets a flag, so it is safe from a signal handler or another thread: the way
+        to handle signals when the session lives outside the main thread.
+        """
+        self._on_preemption(None)
+
+    @property
+    def skipped_steps(self) -> frozenset[int]:
+        """Global steps whose runs this session skips, because their data made it roll back.
+
+        A ``run`` that would end at one of these steps calls neither the step function
+        nor any hook: it advances ``global_step`` and returns None. A data pipeline that
+        would rather not load such a batch checks
+        ``sess.global_step + sess.steps_per_run in sess.skipped_steps`` first.
+        """
+        return self._skipped
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as one step with every hook; return its result.
@@ -173,12 +205,14 @@ class MonitoredSession:
         and may do other work around them; ``step_context.request_stop()`` ends the loop.
         Returns what ``step_fn`` returns, or None when it requested a stop.
         """
+        if self._busy is not None:
+            self._raise_nested_run("run_step_fn()")
         while True:
             try:
                 self._raise_if_stopped()
                 self._state_changed = True
                 return step_fn(StepContext(self))
-            except _StopRequested:
+            except StopRequested:
                 self._coord.stop = True
                 return None
             except self._recoverable as exc:
@@ -216,61 +250,55 @@ class MonitoredSession:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """One step: every ``before_run``, ``fn``, the global step, every ``after_run``."""
+        if self._busy is not None:
+            self._raise_nested_run()
         if self._coord.stop:
             self._raise_if_stopped()
-        context = SessionRunContext(_NO_ARGS, self)
-        requests: dict[int, SessionRunArgs] | None = None
-        if self._calls.before_run:  # only then may a hook ask for results or feed
-            requests, kwargs = self._call_before_run(context, kwargs)
-        result = fn(*args, **kwargs)
-        self.global_step += self.steps_per_run
-        self._state_changed = True
-        if requests:
-            self._call_after_run_with_results(context, requests, result)
-        elif self._after_run:  # the common case, kept inline: nobody asked for results
-            values = plain_run_values(result)
-            for after_run in self._after_run:
-                after_run(context, values)
-        if context._stop_requested:
+        if self._skipped and self.global_step + self.steps_per_run in self._skipped:
+            return self._skip_run()
+        rollback: RollbackRequested | None = None
+        self._busy = _IN_STEP
+        try:  # kept in one function: this is the per-step path
+            context = SessionRunContext(_NO_ARGS, self)
+            requests: dict[int, SessionRunArgs] | None = None
+            if self._calls.before_run:  # only then may a hook ask for results or feed
+                requests, kwargs = call_before_run(self._calls, self._hooks, context, kwargs)
+            result = fn(*args, **kwargs)
+            self.global_step += self.steps_per_run
+            self._state_changed = True
+            try:
+                if requests:
+                    call_after_run_with_results(self._calls, context, requests, result)
+                elif self._after_run:  # the common case, kept inline: nobody asked for results
+                    values = plain_run_values(result)
+                    for after_run in self._after_run:
+                        after_run(context, values)
+            except RollbackRequested as request:
+                rollback = request
+        finally:
+            self._busy = None
+        if rollback is not None:
+            self._roll_back(rollback)
+        elif context._stop_requested:
             self._coord.stop = True
+        if self._preempted:  # the step boundary: save, end, raise Preempted
+            self._end_preempted()
         return result
 
-    def _call_before_run(
-        self, context: SessionRunContext, kwargs: dict[str, Any]
-    ) -> tuple[dict[int, SessionRunArgs], dict[str, Any]]:
-        requests: dict[int, SessionRunArgs] = {}
-        feeds: dict[str, Any] = {}
-        for index, before_run in self._calls.before_run:
-            request = before_run(context)
-            if request is None:
-                continue
-            requests[index] = request
-            if request.feed_dict:
-                clash = (feeds.keys() | kwargs.keys()) & request.feed_dict.keys()
-                if clash:
-                    raise RuntimeError(
-                        f"hook {type(self._hooks[index]).__name__} feeds {sorted(clash)}, which "
-                        f"another hook or the run call already passes; feed each argument once"
-                    )
-                feeds.update(request.feed_dict)
-        return requests, ({**kwargs, **feeds} if feeds else kwargs)
-
-    def _call_after_run_with_results(
-        self, context: SessionRunContext, requests: dict[int, SessionRunArgs], result: Any
-    ) -> None:
-        """Every ``after_run``; a hook whose ``before_run`` asked for results gets those."""
-        values = plain_run_values(result)
-        for index, after_run in self._calls.after_run:
-            request = requests.get(index)
-            if request is not None:
-                results = select_fetches(request.fetches, result)
-                after_run(context, SessionRunValues(results, step_result=result))
-            else:
-                after_run(context, values)
+    def _raise_nested_run(self, what: str = "session.run()") -> None:
+        raise RuntimeError(
+            f"{what} was called from inside {self._busy} (global step "
+            f"{self.global_step}); that would run and count a training step inside the "
+            "current one, and trigger the saver's hooks again. To compute a value there, "
+            "call the function directly (e.g. eval_fn(...) or model(x)) and read the "
+            "model from session.state; a hook gets the step's results in run_values"
+        )
 
     def _raise_if_stopped(self) -> None:
         if self._closed:
             raise RuntimeError("run called on a closed session; create a new session")
+        if self._preempted:  # a step boundary: save, end, raise Preempted
+            self._end_preempted()
         if self._coord.stop:
             raise RuntimeError(
                 "run called even after should_stop() became true (a hook or the step "
@@ -278,35 +306,90 @@ class MonitoredSession:
                 "`while not sess.should_stop(): sess.run(...)`"
             )
 
-    def _create_with_recovery(self) -> None:
+    def _create_with_recovery(self, step: int | None = None) -> None:
         while True:
             try:
-                self._create_session()
+                self._create_session(step)
                 return
             except self._recoverable as exc:
                 _LOG.warning("recoverable error while creating the session: %r; retrying", exc)
 
-    def _create_session(self) -> None:
-        """Restore (if possible) and run every hook's ``after_create_session``."""
+    def _create_session(self, step: int | None = None) -> None:
+        """Restore (the latest checkpoint, or ``step``'s) and call ``after_create_session``."""
         self._coord.clear_stop()
+        if self._preempted:
+            self._coord.stop = True
         if self._checkpoint_dir is not None:
-            self._restore_latest(self._checkpoint_dir)
+            self._restore(self._checkpoint_dir, step)
         self._state_changed = False
-        for after_create_session in self._calls.after_create_session:
-            after_create_session(self, self._coord)
+        self._busy = "a hook's after_create_session or a listener it calls"
+        try:
+            for after_create_session in self._calls.after_create_session:
+                after_create_session(self, self._coord)
+        finally:
+            self._busy = None
 
-    def _restore_latest(self, directory: Path) -> None:
+    def _restore(self, directory: Path, step: int | None) -> None:
         from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
 
         try:
             with Saver(max_to_keep=None) as saver:
-                info = saver.restore(self.state, directory)
+                info = saver.restore(self.checkpoint_state, directory, step)
         except CheckpointNotFoundError:
-            _LOG.info("no checkpoint in %s; starting at step %d", directory, self.global_step)
+            if step is not None:
+                raise
+            # WARNING, not INFO: a mistyped checkpoint_dir looks exactly like a new run
+            _LOG.warning(
+                "no checkpoint found in %s; starting at step %d (expected for a new run; "
+                "to resume, check checkpoint_dir)",
+                directory.absolute(),
+                self.global_step,
+            )
             return
         self.global_step = info.step
         self._restored = info
         _LOG.info("restored global step %d from %s", info.step, info.path)
+
+    def _skip_run(self) -> None:
+        self.global_step += self.steps_per_run
+        self._state_changed = True
+        _LOG.info("skipped the run of step %d: its data made a step roll back", self.global_step)
+
+    def _roll_back(self, request: RollbackRequested) -> None:
+        """Undo the step just run: restore ``request.step``'s checkpoint, skip its data."""
+        if self._checkpoint_dir is None:
+            raise RuntimeError(
+                f"a hook asked to roll back step {self.global_step} ({request.reason}), but "
+                "the session has no checkpoint_dir to restore from; pass checkpoint_dir="
+            ) from request
+        self._skipped = self._skipped | frozenset(request.skip_steps)
+        _LOG.warning(
+            "rolling back step %d (%s): restoring the checkpoint at step %d from %s; "
+            "runs skipped from now on: steps %s",
+            self.global_step,
+            request.reason,
+            request.step,
+            self._checkpoint_dir,
+            sorted(self._skipped),
+        )
+        self._create_with_recovery(request.step)
+
+    def _end_preempted(self) -> None:
+        """Close normally at a step boundary after a preemption request: raises Preempted."""
+        _LOG.warning(
+            "preemption requested (%s): ending the session at global step %d; every "
+            "hook's end runs (the checkpoint saver saves this step)",
+            signal_name(self._preempt_signal),
+            self.global_step,
+        )
+        self._close(normal=True)
+
+    def _on_preemption(self, signum: int | None) -> None:
+        """The signal handler's whole work: note the request (no I/O, no logging)."""
+        if not self._preempted:
+            self._preempt_signal = signum
+            self._preempted = True
+        self._coord.stop = True
 
     def _recover(self, exc: BaseException) -> None:
         _LOG.warning(
@@ -324,11 +407,25 @@ class MonitoredSession:
         self._closed = True
         try:
             if normal:
+                self._busy = "a hook's end or a listener it calls"
                 for end in self._calls.end:
                     end(self)
         finally:
+            self._busy = None
             self._coord.stop = True
-            self._release_hooks()
+            try:
+                self._release_hooks()
+            finally:
+                self._signals.restore()  # after the final save: a second signal waits
+        if normal and self._preempted:
+            _LOG.warning(
+                "preempted (%s): the session ended at global step %d; raising Preempted "
+                "(exit status %d, EXIT_PREEMPTED) so that the job is requeued and resumes",
+                signal_name(self._preempt_signal),
+                self.global_step,
+                EXIT_PREEMPTED,
+            )
+            raise Preempted(self.global_step, self._preempt_signal)
 
     def _release_hooks(self) -> None:
         """Call every hook's ``release()`` whatever happened; then raise the first error."""
@@ -340,12 +437,3 @@ class MonitoredSession:
                 errors.append(exc)
         if errors:
             raise errors[0]
-
-
-def _exception_types(types: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
-    # a lone class is accepted too; every item is checked below
-    result: tuple[Any, ...] = (types,) if isinstance(types, type) else tuple(types)
-    for t in result:
-        if not (isinstance(t, type) and issubclass(t, BaseException)):
-            raise TypeError(f"recoverable_errors must hold exception classes, got {t!r}")
-    return result

@@ -12,9 +12,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainhooks._session._hook import SessionRunValues, overrides
+from trainhooks._session._hook import (
+    SessionRunArgs,
+    SessionRunContext,
+    SessionRunValues,
+    overrides,
+    select_fetches,
+)
 
-__all__ = ["Coordinator", "HookCalls", "as_hook_list", "plain_run_values"]
+__all__ = [
+    "Coordinator",
+    "HookCalls",
+    "as_hook_list",
+    "call_after_run_with_results",
+    "call_before_run",
+    "exception_types",
+    "plain_run_values",
+]
 
 
 def _implements(hook: object, method: str) -> bool:
@@ -101,3 +115,49 @@ def as_hook_list(hooks: Iterable[object] | None) -> list[object]:
 def plain_run_values(result: Any) -> SessionRunValues:
     """``SessionRunValues`` for a hook that asked for nothing: only the step's result."""
     return SessionRunValues(None, None, None, result)
+
+
+def call_before_run(
+    calls: HookCalls, hooks: Sequence[object], context: SessionRunContext, kwargs: dict[str, Any]
+) -> tuple[dict[int, SessionRunArgs], dict[str, Any]]:
+    """Every ``before_run``: the requests by hook index, and the step's keyword arguments
+    with every hook's ``feed_dict`` added (an argument fed twice is an error)."""
+    requests: dict[int, SessionRunArgs] = {}
+    feeds: dict[str, Any] = {}
+    for index, before_run in calls.before_run:
+        request = before_run(context)
+        if request is None:
+            continue
+        requests[index] = request
+        if request.feed_dict:
+            clash = (feeds.keys() | kwargs.keys()) & request.feed_dict.keys()
+            if clash:
+                raise RuntimeError(
+                    f"hook {type(hooks[index]).__name__} feeds {sorted(clash)}, which "
+                    f"another hook or the run call already passes; feed each argument once"
+                )
+            feeds.update(request.feed_dict)
+    return requests, ({**kwargs, **feeds} if feeds else kwargs)
+
+
+def call_after_run_with_results(
+    calls: HookCalls, context: SessionRunContext, requests: dict[int, SessionRunArgs], result: Any
+) -> None:
+    """Every ``after_run``; a hook whose ``before_run`` asked for results gets those."""
+    values = plain_run_values(result)
+    for index, after_run in calls.after_run:
+        request = requests.get(index)
+        if request is not None:
+            results = select_fetches(request.fetches, result)
+            after_run(context, SessionRunValues(results, step_result=result))
+        else:
+            after_run(context, values)
+
+
+def exception_types(types: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    """``recoverable_errors`` as a tuple of exception classes (a lone class is accepted)."""
+    result: tuple[Any, ...] = (types,) if isinstance(types, type) else tuple(types)
+    for t in result:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"recoverable_errors must hold exception classes, got {t!r}")
+    return result

@@ -7,8 +7,14 @@ The lifecycle, documented once here (TF's order, kept exactly):
    restored (or initialised); runs again after a recoverable error re-creates it.
 3. For each ``session.run(fn, ...)``: every hook's ``before_run(run_context)`` in list
    order (each may return ``SessionRunArgs`` naming results it wants) → the user's step →
-   every hook's ``after_run(run_context, run_values)`` in list order.
-4. ``end(session)`` — once, only when the session closes without an exception.
+   every hook's ``after_run(run_context, run_values)`` in list order. An ``after_run``
+   may raise ``RollbackRequested`` to undo the step: the hooks after it do not see the
+   step, the session restores the checkpoint the request names and calls every hook's
+   ``after_create_session`` again (2.), as after a recoverable error. A run whose step
+   is in ``session.skipped_steps`` calls no hook at all.
+4. ``end(session)`` — once, only when the session closes without an exception. After a
+   preemption signal the session closes this way at the next step boundary (the saver
+   hook's ``end`` saves), then raises ``Preempted``.
 5. ``release()`` — once per session when it closes, on every exit path: after ``end`` on
    a normal close, and also after an exception, or when ``begin`` or the creation failed.
    A hook gives back here what it holds outside Python's memory (a directory lock, an open
@@ -74,6 +80,16 @@ class HookSession(Protocol):
     @property
     def checkpoint_dir(self) -> Path | None:
         """The directory state is restored from at creation, or None."""
+        ...
+
+    @property
+    def checkpoint_state(self) -> MutableMapping[str, Any]:
+        """What a saver writes: ``state`` plus the hooks' and listeners' own states.
+
+        Those are the states of every hook and listener with ``state_dict()`` /
+        ``load_state_dict()``, under one reserved entry (``"__trainhooks__"``); the session
+        restores them at creation. A hook that saves checkpoints saves this mapping.
+        """
         ...
 
     @property

@@ -17,7 +17,7 @@ still fail in the second pass; nothing can check what such a method does without
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from trainhooks._exceptions import CheckpointCorruptError, StateMismatchError
@@ -35,12 +35,21 @@ Step = Callable[[], Any]  # runs one planned restore; returns what the parent sh
 
 
 def apply_state(
-    target: MutableMapping[str, Any], saved: Mapping[str, Any], *, strict: bool, cast: bool
+    target: MutableMapping[str, Any],
+    saved: Mapping[str, Any],
+    *,
+    strict: bool,
+    cast: bool,
+    optional: Collection[str] = (),
 ) -> None:
     """Restore ``saved`` (the decoded top-level mapping, tensors as ``MappedTensor``) into
-    ``target`` in place; raises ``StateMismatchError`` before changing anything."""
-    missing = [k for k in target if k not in saved]
-    unexpected = [k for k in saved if k not in target]
+    ``target`` in place; raises ``StateMismatchError`` before changing anything.
+
+    Top-level entries named in ``optional`` may be missing on either side, even when
+    ``strict``: they are restored only when both have them.
+    """
+    missing = [k for k in target if k not in saved and k not in optional]
+    unexpected = [k for k in saved if k not in target and k not in optional]
     if strict and (missing or unexpected):
         raise StateMismatchError(
             f"the checkpoint's entries do not match the state: missing from the checkpoint "

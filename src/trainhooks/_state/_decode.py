@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainhooks._exceptions import CheckpointFormatError
-from trainhooks._state._adapters._registry import adapter_for, is_framework
+from trainhooks._state._adapters._registry import adapter_for, is_framework, new_array
 
 __all__ = [
     "CallableValue",
@@ -100,6 +100,8 @@ def decode_tree(node: Any, read_tensor: ReadTensor) -> Any:
         return RecordValue(str(node.get("class")), items)
     if kind == "callable":
         return CallableValue(str(node.get("name")))
+    if kind == "sharded":
+        return _assemble(node, read_tensor)
     if isinstance(kind, str) and is_framework(kind):
         return _framework_node(kind, node, read_tensor)
     raise CheckpointFormatError(f"unknown tree node type {str(kind)[:80]!r}")
@@ -121,6 +123,26 @@ def _framework_node(kind: str, node: dict[str, Any], read_tensor: ReadTensor) ->
     text = _text(node, "value")
     adapter = adapter_for(kind)
     return text if adapter is None else adapter.decode_value(kind, text)
+
+
+def _assemble(node: dict[str, Any], read_tensor: ReadTensor) -> Any:
+    """A tensor saved in chunks by several processes, as one full NumPy array (the form
+    ``trainhooks.load`` returns; restoring onto processes goes through DCP's planners)."""
+    shape = tuple(int(d) for d in node["shape"])
+    full = new_array(str(node["dtype"]), shape, "numpy", lambda view: None)
+    covered = 0
+    for chunk in node["chunks"]:
+        part = read_tensor(chunk["name"], "numpy")
+        offsets = [int(o) for o in chunk["offsets"]]
+        if len(offsets) != len(shape) or part.ndim != len(shape):
+            raise CheckpointFormatError(f"chunk {chunk['name']!r} does not match shape {shape}")
+        full[tuple(slice(o, o + n) for o, n in zip(offsets, part.shape, strict=True))] = part
+        covered += part.size
+    if covered != full.size:
+        raise CheckpointFormatError(
+            f"the chunks of {node.get('fqn')!r} cover {covered} of its {full.size} elements"
+        )
+    return full
 
 
 def _key(key: Any) -> str | int:

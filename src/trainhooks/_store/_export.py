@@ -3,6 +3,9 @@
 A checkpoint's data file already has the safetensors layout, so export verifies it and
 copies it byte for byte; the state tree and step go into the header's ``__metadata__`` so
 the single file is self-describing. Written crash-safely: temp file beside, fsync, rename.
+An export may hold a part of the checkpoint under other names (an ``ExportSelection``,
+e.g. only the model, named as its ``state_dict()`` names it): which part is the caller's
+choice, made from the tree, which the store does not interpret.
 
 An :class:`ExportDirectory` keeps several exports (``best-<step>.safetensors``) each
 committed by a JSON file beside it (``best-<step>.json``), written after the tensors and
@@ -18,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,14 @@ from trainhooks._store._faults import fault_point
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._safetensors import build_header
 
-__all__ = ["EXPORT_FORMAT", "ExportDirectory", "StoredExport", "export_safetensors"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportDirectory",
+    "ExportSelection",
+    "SelectTensors",
+    "StoredExport",
+    "export_checkpoint",
+]
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -38,27 +48,57 @@ _NAME = re.compile(r"^best-(\d{12})\.(json|safetensors)$")
 _TEMP_MARK = ".tmp-"  # write_file_atomically's temporary files: ".<name>.tmp-<hex>"
 
 
-def export_safetensors(
-    checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
-) -> Path:
-    """Write ``checkpoint_path``'s tensors to ``out_path`` as one verified safetensors file.
+@dataclass(frozen=True)
+class ExportSelection:
+    """The part of a checkpoint an export holds.
 
-    Tensor names are the checkpoint's (e.g. ``model/fc1.weight``); ``__metadata__`` holds
-    ``trainhooks_step`` and ``trainhooks_tree`` (the JSON state tree).
+    ``names`` maps each exported tensor's name in the checkpoint to its name in the file;
+    ``tree`` is the tree written to the file's metadata (naming tensors as the file does);
+    ``only`` says which part it is (written as ``trainhooks_only``).
+    """
+
+    names: Mapping[str, str]
+    tree: Any
+    only: str
+
+
+# Chooses the part to export from the checkpoint's tree.
+SelectTensors = Callable[[Any], ExportSelection]
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    select: SelectTensors | None = None,
+) -> Path:
+    """Write ``checkpoint_path``'s tensors (all, or the part ``select`` picks from its tree)
+    to ``out_path`` as one verified safetensors file.
+
+    Without ``select`` tensor names are the checkpoint's (e.g. ``model/fc1.weight``);
+    ``__metadata__`` holds ``trainhooks_step`` and ``trainhooks_tree`` (the JSON state tree).
     """
     with CheckpointReader(checkpoint_path) as reader:
-        return _export(reader, Path(out_path))
+        return _export(reader, Path(out_path), select)
 
 
-def _export(reader: CheckpointReader, out_path: Path) -> Path:
-    records = reader.manifest.tensors
+def _export(reader: CheckpointReader, out_path: Path, select: SelectTensors | None) -> Path:
+    tree = reader.manifest.tree
+    chosen = [(r, r.name) for r in reader.manifest.tensors]
+    extra: dict[str, str] = {}
+    if select is not None:
+        selection = select(tree)
+        chosen = [(r, selection.names[r.name]) for r, _ in chosen if r.name in selection.names]
+        tree, extra = selection.tree, {"trainhooks_only": selection.only}
+    records = [record for record, _ in chosen]
     header, _ = build_header(
-        [(r.name, r.dtype, r.shape, r.end - r.begin) for r in records],
+        [(name, r.dtype, r.shape, r.end - r.begin) for r, name in chosen],
         {
             "format": "pt",
             "producer": "trainhooks",
             "trainhooks_step": str(reader.manifest.step),
-            "trainhooks_tree": json.dumps(reader.manifest.tree, separators=(",", ":")),
+            "trainhooks_tree": json.dumps(tree, separators=(",", ":")),
+            **extra,
         },
     )
 
@@ -123,11 +163,19 @@ class ExportDirectory:
                 exports.append(export)
         return exports
 
-    def add(self, step: int, checkpoint_path: Path, metadata: Mapping[str, Any]) -> StoredExport:
-        """Export ``checkpoint_path`` as the export of ``step``, then commit it by writing
-        its JSON (``metadata`` plus the format, step, source and file name)."""
+    def add(
+        self,
+        step: int,
+        checkpoint_path: Path,
+        metadata: Mapping[str, Any],
+        *,
+        select: SelectTensors | None = None,
+    ) -> StoredExport:
+        """Export ``checkpoint_path`` (the part ``select`` picks, or all of it) as the export
+        of ``step``, then commit it by writing its JSON (``metadata`` plus the format,
+        step, source and file name)."""
         metadata_path, path = self._paths(step)
-        export_safetensors(checkpoint_path, path)
+        export_checkpoint(checkpoint_path, path, select=select)
         fault_point("listener_export_before_metadata")
         record = {
             **metadata,

@@ -24,6 +24,7 @@ __all__ = [
     "committed_paths",
     "latest_checkpoint",
     "list_checkpoints",
+    "next_sequence",
     "scan_checkpoints",
 ]
 
@@ -70,6 +71,19 @@ def commits_newest_first(
             ordered.append(((1, 0, step), path))
     ordered.sort(reverse=True)
     return [path for _, path in ordered]
+
+
+def next_sequence(directory: str | os.PathLike[str], basename: str = DEFAULT_BASENAME) -> int:
+    """The commit number after the highest in ``directory`` (1 in an empty one), from the
+    manifests alone; for a writer holding the directory's lock that keeps no count itself."""
+    highest = 0
+    for _, path in _committed_entries(directory, basename):
+        try:
+            with CheckpointReader(path, follow_symlinks=False, data_files=False) as reader:
+                highest = max(highest, reader.manifest.sequence)
+        except CheckpointError:
+            continue
+    return highest + 1
 
 
 def scan_checkpoints(

@@ -2,7 +2,7 @@
 
 Only one process at a time may change a directory of checkpoints, or the retention of one
 writer would delete the checkpoints of the other. :class:`DirectoryWriter` is that one
-writer (a ``Saver`` holds one per directory it saves into). Opening it takes the
+writer; within a process savers share it (``_sharing.py``). Opening it takes the
 directory's lock, removes what a crashed writer left half-done and recovers the retention
 record from the newest checkpoint; each :meth:`DirectoryWriter.commit` plans retention
 *before* writing (the plan is stored in the new manifest), commits, and deletes the
@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,10 +178,14 @@ class DirectoryWriter:
         self.basename = basename
         self.policy = policy
         self._closed = False
+        self.leases = 0  # savers of this process sharing this writer (``_sharing.py``)
+        self._commit_lock = threading.Lock()  # sharers may save from different threads
         self.lock = DirectoryLock(directory)
         self.lock.acquire()
         try:
-            self._inode = os.stat(directory).st_ino
+            stat = os.stat(directory)
+            self.identity = (stat.st_dev, stat.st_ino)
+            self._inode = stat.st_ino
             clean_leftovers(directory, basename)
             self.record = _recover_record(directory, basename, policy)
         except BaseException as exc:
@@ -195,10 +200,10 @@ class DirectoryWriter:
 
     @classmethod
     def open(
-        cls, directory: Path, basename: str, policy: RetentionPolicy, step: int
+        cls, directory: Path, basename: str, policy: RetentionPolicy, step: int | None
     ) -> DirectoryWriter:
         """Create ``directory`` if needed and become its writer (``step`` is the save this
-        is for, named in the error if the directory cannot be created)."""
+        is for, if any, named in the error if the directory cannot be created)."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -215,6 +220,12 @@ class DirectoryWriter:
     ) -> CheckpointInfo:
         """Durably commit a checkpoint at ``step`` carrying the retention plan, then delete
         the plan's victims. Returns only once the checkpoint survives a crash."""
+        with self._commit_lock:
+            return self._commit(step, tensors, tree, metadata)
+
+    def _commit(
+        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+    ) -> CheckpointInfo:
         self._check_in_place(step)
         when = time.time()
         plan = plan_retention(self.record, step, when, self.policy)

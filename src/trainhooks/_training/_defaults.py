@@ -86,15 +86,19 @@ def training_hooks(
     saver_hook = None if checkpoint_dir is None else _saver_for(checkpoint_dir, given)
     if checkpoint_dir is not None and (steps is not None or secs is not None):
         if saver_hook is not None:
-            # TF would install a second saver writing every checkpoint twice; here two
-            # writers on one directory would collide on its lock, so the user's hook wins.
+            # TF would install a second saver writing every checkpoint twice; the user's
+            # hook is the directory's saver, so the user's hook wins.
+            _check_max_to_keep(max_to_keep, saver_hook)
             _LOG.info(
                 "a CheckpointSaverHook for %s was given; not adding the default one",
                 checkpoint_dir,
             )
         else:
             saver_hook = CheckpointSaverHook(
-                checkpoint_dir, save_secs=secs, save_steps=steps, max_to_keep=max_to_keep
+                checkpoint_dir,
+                save_secs=secs,
+                save_steps=steps,
+                max_to_keep=None if max_to_keep is None else int(max_to_keep),
             )
             result.append(saver_hook)
     if saver_hook is not None:
@@ -123,6 +127,24 @@ def _resume_check(
     if check.saver_hook is None:
         check._follow(saver_hook)
     return [check]
+
+
+def _check_max_to_keep(max_to_keep: int | None, hook: CheckpointSaverHook) -> None:
+    """Refuse a ``max_to_keep`` that the user's own saver hook would silently ignore."""
+    if isinstance(max_to_keep, UseDefault) or (max_to_keep or None) == hook.max_to_keep:
+        return
+    where = (
+        f"CheckpointSaverHook({str(hook.checkpoint_dir)!r}, ..., max_to_keep={max_to_keep!r})"
+        if hook.owns_saver
+        else f"its saver: saver=Saver(max_to_keep={max_to_keep!r})"
+    )
+    kept = "every checkpoint" if hook.max_to_keep is None else hook.max_to_keep
+    raise ValueError(
+        f"MonitoredTrainingSession(max_to_keep={max_to_keep!r}) would be ignored: it is for "
+        f"the default CheckpointSaverHook, and the hooks hold your own CheckpointSaverHook "
+        f"for {hook.checkpoint_dir}, which keeps {kept}. Set it on your hook instead "
+        f"({where}) and drop it here."
+    )
 
 
 def _summary_saver_hook(**kwargs: Any) -> object | None:

@@ -9,9 +9,11 @@ chief, which defaults apply, which hooks) is in ``_defaults.py``.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+from trainhooks._hooks._nan_tensor import NanTensorHook
 from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._session._core import MonitoredSession
 from trainhooks._session._dispatch import as_hook_list
@@ -39,7 +41,8 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     log_step_count_steps: int | None = 100,
     steps_per_run: int = 1,
     recoverable_errors: Iterable[type[BaseException]] = (),
-    max_to_keep: int | None = 5,
+    preemption_signals: Iterable[int] | None = None,
+    max_to_keep: int | None = UseDefault(5),
     summary_dir: str | os.PathLike[str] | None = None,
     master: str = "",
     scaffold: Any = None,
@@ -57,7 +60,13 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     ``_secs``) when ``summary_dir`` or ``checkpoint_dir`` is set, a ``CheckpointSaverHook``
     (``save_checkpoint_secs`` / ``_steps``, keeping ``max_to_keep``) when
     ``checkpoint_dir`` is set, then ``hooks``. Other workers run only ``hooks``. Every
-    worker restores ``state`` from ``checkpoint_dir``.
+    worker restores ``state`` from ``checkpoint_dir``. A ``NanTensorHook`` in rollback mode
+    runs before all of them, so that a step it undoes is never saved or summarised.
+
+    ``preemption_signals`` (None: ``(signal.SIGTERM,)`` when ``checkpoint_dir`` is set,
+    else none; ``()`` turns the handling off) are the signals after which the session
+    finishes the running step, saves, ends and raises ``Preempted`` (exit status
+    ``EXIT_PREEMPTED``); see ``MonitoredSession`` and docs/preemption.md.
 
     Not in TF: with checkpoints saved, the chief also gets a ``ResumeCheckHook`` that
     warns when steps re-run after a restore return other values than before the crash
@@ -65,13 +74,16 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     it off; ``resume_check=ResumeCheckHook(rtol=..., on_divergence="raise")`` tunes it.
 
     As in TF, giving ``save_checkpoint_steps`` drops the 600-second default, and giving
-    ``save_summaries_secs`` drops the 100-step default. All arguments are keyword-only:
+    ``save_summaries_secs`` drops the 100-step default. ``max_to_keep`` is for the default
+    saver hook: given together with your own ``CheckpointSaverHook`` for
+    ``checkpoint_dir`` that keeps another number, it is refused (``ValueError``) rather
+    than silently ignored; set it on your hook. All arguments are keyword-only:
     TF's first positional argument is ``master``, so positional TF calls would bind
     wrongly. ``master``, ``scaffold``, ``config``, ``stop_grace_period_secs``,
     ``max_wait_secs`` and ``save_graph_def`` are accepted and ignored.
     """
     chief = default_is_chief() if is_chief is None else bool(is_chief)
-    all_hooks = as_hook_list(hooks)
+    first, all_hooks = _rollback_hooks_first(as_hook_list(hooks))
     if chief:
         save_checkpoint_secs, save_checkpoint_steps = resolve_default(
             save_checkpoint_secs, save_checkpoint_steps
@@ -92,10 +104,24 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
             max_to_keep=max_to_keep,
             resume_check=resume_check,
         )
+    if preemption_signals is None:
+        preemption_signals = () if checkpoint_dir is None else (signal.SIGTERM,)
     return MonitoredSession(
-        hooks=all_hooks,
+        hooks=[*first, *all_hooks],
         state=state,
         checkpoint_dir=checkpoint_dir,
         steps_per_run=steps_per_run,
         recoverable_errors=recoverable_errors,
+        preemption_signals=preemption_signals,
     )
+
+
+def _rollback_hooks_first(hooks: list[object]) -> tuple[list[object], list[object]]:
+    """Split off the hooks that must see a step before any other hook records it.
+
+    A ``NanTensorHook`` in rollback mode undoes a bad step by raising from ``after_run``;
+    the hooks after it never see that step. In TF's order it would come after the saver
+    and the summary hook, which would first save the broken state and write its values.
+    """
+    first: list[object] = [h for h in hooks if isinstance(h, NanTensorHook) and h.rolls_back]
+    return first, [h for h in hooks if not any(h is f for f in first)]
