@@ -3,8 +3,9 @@ it ends bit for bit where an uninterrupted run ends.
 
 The job: an MLP with dropout, optax's AdamW behind gradient clipping on a warmup-cosine
 schedule, shuffled batches, an evaluation after every checkpoint, early stopping on the
-validation loss and an export of the two most accurate checkpoints. The only lines that
-are about trainhooks are the ``state`` dict and the session (docs/porting.md).
+validation loss and an export of the two most accurate checkpoints. Besides its
+listeners, the only lines about trainhooks are the ``state`` dict and the session
+(docs/porting.md).
 
     python examples/porting_jax_job.py --dir runs/jax-job
     python examples/porting_jax_job.py --dir runs/jax-job --kill-at-step 25  # dies
@@ -107,7 +108,10 @@ def main() -> None:
     @jax.jit
     def train_step(state: dict[str, Any], index: jax.Array) -> tuple[dict[str, Any], jax.Array]:
         key, step_key = jax.random.split(state["key"])
-        loss_fn = lambda p: cross_entropy(logits_of(p, x[index], step_key), y[index])  # noqa: E731
+
+        def loss_fn(params: Any) -> jax.Array:
+            return cross_entropy(logits_of(params, x[index], step_key), y[index])
+
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)

@@ -3,8 +3,9 @@ ends bit for bit where an uninterrupted run ends.
 
 The job: an MLP with dropout, AdamW, a cosine learning-rate schedule, a gradient scaler,
 a shuffled ``StatefulDataLoader``, an evaluation after every checkpoint, early stopping on
-the validation loss and an export of the two most accurate checkpoints. The only lines
-that are about trainhooks are the ``state`` dict and the session (docs/porting.md).
+the validation loss and an export of the two most accurate checkpoints. Besides its
+listeners, the only lines about trainhooks are the ``state`` dict and the session
+(docs/porting.md).
 
     python examples/porting_torch_job.py --dir runs/torch-job
     python examples/porting_torch_job.py --dir runs/torch-job --kill-at-step 25  # dies
@@ -38,6 +39,7 @@ import trainhooks as th
 SEED = 0
 FEATURES, CLASSES = 16, 4
 TRAIN_SIZE, VAL_SIZE, BATCH_SIZE = 600, 256, 32  # 19 batches an epoch, the last one short
+STATE_NAMES = ["model", "optimizer", "scheduler", "scaler", "loader", "rng"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,7 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument("--num-workers", type=int, default=0, help="data loader processes")
     parser.add_argument("--kill-at-step", type=int, default=None, help="SIGKILL after it")
-    parser.add_argument("--leave-out", action="append", default=[], help="a name in state")
+    parser.add_argument(
+        "--leave-out", action="append", default=[], choices=STATE_NAMES, help="drop from state"
+    )
     return parser.parse_args()
 
 
