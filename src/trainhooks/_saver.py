@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainhooks._exceptions import (
     CheckpointCorruptError,
@@ -29,9 +29,20 @@ from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
+from trainhooks._store._layout import (
+    DEFAULT_BASENAME,
+    check_basename,
+    committed_name,
+)
 from trainhooks._store._reader import CheckpointReader, committed_paths
+from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._writer import DirectoryWriter, RetentionPolicy
+
+if TYPE_CHECKING:
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
+    from trainhooks._store._remote._writer import RemoteWriter
+
+    Reader = CheckpointReader | RemoteCheckpointReader
 
 __all__ = ["Saver", "load"]
 
@@ -44,6 +55,10 @@ class Saver:
     (measured from the first saver's creation, as TF does, and carried across restarts).
     Retention survives crashes: its state is stored in each checkpoint's manifest, so the
     next writer finishes deletions a crash interrupted (see ``docs/design.md``).
+
+    Every ``directory`` may be a URL (``s3://bucket/prefix``, ``gs://...``, any fsspec URL;
+    ``file://`` is local): ``storage_options`` go to fsspec as given, otherwise credentials
+    and endpoints come from the service's usual places (see ``docs/object-storage.md``).
     """
 
     def __init__(
@@ -53,6 +68,7 @@ class Saver:
         *,
         basename: str = DEFAULT_BASENAME,
         verify_on_restore: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -68,7 +84,8 @@ class Saver:
             keep_every,
             first_keep_time=time.time() + keep_every,  # TF: from the saver's creation
         )
-        self._writers: dict[Path, DirectoryWriter] = {}
+        self.storage_options = dict(storage_options) if storage_options else None
+        self._writers: dict[Path | str, DirectoryWriter | RemoteWriter] = {}
 
     # -- saving ---------------------------------------------------------------------
     def save(
@@ -85,12 +102,20 @@ class Saver:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         metadata = _checked_metadata(metadata)
         tree, tensors = encode_state(state)
-        directory = Path(directory).absolute()
-        writer = self._writers.get(directory)
+        url = as_url(directory)
+        key = url if url is not None else local_path(directory).absolute()
+        writer = self._writers.get(key)
         if writer is None or writer.closed:  # closed: its directory was removed or replaced
-            writer = DirectoryWriter.open(directory, self.basename, self._retention, step)
-            self._writers[directory] = writer
+            writer = self._open_writer(key, step)
+            self._writers[key] = writer
         return writer.commit(step, tensors, tree, metadata)
+
+    def _open_writer(self, key: Path | str, step: int) -> DirectoryWriter | RemoteWriter:
+        if isinstance(key, Path):
+            return DirectoryWriter.open(key, self.basename, self._retention, step)
+        from trainhooks._store._remote._writer import RemoteWriter
+
+        return RemoteWriter(key, self.basename, self._retention, self.storage_options)
 
     # -- restoring ------------------------------------------------------------------
     def restore(
@@ -114,15 +139,16 @@ class Saver:
         With ``step=None`` a corrupt newest checkpoint is reported with a warning and the
         next older valid one is used; with an explicit ``step`` corruption raises.
         """
-        directory = Path(directory)
+        url = as_url(directory)
+        directory = ObjectPath(url) if url is not None else local_path(directory)
         if step is not None:
             return self._restore_from(
-                committed_path(directory, self.basename, step), state, cast, strict
+                directory / committed_name(self.basename, step), state, cast, strict
             )
         warned: set[str] = set()
         for _ in range(_RESCANS):  # a live writer's retention may delete what we picked
             failures: list[CheckpointError] = []
-            for path in committed_paths(directory, self.basename):  # newest first
+            for path in self._committed(directory):  # newest first
                 try:
                     return self._restore_from(path, state, cast, strict)
                 except CheckpointNotFoundError:
@@ -146,10 +172,18 @@ class Saver:
             path=directory,
         )
 
+    def _committed(self, directory: Path | ObjectPath) -> list[Path | ObjectPath]:
+        if isinstance(directory, Path):
+            return list(committed_paths(directory, self.basename))
+        from trainhooks._store._remote._api import committed_names
+
+        names = committed_names(str(directory), self.basename, self.storage_options)
+        return [directory / name for name in names]
+
     def _restore_from(
-        self, path: Path, state: MutableMapping[str, Any], cast: bool, strict: bool
+        self, path: Path | ObjectPath, state: MutableMapping[str, Any], cast: bool, strict: bool
     ) -> CheckpointInfo:
-        with CheckpointReader(path) as reader:
+        with open_reader(path, self.storage_options) as reader:
             saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
             info = reader.info
         if not isinstance(saved, dict):
@@ -209,8 +243,20 @@ def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     return metadata
 
 
+def open_reader(
+    path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> Reader:
+    """A structure-checked reader of one checkpoint, on local disk or at a URL."""
+    url = as_url(path)
+    if url is None:
+        return CheckpointReader(local_path(path))
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
+
+    return RemoteCheckpointReader(url, storage_options=storage_options)
+
+
 def read_tree(
-    reader: CheckpointReader, *, verify: bool = True, numpy_only: bool = False, mapped: bool = False
+    reader: Reader, *, verify: bool = True, numpy_only: bool = False, mapped: bool = False
 ) -> Any:
     """Decode a checkpoint's whole tree, every tensor verified: read into fresh arrays, or with
     ``mapped`` left as ``MappedTensor`` views of the file for a single copy into targets."""
@@ -249,7 +295,8 @@ def read_tree(
 
 
 def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
-    """Read one checkpoint directory into nested dicts/lists of NumPy arrays and plain values.
+    """Read one checkpoint directory (or URL: ``s3://bucket/prefix/ckpt-...``) into nested
+    dicts/lists of NumPy arrays and plain values.
 
     Needs no framework and imports no class named in the file (no pickle, no template):
     torch tensors and ``Parameter``s, JAX arrays come back as NumPy arrays (bfloat16 as
@@ -260,6 +307,6 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     and ``bytearray`` keep their types. To get the original types back, restore into a
     template with ``Saver.restore`` instead.
     """
-    with CheckpointReader(path) as reader:
+    with open_reader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
     return plain
