@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from trainhooks._store._faults import fault_point
+
 __all__ = ["ObjectStore", "open_objects"]
 
 PART_SIZE = 16 * 1024 * 1024  # S3 parts must be >= 5 MiB except the last
@@ -181,6 +183,7 @@ class S3Objects(FsspecObjects):
             number, pieces = item
             body = b"".join(pieces)  # one part's copy, never the whole file's
             reply = self._call("upload_part", PartNumber=number, Body=body, **common)
+            fault_point("remote_after_part")
             return {"PartNumber": number, "ETag": reply["ETag"]}
 
         try:
