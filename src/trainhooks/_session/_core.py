@@ -34,6 +34,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
     select_fetches,
 )
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
@@ -112,7 +113,9 @@ class MonitoredSession:
         self.state: MutableMapping[str, Any] = {} if state is None else state
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
-        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._checkpoint_dir = (
+            None if checkpoint_dir is None else checkpoint_location(checkpoint_dir)
+        )
         self._recoverable = _exception_types(recoverable_errors)
         self._hooks = as_hook_list(hooks)
         self._calls = HookCalls.build(self._hooks)
@@ -133,7 +136,7 @@ class MonitoredSession:
     # -- the public surface (``HookSession`` is the part hooks may use) -----------------
 
     @property
-    def checkpoint_dir(self) -> Path | None:
+    def checkpoint_dir(self) -> Path | ObjectPath | None:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
 
@@ -295,7 +298,7 @@ class MonitoredSession:
         for after_create_session in self._calls.after_create_session:
             after_create_session(self, self._coord)
 
-    def _restore_latest(self, directory: Path) -> None:
+    def _restore_latest(self, directory: Path | ObjectPath) -> None:
         from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
 
         try:

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-__all__ = ["ObjectPath", "as_url", "local_path"]
+__all__ = ["ObjectPath", "as_url", "checkpoint_location", "local_path"]
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 
@@ -55,3 +55,10 @@ def local_path(location: str | os.PathLike[str]) -> Path:
     if isinstance(location, str) and location.lower().startswith("file://"):
         return Path(location[len("file://") :])
     return Path(location)
+
+
+def checkpoint_location(location: str | os.PathLike[str]) -> Path | ObjectPath:
+    """Where a ``checkpoint_dir`` argument points: an ``ObjectPath`` for a URL, else a
+    ``Path`` (what sessions and hooks keep, so a URL is never mangled into a path)."""
+    url = as_url(location)
+    return ObjectPath(url) if url is not None else local_path(location)
