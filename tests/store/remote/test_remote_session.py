@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from _support.session import Counter, RecordingListener, save_pair
-
 import trainhooks
+from _support.session import Counter, RecordingListener, save_pair
 from trainhooks import CheckpointSaverHook, MonitoredTrainingSession
 
 

@@ -20,7 +20,7 @@ from trainhooks._store._faults import fault_point
 __all__ = ["ObjectStore", "open_objects"]
 
 PART_SIZE = 16 * 1024 * 1024  # S3 parts must be >= 5 MiB except the last
-READ_CHUNK = 16 * 1024 * 1024
+READ_CHUNK = 64 * 1024 * 1024  # few large range GETs: each costs a request (moto: a copy)
 CONCURRENCY = 8
 
 
