@@ -33,6 +33,7 @@ from trainhooks._store._layout import (
 )
 from trainhooks._store._limits import MAX_MANIFEST_BYTES
 from trainhooks._store._manifest import Manifest, ManifestError, TensorRecord
+from trainhooks._store._remote._url import as_url, local_path
 from trainhooks._store._safetensors import HeaderError, header_length, parse_header
 
 __all__ = [
@@ -327,7 +328,13 @@ def scan_checkpoints(
 def list_checkpoints(
     directory: str | os.PathLike[str], *, basename: str = DEFAULT_BASENAME
 ) -> list[CheckpointInfo]:
-    """Committed, structurally valid checkpoints in ``directory``, oldest step first."""
+    """Committed, structurally valid checkpoints in ``directory`` (a path or a URL such
+    as ``s3://bucket/prefix``), oldest step first."""
+    if (url := as_url(directory)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.list_checkpoints(url, basename)
+    directory = local_path(directory)
     return scan_checkpoints(directory, basename)[0]
 
 
@@ -339,6 +346,11 @@ def latest_checkpoint(
     Checks checkpoints newest first and stops at the first valid one, so polling it is
     cheap however many checkpoints a directory keeps.
     """
+    if (url := as_url(directory)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.latest_checkpoint(url, basename)
+    directory = local_path(directory)
     # A writer's retention may delete every checkpoint of one listing while we read them
     # (it commits newer ones first), so a listing whose entries vanished is taken again;
     # only a listing with nothing deleted under it can answer None.
@@ -359,6 +371,11 @@ def latest_checkpoint(
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     """One checkpoint's facts after the cheap structure check (no tensor bytes are read);
     raises ``CheckpointNotFoundError`` or ``CheckpointCorruptError`` like the readers."""
+    if (url := as_url(path)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.checkpoint_info(url)
+    path = local_path(path)
     with CheckpointReader(path) as reader:
         return reader.info
 
@@ -367,6 +384,11 @@ def verify_checkpoint(
     path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> CheckpointInfo:
     """Fully verify one checkpoint; raise :class:`CheckpointCorruptError` naming what is bad."""
+    if (url := as_url(path)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.verify_checkpoint(url, progress)
+    path = local_path(path)
     with CheckpointReader(path) as reader:
         return reader.verify(progress)
 
