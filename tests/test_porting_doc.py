@@ -1,5 +1,7 @@
 """docs/porting.md's examples run as written and resume where they stopped; the
-step-derived one then ends with exactly the weights of an uninterrupted run."""
+step-derived one then ends with exactly the weights of an uninterrupted run. The lines
+quoted from the complete examples are the scripts' own (the scripts themselves are
+killed and resumed by tests/test_porting_jobs.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import numpy as np
 
 import trainhooks
 
-PORTING = Path(__file__).resolve().parents[1] / "docs" / "porting.md"
+ROOT = Path(__file__).resolve().parents[1]
+PORTING = ROOT / "docs" / "porting.md"
 # The session says where it restored from at INFO level; the test makes that visible.
 SHOW_RESTORES = "import logging\nlogging.basicConfig(level=logging.INFO)\n"
 
@@ -69,3 +72,28 @@ def test_step_derived_example_stopped_midway_ends_with_the_uninterrupted_weights
     want = final_weights(tmp_path / "uninterrupted/runs/steps", "params")
     got = final_weights(tmp_path / "resumed/runs/steps", "params")
     assert got["w"].tobytes() == want["w"].tobytes()
+
+
+def code_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def quoted_in(block: str, script: str) -> bool:
+    """Whether each part of ``block`` between ``...`` lines is a run of consecutive lines
+    of ``script`` (indentation aside), the parts in the script's order."""
+    lines, position = code_lines(script), 0
+    for part in re.split(r"^\.\.\.$", block, flags=re.M):
+        wanted = code_lines(part)
+        starts = range(position, len(lines) - len(wanted) + 1)
+        found = next((i for i in starts if lines[i : i + len(wanted)] == wanted), None)
+        if found is None:
+            return False
+        position = found + len(wanted)
+    return True
+
+
+def test_complete_examples_quote_the_scripts_they_point_at() -> None:
+    torch_block, jax_block = python_blocks("Complete examples")
+    assert quoted_in(torch_block, (ROOT / "examples/porting_torch_job.py").read_text())
+    assert quoted_in(jax_block, (ROOT / "examples/porting_jax_job.py").read_text())
+    assert not quoted_in(torch_block, (ROOT / "examples/porting_jax_job.py").read_text())

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainhooks._exceptions import (
     CheckpointCorruptError,
@@ -38,12 +38,19 @@ from trainhooks._store._layout import (
     DEFAULT_BASENAME,
     MANIFEST_FILE,
     check_basename,
-    committed_path,
+    committed_name,
 )
 from trainhooks._store._listing import commits_newest_first
 from trainhooks._store._reader import CheckpointReader
+from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._sharing import WriterLease, open_writer
 from trainhooks._store._writer import RetentionPolicy
+
+if TYPE_CHECKING:
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
+    from trainhooks._store._remote._writer import RemoteWriter
+
+    Reader = CheckpointReader | RemoteCheckpointReader
 
 __all__ = ["Saver", "export_safetensors", "load"]
 
@@ -61,6 +68,10 @@ class Saver:
     :meth:`acquire`) and keeps it until :meth:`close`, so another process saving there
     fails with ``CheckpointLockedError``. Savers of one process share the directory's
     writer (as TF's saver hooks share one saver) if they keep the same retention.
+
+    Every ``directory`` may be a URL (``s3://bucket/prefix``, ``gs://...``, any fsspec URL;
+    ``file://`` is local): ``storage_options`` go to fsspec as given, otherwise credentials
+    and endpoints come from the service's usual places (see ``docs/object-storage.md``).
     """
 
     def __init__(
@@ -70,6 +81,7 @@ class Saver:
         *,
         basename: str = DEFAULT_BASENAME,
         verify_on_restore: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -85,7 +97,8 @@ class Saver:
             keep_every,
             first_keep_time=time.time() + keep_every,  # TF: from the saver's creation
         )
-        self._writers: dict[Path, WriterLease] = {}
+        self.storage_options = dict(storage_options) if storage_options else None
+        self._writers: dict[Path | str, WriterLease | RemoteWriter] = {}
 
     # -- saving ---------------------------------------------------------------------
     def save(
@@ -102,7 +115,7 @@ class Saver:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         metadata = checked_metadata(metadata)
         tree, tensors = encode_state(state)
-        return self._writer(Path(directory), step).commit(step, tensors, tree, metadata)
+        return self._writer(directory, step).commit(step, tensors, tree, metadata)
 
     def acquire(self, directory: str | os.PathLike[str]) -> None:
         """Become the writer of ``directory`` now rather than at the first save.
@@ -111,15 +124,26 @@ class Saver:
         it if needed and finishes what a crashed writer left. A training session's saver
         hook calls this at creation, so a second writer is found before any training.
         """
-        self._writer(Path(directory), None)
+        self._writer(directory, None)
 
-    def _writer(self, directory: Path, step: int | None) -> WriterLease:
-        directory = directory.absolute()
-        lease = self._writers.get(directory)
-        if lease is None or lease.closed:  # closed: its directory was removed or replaced
-            lease = open_writer(directory, self.basename, self._retention, step)
-            self._writers[directory] = lease
-        return lease
+    def _writer(
+        self, directory: str | os.PathLike[str], step: int | None
+    ) -> WriterLease | RemoteWriter:
+        url = as_url(directory)
+        key: Path | str = url if url is not None else local_path(directory).absolute()
+        writer = self._writers.get(key)
+        if writer is None or writer.closed:  # closed: its directory was removed or replaced
+            writer = self._open_writer(key, step)
+            self._writers[key] = writer
+        return writer
+
+    def _open_writer(self, key: Path | str, step: int | None) -> WriterLease | RemoteWriter:
+        """A local directory's writer is shared by the process's savers; a URL's is ours."""
+        if isinstance(key, Path):
+            return open_writer(key, self.basename, self._retention, step)
+        from trainhooks._store._remote._writer import RemoteWriter
+
+        return RemoteWriter(key, self.basename, self._retention, self.storage_options)
 
     # -- restoring ------------------------------------------------------------------
     def restore(
@@ -146,15 +170,16 @@ class Saver:
         into a state that has that entry: a session's checkpoint restores into a plain
         state mapping too.
         """
-        directory = Path(directory)
+        url = as_url(directory)
+        directory = ObjectPath(url) if url is not None else local_path(directory)
         if step is not None:
             return self._restore_from(
-                committed_path(directory, self.basename, step), state, cast, strict
+                directory / committed_name(self.basename, step), state, cast, strict
             )
         warned: set[str] = set()
         for _ in range(_RESCANS):  # a live writer's retention may delete what we picked
             failures: list[CheckpointError] = []
-            for path in commits_newest_first(directory, self.basename):
+            for path in self._committed(directory):  # the last committed first
                 try:
                     info = self._restore_from(path, state, cast, strict)
                 except CheckpointNotFoundError:
@@ -180,10 +205,18 @@ class Saver:
             path=directory,
         )
 
+    def _committed(self, directory: Path | ObjectPath) -> list[Path | ObjectPath]:
+        if isinstance(directory, Path):
+            return list(commits_newest_first(directory, self.basename))
+        from trainhooks._store._remote._api import committed_names
+
+        names = committed_names(str(directory), self.basename, self.storage_options)
+        return [directory / name for name in names]
+
     def _restore_from(
-        self, path: Path, state: MutableMapping[str, Any], cast: bool, strict: bool
+        self, path: Path | ObjectPath, state: MutableMapping[str, Any], cast: bool, strict: bool
     ) -> CheckpointInfo:
-        with CheckpointReader(path, follow_symlinks=False) as reader:
+        with open_reader(path, self.storage_options, follow_symlinks=False) as reader:
             saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
             info = reader.info
         if not isinstance(saved, dict):
@@ -252,8 +285,24 @@ def _warn_skipped(warned: set[str], failures: list[CheckpointError], used: Check
             warnings.warn(message, stacklevel=3)
 
 
+def open_reader(
+    path: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    follow_symlinks: bool = True,
+) -> Reader:
+    """A structure-checked reader of one checkpoint, on local disk or at a URL; without
+    ``follow_symlinks`` a local checkpoint found by name is never read through a link."""
+    url = as_url(path)
+    if url is None:
+        return CheckpointReader(local_path(path), follow_symlinks=follow_symlinks)
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
+
+    return RemoteCheckpointReader(url, storage_options=storage_options)
+
+
 def read_tree(
-    reader: CheckpointReader, *, verify: bool = True, numpy_only: bool = False, mapped: bool = False
+    reader: Reader, *, verify: bool = True, numpy_only: bool = False, mapped: bool = False
 ) -> Any:
     """Decode a checkpoint's whole tree, every tensor verified: read into fresh arrays, or with
     ``mapped`` left as ``MappedTensor`` views of the file for a single copy into targets."""
@@ -294,7 +343,8 @@ def read_tree(
 
 
 def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
-    """Read one checkpoint directory into nested dicts/lists of NumPy arrays and plain values.
+    """Read one checkpoint directory (or URL: ``s3://bucket/prefix/ckpt-...``) into nested
+    dicts/lists of NumPy arrays and plain values.
 
     Needs no framework and imports no class named in the file (no pickle, no template):
     torch tensors and ``Parameter``s, JAX arrays come back as NumPy arrays (bfloat16 as
@@ -305,7 +355,7 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     and ``bytearray`` keep their types. To get the original types back, restore into a
     template with ``Saver.restore`` instead.
     """
-    with CheckpointReader(path) as reader:
+    with open_reader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
     return plain
 

@@ -24,6 +24,7 @@ from trainhooks._exceptions import CheckpointError
 from trainhooks._saver import load
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._listing import list_checkpoints
+from trainhooks._store._remote._url import ObjectPath
 
 __all__ = ["RollbackBudget", "SpikeDetector", "all_finite", "rollback_target"]
 
@@ -81,7 +82,7 @@ class RollbackBudget:
         return len(steps_in_window) > self.max_rollbacks
 
 
-def rollback_target(directory: Path, bad_step: int) -> CheckpointInfo | None:
+def rollback_target(directory: Path | ObjectPath, bad_step: int) -> CheckpointInfo | None:
     """The newest checkpoint in ``directory`` before ``bad_step`` holding only finite values.
 
     Newest means committed last: after an earlier rollback, a checkpoint of the abandoned

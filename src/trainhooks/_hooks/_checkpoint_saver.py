@@ -24,6 +24,7 @@ from trainhooks._session._hook import (
 )
 from trainhooks._session._hook_state import StatefulParts
 from trainhooks._session._timer import Clock, SecondOrStepTimer
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
     from trainhooks._saver import Saver
@@ -96,7 +97,7 @@ class CheckpointSaverHook(SessionRunHook):
                 f"max_to_keep={max_to_keep!r} applies to the hook's own saver only; pass it "
                 "to the saver you give instead: saver=Saver(max_to_keep=...)"
             )
-        self._checkpoint_dir = Path(checkpoint_dir)
+        self._checkpoint_dir = checkpoint_location(checkpoint_dir)
         self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps, clock=clock)
         self._listeners = list(listeners or [])
         self._saver: SupportsSave | None = saver
@@ -108,8 +109,8 @@ class CheckpointSaverHook(SessionRunHook):
         self.name = name or type(self).__name__
 
     @property
-    def checkpoint_dir(self) -> Path:
-        """The directory checkpoints are saved into."""
+    def checkpoint_dir(self) -> Path | ObjectPath:
+        """The directory (or object storage URL, as an ``ObjectPath``) saved into."""
         return self._checkpoint_dir
 
     @property
@@ -236,6 +237,8 @@ class CheckpointSaverHook(SessionRunHook):
         info = session.restored_checkpoint
         if info is None or info.step != step:
             return False
+        if isinstance(info.path, ObjectPath) or isinstance(self._checkpoint_dir, ObjectPath):
+            return str(info.path.parent) == str(self._checkpoint_dir)
         path = Path(info.path)
         return path.is_dir() and _same_directory(path.parent, self._checkpoint_dir)
 

@@ -132,7 +132,15 @@ class ResumeCheckHook(SessionRunHook):
     def after_create_session(self, session: HookSession, coord: Any) -> None:
         if not self._enabled or self._saver_hook is None:
             return
-        self._directory = self._saver_hook.checkpoint_dir
+        directory = self._saver_hook.checkpoint_dir
+        if not isinstance(directory, Path):  # object storage: the journal is a local file
+            if self._enabled:
+                _LOG.info(
+                    "resume check: off for %s (its journal needs a local directory)", directory
+                )
+            self._enabled = False
+            return
+        self._directory = directory
         self._expected = None
         first, self._loaded = not self._loaded, True
         if first:

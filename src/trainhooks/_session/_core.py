@@ -40,6 +40,7 @@ from trainhooks._session._hook import SessionRunArgs, SessionRunContext
 from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
 from trainhooks._session._preemption import PreemptionSignals, signal_name
 from trainhooks._session._step_context import StepContext, StopRequested
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
@@ -102,7 +103,9 @@ class MonitoredSession:
         refuse_reserved_key(self.state)
         self.global_step: int = 0
         self.steps_per_run = steps_per_run
-        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._checkpoint_dir = (
+            None if checkpoint_dir is None else checkpoint_location(checkpoint_dir)
+        )
         self._recoverable = exception_types(recoverable_errors)
         self._hooks = as_hook_list(hooks)
         self._hook_states = SessionHookStates(self._hooks)
@@ -133,7 +136,7 @@ class MonitoredSession:
     # -- the public surface (``HookSession`` is the part hooks may use) -----------------
 
     @property
-    def checkpoint_dir(self) -> Path | None:
+    def checkpoint_dir(self) -> Path | ObjectPath | None:
         """The directory state was restored from (and the default saver writes), if any."""
         return self._checkpoint_dir
 
@@ -329,7 +332,7 @@ class MonitoredSession:
         finally:
             self._busy = None
 
-    def _restore(self, directory: Path, step: int | None) -> None:
+    def _restore(self, directory: Path | ObjectPath, step: int | None) -> None:
         from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
 
         try:
@@ -342,7 +345,7 @@ class MonitoredSession:
             _LOG.warning(
                 "no checkpoint found in %s; starting at step %d (expected for a new run; "
                 "to resume, check checkpoint_dir)",
-                directory.absolute(),
+                directory if isinstance(directory, ObjectPath) else directory.absolute(),
                 self.global_step,
             )
             return

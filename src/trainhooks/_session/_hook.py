@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from trainhooks._store._remote._url import ObjectPath
+
 if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
 
@@ -78,7 +80,7 @@ class HookSession(Protocol):
         ...
 
     @property
-    def checkpoint_dir(self) -> Path | None:
+    def checkpoint_dir(self) -> Path | ObjectPath | None:
         """The directory state is restored from at creation, or None."""
         ...
 

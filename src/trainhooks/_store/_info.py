@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainhooks._store._remote._url import ObjectPath
+
 __all__ = ["CheckpointInfo"]
 
 
@@ -23,7 +25,7 @@ class CheckpointInfo:
     """
 
     step: int
-    path: Path
+    path: Path | ObjectPath  # an ObjectPath (str() is its URL) in object storage
     time: float
     nbytes: int
     num_tensors: int

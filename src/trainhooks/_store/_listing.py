@@ -18,6 +18,7 @@ from trainhooks._exceptions import CheckpointError, CheckpointNotFoundError
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, parse_committed
 from trainhooks._store._reader import CheckpointReader
+from trainhooks._store._remote._url import as_url, local_path
 
 __all__ = [
     "commits_newest_first",
@@ -108,9 +109,14 @@ def scan_checkpoints(
 def list_checkpoints(
     directory: str | os.PathLike[str], *, basename: str = DEFAULT_BASENAME
 ) -> list[CheckpointInfo]:
-    """Committed, structurally valid checkpoints in ``directory``, oldest step first (each
-    with its commit ``sequence``: after a rollback the last one is not the newest)."""
-    return scan_checkpoints(directory, basename)[0]
+    """Committed, structurally valid checkpoints in ``directory`` (a path or a URL such as
+    ``s3://bucket/prefix``), oldest step first (each with its commit ``sequence``: after a
+    rollback the last one is not the newest)."""
+    if (url := as_url(directory)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.list_checkpoints(url, basename)
+    return scan_checkpoints(local_path(directory), basename)[0]
 
 
 def latest_checkpoint(
@@ -120,8 +126,14 @@ def latest_checkpoint(
     is none at all.
 
     Reads every candidate's manifest to order them (see :func:`commits_newest_first`),
-    then checks them in full newest first and stops at the first valid one.
+    then checks them in full newest first and stops at the first valid one. A URL is read
+    through the object store (whose checkpoints carry no commit number yet: newest step).
     """
+    if (url := as_url(directory)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.latest_checkpoint(url, basename)
+    directory = local_path(directory)
     # A writer's retention may delete every checkpoint of one listing while we read them
     # (it commits newer ones first), so a listing whose entries vanished is taken again;
     # only a listing with nothing deleted under it can answer None.

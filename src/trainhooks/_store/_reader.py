@@ -31,6 +31,7 @@ from trainhooks._store._layout import (
 )
 from trainhooks._store._limits import MAX_MANIFEST_BYTES
 from trainhooks._store._manifest import Manifest, ManifestError, TensorRecord
+from trainhooks._store._remote._url import as_url, local_path
 from trainhooks._store._safetensors import HeaderError, header_length, parse_header
 
 __all__ = ["CheckpointReader", "checkpoint_info", "verify_checkpoint"]
@@ -326,6 +327,11 @@ class CheckpointReader:
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     """One checkpoint's facts after the cheap structure check (no tensor bytes are read);
     raises ``CheckpointNotFoundError`` or ``CheckpointCorruptError`` like the readers."""
+    if (url := as_url(path)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.checkpoint_info(url)
+    path = local_path(path)
     with CheckpointReader(path) as reader:
         return reader.info
 
@@ -334,6 +340,11 @@ def verify_checkpoint(
     path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> CheckpointInfo:
     """Fully verify one checkpoint; raise :class:`CheckpointCorruptError` naming what is bad."""
+    if (url := as_url(path)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.verify_checkpoint(url, progress)
+    path = local_path(path)
     with CheckpointReader(path) as reader:
         return reader.verify(progress)
 

@@ -43,6 +43,7 @@ from trainhooks._store._layout import (
 )
 from trainhooks._store._listing import list_checkpoints
 from trainhooks._store._reader import CheckpointReader
+from trainhooks._store._remote._url import as_url, local_path
 
 __all__ = [
     "DirectoryWriter",
@@ -336,7 +337,11 @@ def prune_checkpoints(
         raise ValueError(
             f"keep must be at least 1 (the newest valid checkpoint is never deleted), got {keep}"
         )
-    directory = Path(directory)
+    if (url := as_url(directory)) is not None:
+        from trainhooks._store._remote import _api
+
+        return _api.prune_checkpoints(url, keep, dry_run, basename)
+    directory = local_path(directory)
     if dry_run:
         return _prune_victims(directory, keep, basename)
     lock = DirectoryLock(directory)
@@ -348,7 +353,7 @@ def prune_checkpoints(
                 raise CheckpointError(
                     f"refusing to delete {info.path}: not a name trainhooks made", path=info.path
                 )
-            remove_step(info.path.parent, info.step, basename)
+            remove_step(directory, info.step, basename)
         clean_leftovers(directory, basename)
     except OSError as exc:
         raise CheckpointWriteError(

@@ -1,0 +1,1 @@
+"""Checkpoints on object storage (S3, GCS, any fsspec URL): ``docs/object-storage.md``."""

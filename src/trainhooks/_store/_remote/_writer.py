@@ -1,0 +1,186 @@
+"""The writer of a checkpoint prefix in object storage: lease, retention, leftovers.
+
+The counterpart of ``_store/_writer.py``'s ``DirectoryWriter``, with the same retention
+policy and record (``plan_retention``, ``RetentionRecord``: the victims of a save are
+written into its manifest before its commit). Opening takes the lease, deletes what a
+crashed writer left (data objects no manifest names, half-deleted checkpoints) and aborts
+its unfinished multipart uploads. Deleting a checkpoint removes its manifest first, so a
+half-deleted checkpoint is never listed; the rest is removed at once, or by the next writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from trainhooks._exceptions import CheckpointError, CheckpointWriteError
+from trainhooks._store._commit import TensorSource
+from trainhooks._store._faults import fault_point
+from trainhooks._store._info import CheckpointInfo
+from trainhooks._store._layout import MANIFEST_FILE, committed_name
+from trainhooks._store._manifest import Manifest, ManifestError
+from trainhooks._store._remote._commit import upload_checkpoint
+from trainhooks._store._remote._layout import LEASE_OBJECT, checkpoint_prefix, split_object
+from trainhooks._store._remote._lease import Lease
+from trainhooks._store._remote._objects import ObjectStore, open_objects
+from trainhooks._store._remote._reader import RemoteCheckpointReader, committed_checkpoints
+from trainhooks._store._writer import RetentionPolicy, RetentionRecord, plan_retention
+
+__all__ = ["RemoteWriter", "clean_leftovers", "remove_step", "scan"]
+
+
+class RemoteWriter:
+    """The one writer of ``url``, holding its lease until :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        basename: str,
+        policy: RetentionPolicy,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.url, self.basename, self.policy = url, basename, policy
+        self.storage_options = storage_options
+        self.closed = False
+        self.objects, self.root = open_objects(url, storage_options)
+        self.lease = Lease(self.objects, f"{self.root}/{LEASE_OBJECT}", url)
+        try:
+            clean_leftovers(self.objects, self.root, basename)
+            self.record = self._recover()
+        except BaseException as exc:
+            self.lease.release()
+            if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
+                raise CheckpointWriteError(
+                    f"cannot prepare {url} for writing: {type(exc).__name__}: {exc}", path=url
+                ) from exc
+            raise
+
+    def commit(
+        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+    ) -> CheckpointInfo:
+        """Upload and commit a checkpoint at ``step`` carrying the retention plan, then
+        delete the plan's victims (manifest first)."""
+        self.lease.check()
+        when = time.time()
+        plan = plan_retention(self.record, step, when, self.policy)
+        info = upload_checkpoint(
+            self.objects,
+            self.url,
+            self.root,
+            self.basename,
+            step,
+            tensors,
+            tree,
+            metadata,
+            when=when,
+            retention=plan.to_json(),
+        )
+        self.record = plan
+        for victim in plan.delete:
+            try:
+                remove_step(self.objects, self.root, self.basename, victim)
+            except Exception as exc:
+                raise CheckpointWriteError(
+                    f"retention could not delete the checkpoint of step {victim} in "
+                    f"{self.url}: {exc}; the new checkpoint is committed and the next save "
+                    "retries the deletion",
+                    path=self.url,
+                    step=victim,
+                ) from exc
+        self.record = dataclasses.replace(self.record, delete=())
+        return info
+
+    def close(self) -> None:
+        """Release the lease; safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            self.lease.release()
+
+    def _recover(self) -> RetentionRecord:
+        """Continue the retention recorded in the newest checkpoint (see ``_store/_writer``)."""
+        existing, _ = scan(self.objects, self.url, self.root, self.basename, self.storage_options)
+        if not existing:
+            return RetentionRecord(next_keep_time=self.policy.first_keep_time)
+        newest = existing[-1]
+        with RemoteCheckpointReader(
+            str(newest.path), storage_options=self.storage_options
+        ) as reader:
+            raw = reader.manifest.retention
+        record = RetentionRecord.from_json(raw) if raw is not None else None
+        if record is None:
+            window = existing[-self.policy.max_to_keep :] if self.policy.max_to_keep else []
+            managed = tuple((c.step, c.time) for c in window)
+            return RetentionRecord(managed, (), self.policy.first_keep_time)
+        pending = tuple(s for s in record.delete if s < newest.step)
+        return RetentionRecord(record.managed, pending, record.next_keep_time)
+
+
+def scan(
+    objects: ObjectStore,
+    url: str,
+    root: str,
+    basename: str,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[CheckpointInfo], list[CheckpointError]]:
+    """Structurally valid checkpoints under ``root`` by step, and the errors of the others."""
+    valid: list[CheckpointInfo] = []
+    broken: list[CheckpointError] = []
+    for _, name, sizes in committed_checkpoints(objects, root, basename):
+        try:
+            reader = RemoteCheckpointReader(
+                f"{url}/{name}", storage_options=storage_options, listing=sizes
+            )
+            valid.append(reader.info)
+        except CheckpointError as exc:
+            broken.append(exc)
+    valid.sort(key=lambda info: info.step)
+    return valid, broken
+
+
+def remove_step(objects: ObjectStore, root: str, basename: str, step: int) -> bool:
+    """Delete the checkpoint of ``step``: its manifest first (it stops being listed at
+    once), then its data. False when it was already gone."""
+    prefix = checkpoint_prefix(root, basename, step)
+    paths = list(objects.list(prefix))
+    manifest = f"{prefix}/{MANIFEST_FILE}"
+    if manifest not in paths:
+        return False
+    objects.delete([manifest])
+    fault_point("remote_retention_after_manifest")
+    objects.delete([p for p in paths if p != manifest and split_object(root, p, basename)])
+    return True
+
+
+def clean_leftovers(objects: ObjectStore, root: str, basename: str) -> list[str]:
+    """Delete objects a crashed writer left (hold the lease): data objects of prefixes
+    without a manifest or that their manifest does not name; abort its pending uploads."""
+    groups: dict[int, list[str]] = {}
+    for path in objects.list(root):
+        parsed = split_object(root, path, basename)
+        if parsed is not None:
+            groups.setdefault(parsed[0], []).append(path)
+    removed: list[str] = []
+    for step, paths in groups.items():
+        prefix = f"{root}/{committed_name(basename, step)}"
+        manifest = f"{prefix}/{MANIFEST_FILE}"
+        data = [p for p in paths if p != manifest]
+        if manifest in paths:
+            if len(data) <= 1:
+                continue  # the usual committed checkpoint
+            named = _named_files(objects, manifest)
+            if named is None:
+                continue  # a corrupt manifest: keep everything for inspection
+            data = [p for p in data if p.rpartition("/")[2] not in named]
+        objects.delete(data)
+        removed += data
+    objects.abort_uploads(root, lambda path: split_object(root, path, basename) is not None)
+    return removed
+
+
+def _named_files(objects: ObjectStore, manifest: str) -> set[str] | None:
+    try:
+        return set(Manifest.from_bytes(objects.read(manifest, 0, 1 << 28)).files)
+    except ManifestError:
+        return None
