@@ -32,6 +32,7 @@ EXPECTED_PUBLIC_NAMES = {
     "checkpoint_info",
     "prune_checkpoints",
     "export_safetensors",
+    "SaveFuture",
     # state and the saver
     "Saver",
     "load",

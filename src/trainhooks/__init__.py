@@ -34,6 +34,7 @@ _PUBLIC: dict[str, str] = {
     "checkpoint_info": "trainhooks._store._reader",
     "prune_checkpoints": "trainhooks._store._writer",
     "export_safetensors": "trainhooks._store._export",
+    "SaveFuture": "trainhooks._store._background",
     # state and the saver
     "Saver": "trainhooks._saver",
     "load": "trainhooks._saver",
@@ -103,6 +104,9 @@ if TYPE_CHECKING:
     )
     from trainhooks._store._export import (
         export_safetensors as export_safetensors,
+    )
+    from trainhooks._store._background import (
+        SaveFuture as SaveFuture,
     )
     from trainhooks._saver import (
         Saver as Saver,

@@ -4,12 +4,17 @@ The saver joins the two lower layers: the state layer turns objects into a JSON 
 named tensors (and applies them back); the store commits them crash-safely, with one
 ``DirectoryWriter`` per directory saved into holding that directory's lock and retention
 (TF's ``max_to_keep`` and ``keep_checkpoint_every_n_hours``).
+
+``save_async`` is the same join with a copy in the middle: the state layer snapshots the
+arrays into reusable staging buffers on the caller's thread, and the store's
+``BackgroundWriter`` commits the snapshot on its worker thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Mapping, MutableMapping
@@ -28,6 +33,8 @@ from trainhooks._state._apply import apply_state
 from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
+from trainhooks._state._staging import StagingBuffers
+from trainhooks._store._background import BackgroundWriter, SaveFuture
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename, committed_path
 from trainhooks._store._reader import CheckpointReader, committed_paths
@@ -44,6 +51,10 @@ class Saver:
     (measured from the first saver's creation, as TF does, and carried across restarts).
     Retention survives crashes: its state is stored in each checkpoint's manifest, so the
     next writer finishes deletions a crash interrupted (see ``docs/design.md``).
+
+    ``max_pending`` bounds :meth:`save_async`: at most that many snapshots are being
+    written at once, each one copy of the state's arrays in host memory; a save due while
+    they are all still writing waits for the oldest (the wait is logged).
     """
 
     def __init__(
@@ -53,6 +64,7 @@ class Saver:
         *,
         basename: str = DEFAULT_BASENAME,
         verify_on_restore: bool = True,
+        max_pending: int = 1,
     ) -> None:
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -69,6 +81,8 @@ class Saver:
             first_keep_time=time.time() + keep_every,  # TF: from the saver's creation
         )
         self._writers: dict[Path, DirectoryWriter] = {}
+        self._background = BackgroundWriter(max_pending)  # starts no thread until used
+        self._free_staging: list[StagingBuffers] = []  # buffers of no snapshot in flight
 
     # -- saving ---------------------------------------------------------------------
     def save(
@@ -81,16 +95,60 @@ class Saver:
     ) -> CheckpointInfo:
         """Durably commit a checkpoint of ``state`` at ``step`` in ``directory``, then apply
         retention. Returns only once the checkpoint survives a crash or power loss."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        _check_step(step)
         metadata = _checked_metadata(metadata)
+        self._background.drain()  # saves commit in the order they were made
         tree, tensors = encode_state(state)
+        return self._writer_for(Path(directory).absolute(), step).commit(
+            step, tensors, tree, metadata
+        )
+
+    def save_async(
+        self,
+        state: Mapping[str, Any],
+        directory: str | os.PathLike[str],
+        step: int,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SaveFuture:
+        """Snapshot ``state`` into host memory, then commit it as :meth:`save` does, on a
+        background thread; the returned future resolves once the checkpoint is durable.
+
+        Returns as soon as the arrays are copied (into staging buffers reused from save to
+        save): the caller may change ``state`` at once. When ``max_pending`` saves are
+        still being written, this first waits for the oldest. Errors of the snapshot
+        (an unsupported value) raise here; errors of the write are raised, typed, by the
+        future's ``result()``. Saves commit in the order they were made.
+        """
+        _check_step(step)
+        private: dict[str, Any] = json.loads(json.dumps(_checked_metadata(metadata)))
         directory = Path(directory).absolute()
+        writer = self._writer_for(directory, step)
+        self._background.wait_for_slot(step)
+        staging = self._free_staging.pop() if self._free_staging else StagingBuffers()
+        staging.begin()
+        try:
+            tree, tensors = encode_state(state, staging)
+        except BaseException:
+            staging.abort()
+            self._free_staging.append(staging)
+            raise
+        copies_landed = staging.finish()
+
+        def commit(cancel: threading.Event) -> CheckpointInfo:
+            copies_landed()
+            return writer.commit(step, tensors, tree, private, cancel=cancel)
+
+        return self._background.submit(
+            SaveFuture(step, directory), commit, lambda: self._free_staging.append(staging)
+        )
+
+    def _writer_for(self, directory: Path, step: int) -> DirectoryWriter:
         writer = self._writers.get(directory)
         if writer is None or writer.closed:  # closed: its directory was removed or replaced
             writer = DirectoryWriter.open(directory, self.basename, self._retention, step)
             self._writers[directory] = writer
-        return writer.commit(step, tensors, tree, metadata)
+        return writer
 
     # -- restoring ------------------------------------------------------------------
     def restore(
@@ -105,8 +163,10 @@ class Saver:
         """Restore ``state`` in place from the newest valid checkpoint (or ``step``).
 
         With ``step=None`` a corrupt newest checkpoint is reported with a warning and the
-        next older valid one is used; with an explicit ``step`` corruption raises.
+        next older valid one is used; with an explicit ``step`` corruption raises. Saves
+        this saver still has in flight are waited for first, so a restore sees them.
         """
+        self._background.drain()
         directory = Path(directory)
         if step is not None:
             return self._restore_from(
@@ -167,10 +227,16 @@ class Saver:
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
-        """Release every directory lock this saver holds."""
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        """Wait for the saves still in flight, then release every directory lock and the
+        staging buffers. Failed saves are reported by their futures, not raised here;
+        Ctrl-C while waiting cancels them cleanly (nothing half-written is left)."""
+        try:
+            self._background.drain()
+        finally:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
+            self._free_staging.clear()
 
     def __enter__(self) -> Saver:
         return self
@@ -180,6 +246,11 @@ class Saver:
 
 
 _RESCANS = 5
+
+
+def _check_step(step: int) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
 
 
 def _warn_once(warned: set[str], message: str) -> None:

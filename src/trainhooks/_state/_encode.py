@@ -3,6 +3,10 @@
 Every leaf becomes a JSON node; arrays become ``{"type": "tensor", "name": ...}`` nodes whose
 bytes go to the safetensors file. Objects with ``state_dict()`` are stored through it, so
 nothing is ever pickled. Dict keys keep their type (str or int: optimizer state uses ints).
+
+The tensors' bytes are views of the caller's arrays (a synchronous save writes them before
+returning), or, given ``staging``, copies in staging buffers: the tree is built of fresh
+JSON values either way, so the result is then a snapshot that later training cannot change.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._state._adapters._base import ArrayAdapter
 from trainhooks._state._adapters._registry import adapter_of, loaded_adapters
+from trainhooks._state._staging import StagingBuffers
 from trainhooks._store._commit import TensorSource
 
 __all__ = ["encode_state", "is_stateful", "where"]
@@ -27,21 +32,25 @@ def is_stateful(value: Any) -> bool:
     )
 
 
-def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[TensorSource]]:
-    """The JSON tree of ``state`` and the tensors it references, in a stable order."""
+def encode_state(
+    state: Mapping[str, Any], staging: StagingBuffers | None = None
+) -> tuple[dict[str, Any], list[TensorSource]]:
+    """The JSON tree of ``state`` and the tensors it references, in a stable order; with
+    ``staging``, the tensors are copies in its buffers (see the module docstring)."""
     if not isinstance(state, Mapping):
         raise CheckpointFormatError(
             f"state must be a mapping of names to objects, got {type(state).__name__}; "
             "wrap it, e.g. {'model': model}"
         )
-    encoder = _Encoder()
+    encoder = _Encoder(staging)
     return encoder.encode(state, ()), encoder.tensors
 
 
 class _Encoder:
-    def __init__(self) -> None:
+    def __init__(self, staging: StagingBuffers | None) -> None:
         self.tensors: list[TensorSource] = []
         self._names: set[str] = {"__metadata__"}  # reserved by the safetensors header
+        self._staging = staging
 
     def encode(self, value: Any, path: tuple[Any, ...]) -> dict[str, Any]:
         array = adapter_of(value)
@@ -95,8 +104,11 @@ class _Encoder:
     def _tensor(
         self, value: Any, adapter: ArrayAdapter, kind: str, path: tuple[Any, ...]
     ) -> dict[str, Any]:
-        dtype, shape, data = adapter.array_bytes(value, where(path))
         name = self._unique_name(path)
+        if self._staging is None:
+            dtype, shape, data = adapter.array_bytes(value, where(path))
+        else:
+            dtype, shape, data = self._staging.stage(adapter, value, name, where(path))
         self.tensors.append(TensorSource(name, dtype, shape, data))
         return {"type": "tensor", "name": name, "kind": kind}
 

@@ -6,16 +6,21 @@
 4. ``rename(staging, final)`` — the commit point — then fsync the parent directory.
 Only then does the caller see success. Any OSError before the commit point removes the
 staging directory and becomes a :class:`CheckpointWriteError` carrying errno, path and step.
+A save running in the background can be cancelled (Ctrl-C while the training thread waits
+for it): the ``cancel`` event is checked before every chunk written and before the commit
+point, and a cancelled save ends like a failed one (``ECANCELED``, staging removed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import Any
 import crc32c
 
 from trainhooks._exceptions import CheckpointWriteError
-from trainhooks._store._durable import exchange_paths, fsync_directory, write_new_file
+from trainhooks._store._durable import CHUNK, exchange_paths, fsync_directory, write_new_file
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
@@ -64,11 +69,13 @@ def commit_checkpoint(
     *,
     when: float | None = None,
     retention: dict[str, Any] | None = None,
+    cancel: threading.Event | None = None,
 ) -> CheckpointInfo:
     """Write and durably commit a checkpoint of ``tensors`` + ``tree`` at ``step``.
 
     ``when`` is the wall time recorded (default: now); ``retention`` is stored as is in the
-    manifest for the saver that writes after this one.
+    manifest for the saver that writes after this one; once ``cancel`` is set, the save
+    stops before its commit point.
     """
     when = time.time() if when is None else when
     staging = directory / staging_name(basename, step)
@@ -77,10 +84,11 @@ def commit_checkpoint(
     try:
         os.mkdir(staging)
         skeleton = Manifest(step, when, {}, [], tree, metadata, retention=retention)
-        manifest, manifest_size = _write_contents(staging, skeleton, tensors)
+        manifest, manifest_size = _write_contents(staging, skeleton, tensors, cancel)
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
+        _check_cancel(cancel)
         replaced = _rename_into_place(staging, final, basename, step)  # the commit point
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -125,7 +133,10 @@ def commit_checkpoint(
 
 
 def _write_contents(
-    staging: Path, skeleton: Manifest, tensors: Sequence[TensorSource]
+    staging: Path,
+    skeleton: Manifest,
+    tensors: Sequence[TensorSource],
+    cancel: threading.Event | None,
 ) -> tuple[Manifest, int]:
     """Write the data file, then the manifest (``skeleton`` completed with files and tensors)."""
     step = skeleton.step
@@ -133,7 +144,7 @@ def _write_contents(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
         {"format": "pt", "producer": "trainhooks", "step": str(step)},
     )
-    checksums = _write_data_file(staging / DATA_FILE, header, tensors)
+    checksums = _write_data_file(staging / DATA_FILE, header, tensors, cancel)
     fault_point("after_data_file")
     size = entries[-1].end if entries else len(header)
     files = {
@@ -157,20 +168,36 @@ def _record(entry: HeaderEntry, checksum: int) -> TensorRecord:
     )
 
 
-def _write_data_file(path: Path, header: bytes, tensors: Sequence[TensorSource]) -> list[int]:
+def _write_data_file(
+    path: Path, header: bytes, tensors: Sequence[TensorSource], cancel: threading.Event | None
+) -> list[int]:
     """Stream the header and every tensor's bytes, returning each tensor's crc32c.
 
     The checksums are computed over the very buffers being written, on a second thread
     (crc32c releases the GIL), so they cost no time next to the writes.
     """
+    parts = [memoryview(header), *(tensor.data for tensor in tensors)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
         checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
         try:
-            write_new_file(path, [memoryview(header), *(tensor.data for tensor in tensors)])
+            write_new_file(path, parts if cancel is None else _cancellable(parts, cancel))
         except BaseException:
             pool.shutdown(cancel_futures=True)  # report a write error without waiting
             raise
         return [future.result() for future in checksums]
+
+
+def _cancellable(parts: list[memoryview], cancel: threading.Event) -> Iterator[memoryview]:
+    """``parts`` in ``CHUNK``-sized slices (no copy), checking ``cancel`` before each."""
+    for part in parts:
+        for start in range(0, max(part.nbytes, 1), CHUNK):
+            _check_cancel(cancel)
+            yield part[start : start + CHUNK]
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise OSError(errno.ECANCELED, "the save was cancelled before its commit point")
 
 
 def _rename_into_place(staging: Path, final: Path, basename: str, step: int) -> Path | None:

@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,10 +187,17 @@ class DirectoryWriter:
         return cls(directory, basename, policy)
 
     def commit(
-        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+        self,
+        step: int,
+        tensors: Sequence[TensorSource],
+        tree: Any,
+        metadata: dict[str, Any],
+        *,
+        cancel: threading.Event | None = None,
     ) -> CheckpointInfo:
         """Durably commit a checkpoint at ``step`` carrying the retention plan, then delete
-        the plan's victims. Returns only once the checkpoint survives a crash."""
+        the plan's victims. Returns only once the checkpoint survives a crash. Setting
+        ``cancel`` stops the save before its commit point (see ``commit_checkpoint``)."""
         self._check_in_place(step)
         when = time.time()
         plan = plan_retention(self.record, step, when, self.policy)
@@ -203,6 +211,7 @@ class DirectoryWriter:
                 metadata,
                 when=when,
                 retention=plan.to_json(),
+                cancel=cancel,
             )
         except CheckpointWriteError as exc:
             if exc.committed:  # on disk and in retention's care, though not yet durable

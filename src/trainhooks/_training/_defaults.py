@@ -63,6 +63,7 @@ def training_hooks(
     save_summaries_secs: float | None,
     log_step_count_steps: int | None,
     max_to_keep: int | None,
+    async_save: bool = False,
 ) -> list[object]:
     """The chief's hook list in TF's order: chief-only, counter, summaries, saver, hooks."""
     result = list(chief_only_hooks)
@@ -90,7 +91,11 @@ def training_hooks(
         else:
             result.append(
                 CheckpointSaverHook(
-                    checkpoint_dir, save_secs=secs, save_steps=steps, max_to_keep=max_to_keep
+                    checkpoint_dir,
+                    save_secs=secs,
+                    save_steps=steps,
+                    max_to_keep=max_to_keep,
+                    async_save=async_save,
                 )
             )
     result.extend(hooks)

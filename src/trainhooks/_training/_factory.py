@@ -46,6 +46,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     stop_grace_period_secs: float = 120,
     max_wait_secs: float = 7200,
     save_graph_def: bool = True,
+    async_save: bool = False,
 ) -> MonitoredSession:
     """Create a ``MonitoredSession`` with TF's standard hooks installed on the chief.
 
@@ -55,7 +56,8 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     ``_secs``) when ``summary_dir`` or ``checkpoint_dir`` is set, a ``CheckpointSaverHook``
     (``save_checkpoint_secs`` / ``_steps``, keeping ``max_to_keep``) when
     ``checkpoint_dir`` is set, then ``hooks``. Other workers run only ``hooks``. Every
-    worker restores ``state`` from ``checkpoint_dir``.
+    worker restores ``state`` from ``checkpoint_dir``. ``async_save=True`` makes that
+    default ``CheckpointSaverHook`` save in the background (see its docstring).
 
     As in TF, giving ``save_checkpoint_steps`` drops the 600-second default, and giving
     ``save_summaries_secs`` drops the 100-step default. All arguments are keyword-only:
@@ -83,6 +85,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
             save_summaries_secs=save_summaries_secs,
             log_step_count_steps=log_step_count_steps,
             max_to_keep=max_to_keep,
+            async_save=async_save,
         )
     return MonitoredSession(
         hooks=all_hooks,
