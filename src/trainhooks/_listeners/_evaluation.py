@@ -1,4 +1,4 @@
-"""``EvaluationListener``: evaluate the model right after checkpoints are committed."""
+"""``EvaluationListener``: evaluate the model of each checkpoint, reported once committed."""
 
 from __future__ import annotations
 
@@ -27,11 +27,16 @@ class EvaluationListener(CheckpointSaverListener):
     Saves are counted from the one at session creation (the first), so with the default
     ``every_n_saves=1`` the starting point is evaluated too.
 
-    The state evaluated is exactly the one just committed (listeners run after the commit
-    and before training goes on). Each result is kept in ``history`` (``{step: metrics}``,
-    latest evaluation last), ``last_step`` and ``last_metrics``, so listeners placed after
-    this one in the list (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read
-    the metrics of the save they are called for.
+    The state evaluated is exactly the one the checkpoint holds: ``eval_fn`` runs in
+    ``before_save``, right before the state is written or snapshotted, and its metrics are
+    published in ``after_save``, once the checkpoint is committed. So with a background
+    save (``async_save=True``), whose ``after_save`` comes steps later when training has
+    moved on, the metrics are still those of the saved step; and an ``eval_fn`` error is
+    raised from ``after_save``, after the checkpoint is safe, as in a synchronous save.
+    Each result is kept in ``history`` (``{step: metrics}``, latest evaluation last),
+    ``last_step`` and ``last_metrics``, so listeners placed after this one in the list
+    (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read the metrics of the save
+    they are called for.
 
     With ``output_dir``, every evaluation is appended to ``output_dir/<name>.jsonl`` (one
     JSON object per line, flushed and fsynced, so it survives a crash right after) and, when
@@ -66,6 +71,7 @@ class EvaluationListener(CheckpointSaverListener):
             raise ValueError("tensorboard=True needs an output_dir to write event files to")
         self.history: dict[int, dict[str, float]] = {}
         self._saves = 0
+        self._measured: dict[int, dict[str, float] | Exception] = {}  # before_save -> after_save
         self._writer: ScalarWriter | None = None
 
     @property
@@ -87,11 +93,22 @@ class EvaluationListener(CheckpointSaverListener):
     def begin(self) -> None:
         self.history = {}
         self._saves = 0
+        self._measured = {}
 
-    def after_save(self, session: HookSession, global_step_value: int) -> None:
+    def before_save(self, session: HookSession, global_step_value: int) -> None:
         self._saves += 1
         if self._saves % self.every_n_saves == 0:
-            self.evaluate(session, global_step_value)
+            try:
+                self._measured[global_step_value] = self._measure(session, global_step_value)
+            except Exception as exc:  # raised from after_save, once the checkpoint is safe
+                self._measured[global_step_value] = exc
+
+    def after_save(self, session: HookSession, global_step_value: int) -> None:
+        measured = self._measured.pop(global_step_value, None)
+        if isinstance(measured, Exception):
+            raise measured
+        if measured is not None:
+            self._record(global_step_value, measured)
 
     def end(self, session: HookSession, global_step_value: int) -> None:
         try:
@@ -102,8 +119,14 @@ class EvaluationListener(CheckpointSaverListener):
 
     def evaluate(self, session: HookSession, step: int) -> dict[str, float]:
         """Evaluate now, record the metrics at ``step`` and return them."""
-        raw = self.eval_fn(session)
-        metrics = self._as_metrics(raw, step)
+        metrics = self._measure(session, step)
+        self._record(step, metrics)
+        return metrics
+
+    def _measure(self, session: HookSession, step: int) -> dict[str, float]:
+        return self._as_metrics(self.eval_fn(session), step)
+
+    def _record(self, step: int, metrics: dict[str, float]) -> None:
         self.history.pop(step, None)  # re-evaluated (after a recovery): it is the latest now
         self.history[step] = metrics
         if self.output_dir is not None:
@@ -115,7 +138,6 @@ class EvaluationListener(CheckpointSaverListener):
             step,
             ", ".join(f"{k} = {v:.6g}" for k, v in metrics.items()),
         )
-        return metrics
 
     def _as_metrics(self, raw: Any, step: int) -> dict[str, float]:
         if not isinstance(raw, Mapping):
