@@ -200,9 +200,7 @@ class CheckpointSaverHook(SessionRunHook):
     def _save(self, session: HookSession, step: int, moot_stop: bool = False) -> bool:
         """One save at ``step`` with its listener calls; True if a listener asked to stop
         (in async mode: a listener of an earlier save, delivered while making room)."""
-        stop = False
-        if self._async:
-            stop = self._deliver(session, wait_for=self._room_needed())
+        stop = self._make_room(session, step) if self._async else False
         _LOG.info("Calling checkpoint listeners before saving checkpoint %d...", step)
         for listener in self._listeners:
             _call_listener(listener, "before_save", step, session)
@@ -227,27 +225,38 @@ class CheckpointSaverHook(SessionRunHook):
             return stop
         return self._after_save(session, step)
 
-    def _room_needed(self) -> int:
-        """How many pending saves, oldest first, must be delivered before one more may
-        start: at most the saver's ``max_pending`` may be unfinished (saves finish in order)."""
+    def _make_room(self, session: HookSession, step: int) -> bool:
+        """Before the save of ``step``: deliver what is durable, and wait (logged) until at
+        most ``max_pending - 1`` saves are unfinished; True if a listener asked to stop."""
         max_pending: int = getattr(self._saver, "max_pending", 1)
         unfinished = [
             i for i, p in enumerate(self._pending) if p.future is not None and not p.future.done()
         ]
         excess = len(unfinished) - max_pending + 1
-        return unfinished[excess - 1] + 1 if excess > 0 else 0
+        if excess <= 0:
+            return self._deliver(session)
+        started = time.monotonic()
+        stop = self._deliver(session, wait_for=unfinished[excess - 1] + 1)
+        _LOG.info(
+            "The save of step %d waited %.3f s for the previous checkpoint to become durable "
+            "(max_pending=%d): saves are due faster than the disk writes them.",
+            step,
+            time.monotonic() - started,
+            max_pending,
+        )
+        return stop
 
     def _deliver(self, session: HookSession, wait_for: int = 0, moot: bool = False) -> bool:
-        """``after_save`` for the pending saves that are durable, oldest first, waiting
-        (logged) for the first ``wait_for`` of them; raises a failed save's error. True if a
-        listener asked to stop (``moot``: ignore such requests)."""
+        """``after_save`` for the pending saves that are durable, oldest first, waiting for
+        the first ``wait_for`` of them; raises a failed save's error. True if a listener
+        asked to stop (``moot``: ignore such requests)."""
         stop = False
         while self._pending:
             oldest = self._pending[0]
             if oldest.future is not None and not oldest.future.done():
                 if wait_for <= 0:
                     break
-                _wait_logged(oldest)
+                wait([oldest.future])
             self._pending.popleft()
             wait_for -= 1
             if oldest.future is not None:
@@ -281,18 +290,6 @@ class CheckpointSaverHook(SessionRunHook):
             return False
         path = Path(info.path)
         return path.is_dir() and _same_directory(path.parent, self._checkpoint_dir)
-
-
-def _wait_logged(pending: _PendingSave) -> None:
-    assert pending.future is not None
-    started = time.monotonic()
-    wait([pending.future])
-    _LOG.info(
-        "Waited %.3f s for checkpoint %d to become durable before the next save (one "
-        "snapshot in flight at a time); saves are due faster than the disk writes them.",
-        time.monotonic() - started,
-        pending.step,
-    )
 
 
 def _same_directory(a: Path, b: Path) -> bool:
