@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
@@ -28,6 +28,7 @@ from trainhooks._session._hook import (
     SessionRunValues,
 )
 from trainhooks._session._timer import Clock, SecondOrStepTimer
+from trainhooks._store._background import wait_for
 
 if TYPE_CHECKING:
     from trainhooks._saver import Saver
@@ -152,7 +153,7 @@ class CheckpointSaverHook(SessionRunHook):
         step = session.global_step
         # Saves of a session that a recoverable error ended finish first (their stop
         # requests are moot: the session is being re-created).
-        self._deliver(session, wait_for=len(self._pending), moot=True)
+        self._deliver(session, until=len(self._pending), moot=True)
         # A stop asked for here is ignored, as in TF: there is no run to stop.
         self._save(session, step, moot_stop=True)
         self._timer.update_last_triggered_step(step)
@@ -171,7 +172,7 @@ class CheckpointSaverHook(SessionRunHook):
         last_step = session.global_step
         if last_step != self._timer.last_triggered_step():
             self._save(session, last_step, moot_stop=True)  # training is over: nothing to stop
-        self._deliver(session, wait_for=len(self._pending), moot=True)  # all durable now
+        self._deliver(session, until=len(self._pending), moot=True)  # all durable now
         for listener in self._listeners:
             _call_listener(listener, "end", last_step, session)
 
@@ -187,7 +188,7 @@ class CheckpointSaverHook(SessionRunHook):
             if owned is not None:
                 self._saver = None
                 owned.close()  # waits for its saves (Ctrl-C there cancels them cleanly)
-            wait(pending)
+            wait_for(pending)  # a saver of the user's: its saves, from this session
         finally:
             for future in pending:
                 if future.done() and not future.cancelled() and future.exception() is not None:
@@ -236,7 +237,7 @@ class CheckpointSaverHook(SessionRunHook):
         if excess <= 0:
             return self._deliver(session)
         started = time.monotonic()
-        stop = self._deliver(session, wait_for=unfinished[excess - 1] + 1)
+        stop = self._deliver(session, until=unfinished[excess - 1] + 1)
         _LOG.info(
             "The save of step %d waited %.3f s for the previous checkpoint to become durable "
             "(max_pending=%d): saves are due faster than the disk writes them.",
@@ -246,19 +247,19 @@ class CheckpointSaverHook(SessionRunHook):
         )
         return stop
 
-    def _deliver(self, session: HookSession, wait_for: int = 0, moot: bool = False) -> bool:
+    def _deliver(self, session: HookSession, until: int = 0, moot: bool = False) -> bool:
         """``after_save`` for the pending saves that are durable, oldest first, waiting for
-        the first ``wait_for`` of them; raises a failed save's error. True if a listener
-        asked to stop (``moot``: ignore such requests)."""
+        the first ``until`` of them; raises a failed save's error. True if a listener asked
+        to stop (``moot``: ignore such requests)."""
         stop = False
         while self._pending:
             oldest = self._pending[0]
             if oldest.future is not None and not oldest.future.done():
-                if wait_for <= 0:
+                if until <= 0:
                     break
-                wait([oldest.future])
+                wait_for([oldest.future])  # Ctrl-C here cancels the save cleanly
             self._pending.popleft()
-            wait_for -= 1
+            until -= 1
             if oldest.future is not None:
                 oldest.future.result()  # a failed write raises here, typed
             if self._after_save(session, oldest.step) and not (moot or oldest.moot_stop):

@@ -30,13 +30,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, wait
 from pathlib import Path
+from typing import Any
 
 from trainhooks._store._info import CheckpointInfo
 
-__all__ = ["BackgroundWriter", "SaveFuture"]
+__all__ = ["BackgroundWriter", "SaveFuture", "wait_for"]
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -55,6 +56,7 @@ class SaveFuture(Future[CheckpointInfo]):
         super().__init__()
         self.step = step
         self.directory = Path(directory)
+        self._writer: BackgroundWriter | None = None  # set when submitted
 
     def __repr__(self) -> str:
         return f"<SaveFuture step={self.step} {self.directory} {self._state.lower()}>"
@@ -112,6 +114,7 @@ class BackgroundWriter:
     def submit(self, future: SaveFuture, job: Job, on_finished: Callable[[], None]) -> SaveFuture:
         """Queue ``job``; ``on_finished`` runs on the worker right before ``future``
         resolves (so memory the job used is free when a waiter wakes up)."""
+        future._writer = self
         with self._lock:
             self._queue.append((future, job, on_finished))
             self._unfinished.append(future)
@@ -125,30 +128,21 @@ class BackgroundWriter:
         self._wait_for(list(self._unfinished))
         self._unfinished.clear()
 
-    # -- internals ------------------------------------------------------------------
-
-    def _wait_for(self, futures: Iterable[SaveFuture]) -> None:
-        """Wait for ``futures``; on Ctrl-C cancel every unfinished save, wait until they
-        have stopped (their staging removed), then let ``KeyboardInterrupt`` go on."""
-        try:
-            wait(list(futures))
-        except KeyboardInterrupt:
-            self._cancel_unfinished()
-            raise
-
-    def _cancel_unfinished(self) -> None:
+    def cancel_unfinished(self) -> None:
+        """Stop every unfinished save before its commit point (one not started never
+        starts) and wait until they have stopped; their futures raise ``ECANCELED``."""
         pending = list(self._unfinished)
         self._cancel.set()
         for future in pending:
-            future.cancel()  # a save not yet started never starts
-        while True:
-            try:
-                wait(pending)
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: stopping takes one chunk at most
-                continue
+            future.cancel()
+        _wait_through_interrupts(pending)
         self._cancel.clear()
         self._unfinished.clear()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _wait_for(self, futures: list[SaveFuture]) -> None:
+        wait_for(futures)
 
     def _forget_finished(self) -> None:
         while self._unfinished and self._unfinished[0].done():
@@ -172,3 +166,29 @@ class BackgroundWriter:
             else:
                 on_finished()
                 future.set_result(info)
+
+
+def wait_for(futures: Iterable[Future[Any]]) -> None:
+    """Wait until ``futures`` are done. Ctrl-C meanwhile cancels the background saves of
+    their writers cleanly, waits until those have stopped, then raises
+    ``KeyboardInterrupt`` (call from the thread that submits the saves)."""
+    futures = list(futures)
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        writers = {id(f._writer): f._writer for f in futures if isinstance(f, SaveFuture)}
+        for writer in writers.values():
+            if writer is not None:
+                writer.cancel_unfinished()
+        _wait_through_interrupts(futures)
+        raise
+
+
+def _wait_through_interrupts(futures: Sequence[Future[Any]]) -> None:
+    """Wait, ignoring further Ctrl-C: a cancelled save stops within one chunk."""
+    while True:
+        try:
+            wait(futures)
+            return
+        except KeyboardInterrupt:
+            continue
