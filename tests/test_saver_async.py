@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -201,3 +204,25 @@ def test_sync_save_after_async_ones_commits_after_them(tmp_path: Path) -> None:
         saver.save(state_for(2), tmp_path, 2)
         assert pending.done()
     assert steps(tmp_path) == [1, 2]
+
+
+def test_an_interpreter_exiting_with_a_save_in_flight_finishes_it(tmp_path: Path) -> None:
+    """No close(), no result(): the process ends right after save_async returns, while a
+    slow disk is still writing; the save completes before the process exits."""
+    program = (
+        "import sys, numpy as np, trainhooks\n"
+        "saver = trainhooks.Saver()\n"
+        "saver.save_async({'w': np.arange(1000.0)}, sys.argv[1], 1)\n"
+        "print('returned', flush=True)\n"
+    )
+    env = {**os.environ, "TRAINHOOKS_FAULTS": "after_data_file=sleep:0.5"}
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == "returned\n", done.stderr
+    assert steps(tmp_path) == [1] and not leftovers(tmp_path)
+    np.testing.assert_array_equal(load(tmp_path / "ckpt-000000000001")["w"], np.arange(1000.0))

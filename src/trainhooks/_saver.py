@@ -231,7 +231,7 @@ class Saver:
         staging buffers. Failed saves are reported by their futures, not raised here;
         Ctrl-C while waiting cancels them cleanly (nothing half-written is left)."""
         try:
-            self._background.drain()
+            self._background.close()
         finally:
             for writer in self._writers.values():
                 writer.close()

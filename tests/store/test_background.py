@@ -5,6 +5,7 @@ cleanly; a commit given a set ``cancel`` event stops before its commit point."""
 from __future__ import annotations
 
 import errno
+import gc
 import signal
 import threading
 import time
@@ -21,10 +22,6 @@ from trainhooks._store._commit import TensorSource, commit_checkpoint
 
 def _info(step: int) -> CheckpointInfo:
     return CheckpointInfo(step, Path(f"ckpt-{step}"), 0.0, 0, 0, 1, {})
-
-
-def _save_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "trainhooks-save"]
 
 
 def _wait_until_waited_on(future: Future[object]) -> None:
@@ -72,15 +69,42 @@ def test_a_failing_job_raises_its_own_error_from_the_future() -> None:
     assert caught.value.errno == errno.ENOSPC and caught.value.step == 4
 
 
-def test_the_worker_thread_ends_when_there_is_no_work() -> None:
+def test_one_worker_thread_serves_every_save_and_ends_at_close() -> None:
     writer = BackgroundWriter()
-    writer.submit(SaveFuture(1, "d"), lambda cancel: _info(1), lambda: None).result()
-    for thread in _save_threads():
-        thread.join(timeout=60)  # it leaves on its own: the queue is empty
-    assert not _save_threads()
-    assert (
-        writer.submit(SaveFuture(2, "d"), lambda cancel: _info(2), lambda: None).result().step == 2
-    )
+    workers: list[threading.Thread] = []
+
+    def job_for(step: int):  # type: ignore[no-untyped-def]
+        def job(cancel: threading.Event) -> CheckpointInfo:
+            workers.append(threading.current_thread())
+            return _info(step)
+
+        return job
+
+    for step in range(3):
+        writer.submit(SaveFuture(step, "d"), job_for(step), lambda: None).result()
+    (worker,) = set(workers)
+    assert worker.name == "trainhooks-save" and worker.daemon
+
+    writer.close()
+    assert not worker.is_alive()
+    assert writer.submit(SaveFuture(3, "d"), job_for(3), lambda: None).result().step == 3
+    assert workers[-1] is not worker  # a new worker after the close
+    writer.close()
+
+
+def test_a_writer_dropped_unclosed_ends_its_worker_thread() -> None:
+    writer = BackgroundWriter()
+    workers: list[threading.Thread] = []
+
+    def job(cancel: threading.Event) -> CheckpointInfo:
+        workers.append(threading.current_thread())
+        return _info(1)
+
+    writer.submit(SaveFuture(1, "d"), job, lambda: None).result()
+    del writer
+    gc.collect()
+    workers[0].join(timeout=60)
+    assert not workers[0].is_alive()
 
 
 def test_wait_for_slot_blocks_until_the_oldest_save_finished() -> None:

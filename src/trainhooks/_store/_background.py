@@ -15,9 +15,12 @@ Decisions, and why:
   the order the training thread produced them, and at most ``max_pending`` snapshots are
   alive: :meth:`BackgroundWriter.wait_for_slot` blocks the training thread (and logs how
   long) instead of taking more memory.
-- **The worker thread exists only while there is work.** It is not a daemon thread, so an
-  interpreter that exits with a save in flight waits for it (the checkpoint is finished,
-  not torn), and an idle saver has no thread that would keep the interpreter alive.
+- **One worker thread per writer, started at its first save and kept** until the writer
+  is closed or dropped: starting a thread per save cost about 1.5 ms of the training
+  thread's time on this VM (the start waits for the new thread to be scheduled), a
+  quarter of the copy of a 64 MiB state. It is a daemon thread, so a forgotten saver
+  never keeps the interpreter alive, and an exit hook waits for the saves still in
+  flight, so an interpreter that exits with one finishes it instead of tearing it.
 - **Ctrl-C while waiting cancels**, like Ctrl-C during a synchronous save: the in-flight
   save stops before its commit point and removes its staging directory, the wait goes on
   until that is done, then ``KeyboardInterrupt`` propagates. Nothing half-written is left.
@@ -25,10 +28,13 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, wait
@@ -56,13 +62,14 @@ class SaveFuture(Future[CheckpointInfo]):
         super().__init__()
         self.step = step
         self.directory = Path(directory)
-        self._writer: BackgroundWriter | None = None  # set when submitted
+        self._writer: weakref.ref[BackgroundWriter] | None = None  # set when submitted
 
     def __repr__(self) -> str:
         return f"<SaveFuture step={self.step} {self.directory} {self._state.lower()}>"
 
 
 Job = Callable[[threading.Event], CheckpointInfo]  # the commit; gets the cancel event
+_Item = tuple[SaveFuture, Job, Callable[[], None]]
 
 
 class BackgroundWriter:
@@ -76,10 +83,10 @@ class BackgroundWriter:
             raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
         self.max_pending = max_pending
         self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._queue: deque[tuple[SaveFuture, Job, Callable[[], None]]] = deque()
-        self._running = False  # a worker thread is alive (guarded by _lock)
+        self._jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()  # None: stop
+        self._thread: threading.Thread | None = None
         self._unfinished: deque[SaveFuture] = deque()  # submitted, oldest first
+        weakref.finalize(self, self._jobs.put, None)  # dropped unclosed: the worker ends
 
     @property
     def unfinished(self) -> list[SaveFuture]:
@@ -114,14 +121,26 @@ class BackgroundWriter:
     def submit(self, future: SaveFuture, job: Job, on_finished: Callable[[], None]) -> SaveFuture:
         """Queue ``job``; ``on_finished`` runs on the worker right before ``future``
         resolves (so memory the job used is free when a waiter wakes up)."""
-        future._writer = self
-        with self._lock:
-            self._queue.append((future, job, on_finished))
-            self._unfinished.append(future)
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="trainhooks-save", daemon=False).start()
+        future._writer = weakref.ref(self)
+        self._unfinished.append(future)
+        self._jobs.put((future, job, on_finished))
+        if self._thread is None or not self._thread.is_alive():  # (not alive: after a fork)
+            self._thread = threading.Thread(
+                target=_work, args=(self._jobs, self._cancel), name="trainhooks-save", daemon=True
+            )
+            self._thread.start()
+            _live_writers.add(self)
+            _finish_saves_at_exit.register()
         return future
+
+    def close(self) -> None:
+        """Wait for every submitted save, then end the worker thread (the next
+        :meth:`submit` starts a new one)."""
+        self.drain()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
 
     def drain(self) -> None:
         """Wait for every submitted save to finish (successfully or not)."""
@@ -148,24 +167,52 @@ class BackgroundWriter:
         while self._unfinished and self._unfinished[0].done():
             self._unfinished.popleft()
 
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._running = False
-                    return
-                future, job, on_finished = self._queue.popleft()
-            if not future.set_running_or_notify_cancel():
-                on_finished()
-                continue
-            try:
-                info = job(self._cancel)
-            except BaseException as exc:  # reported through the future, typed as raised
-                on_finished()
-                future.set_exception(exc)
-            else:
-                on_finished()
-                future.set_result(info)
+
+_live_writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+
+
+def _work(jobs: queue.SimpleQueue[_Item | None], cancel: threading.Event) -> None:
+    """The worker thread: run each job, resolve its future; end at ``None``. It holds no
+    reference to its writer, so a writer dropped unclosed can be collected (and stop it)."""
+    while True:
+        item = jobs.get()
+        if item is None:
+            return
+        future, job, on_finished = item
+        del item
+        if not future.set_running_or_notify_cancel():
+            on_finished()
+            continue
+        try:
+            info = job(cancel)
+        except BaseException as exc:  # reported through the future, typed as raised
+            on_finished()
+            future.set_exception(exc)
+        else:
+            on_finished()
+            future.set_result(info)
+        del future, job, on_finished  # an idle worker keeps no snapshot alive
+
+
+class _ExitHook:
+    """At exit, wait for the saves still in flight: daemon threads would otherwise be
+    stopped mid-write, leaving a staging directory for the next writer. Registered at the
+    first worker's start, after the finalizers of directory locks exist, so that it runs
+    before them (``atexit`` runs the newest first) and the lock is held until the end."""
+
+    registered = False
+
+    def register(self) -> None:
+        if not self.registered:
+            self.registered = True
+            atexit.register(self)
+
+    def __call__(self) -> None:
+        for writer in list(_live_writers):
+            wait(list(writer._unfinished))
+
+
+_finish_saves_at_exit = _ExitHook()
 
 
 def wait_for(futures: Iterable[Future[Any]]) -> None:
@@ -176,10 +223,13 @@ def wait_for(futures: Iterable[Future[Any]]) -> None:
     try:
         wait(futures)
     except KeyboardInterrupt:
-        writers = {id(f._writer): f._writer for f in futures if isinstance(f, SaveFuture)}
-        for writer in writers.values():
+        writers = {}
+        for future in futures:
+            writer = future._writer() if isinstance(future, SaveFuture) and future._writer else None
             if writer is not None:
-                writer.cancel_unfinished()
+                writers[id(writer)] = writer
+        for writer in writers.values():
+            writer.cancel_unfinished()
         _wait_through_interrupts(futures)
         raise
 
