@@ -12,11 +12,13 @@ background  the time from ``save_async`` returning to the checkpoint being durab
 RSS         extra peak RSS over three saves in a row, each method in a fresh child process
             (VmHWM reset through ``/proc/self/clear_refs`` before the first save): the
             staging buffers of trainhooks are allocated at the first save and reused;
-loop        step time of a training loop (a matmul of about 20 ms, then a small in-place
-            update of the state) saving every N steps (about 3 s apart for 1 GiB)
-            asynchronously, synchronously, or never; the loop is repeated with a
-            pure-Python step of about the same length, which holds the GIL throughout,
-            to see what a background thread costs then.
+loop        a training loop (a matmul of about 20 ms, then a small in-place update of
+            the state) that saves every N steps (N = 300, about 6 s, for 1 GiB; 40 for
+            64 MiB), asynchronously or synchronously: intervals of N/2 steps that begin
+            with a save alternate with intervals without one, and the difference of
+            neighbours is the overhead per save; repeated with a pure-Python step of
+            about the same length, which holds the GIL throughout, to see what the
+            background thread costs then.
 
 Repetitions rotate the order of the methods. Noise on this shared VM only adds time, so
 verdicts use each method's best repetition (as ``timeit`` does), with medians beside.
@@ -256,45 +258,59 @@ def run_loop(
     workdir: Path,
     step_fn: Callable[..., None],
     mode: str,
-    steps: int,
-    save_every: int,
+    interval: int,
+    rounds: int,
 ) -> dict[str, float]:
-    """Seconds per step (final drain excluded), and the background MB/s of the async saves."""
+    """Alternate intervals of ``interval`` steps that begin with a save and intervals
+    without one, ``rounds`` times each; the save intervals' extra time over the plain ones
+    next to them is what a user saving every ``2 * interval`` steps pays."""
     from trainhooks import Saver
 
     work = [torch.randn(768, 768), torch.randn(768, 768), torch.empty(768, 768)]
     saver = Saver(max_to_keep=1)
-    if mode == ASYNC:
-        saver.save_async(state, workdir / "loop", 0).result()  # staging buffers exist
+    saver.save_async(state, workdir / "loop", 0).result()  # staging buffers exist
     spans: list[float] = []
-    started = time.perf_counter()
-    for step in range(1, steps + 1):
-        step_fn(state, work, step)
-        if mode != "none" and step % save_every == 0:
-            if mode == ASYNC:
-                returned = time.perf_counter()
+    with_save: list[float] = []
+    plain: list[float] = []
+    step = 0
+    for _ in range(rounds):
+        for saving in (True, False):
+            started = time.perf_counter()
+            if saving and mode == ASYNC:
                 future = saver.save_async(state, workdir / "loop", step)
+                returned = time.perf_counter()
                 future.add_done_callback(
                     lambda _f, t=returned: spans.append(time.perf_counter() - t)
                 )
-            else:
+            elif saving:
                 saver.save(state, workdir / "loop", step)
-    seconds = time.perf_counter() - started
+            for _ in range(interval):
+                step += 1
+                step_fn(state, work, step)
+            (with_save if saving else plain).append(time.perf_counter() - started)
     saver.close()
     shutil.rmtree(workdir / "loop", ignore_errors=True)
-    mbps = nbytes_of(state) / 1e6 / statistics.median(spans) if spans else float("nan")
-    return {"step_ms": 1000 * seconds / steps, "background_mbps": mbps}
+    extra = statistics.median(w - p for w, p in zip(with_save, plain, strict=True))
+    base = statistics.median(plain) / interval
+    return {
+        "plain_ms": 1000 * base,
+        "with_saves_ms": 1000 * (base + extra / (2 * interval)),
+        "overhead_pct": 100 * extra / (2 * interval * base),
+        "extra_per_save_ms": 1000 * extra,
+        "background_mbps": nbytes_of(state) / 1e6 / statistics.median(spans) if spans else 0.0,
+    }
 
 
 def measure_loops(
-    state: dict[str, torch.Tensor], workdir: Path, save_every: int, steps: int
+    state: dict[str, torch.Tensor], workdir: Path, interval: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     results = {}
-    for kind, step_fn in (("torch", torch_step), ("python", python_step)):
-        for mode in ("none", ASYNC, SYNC):
-            if kind == "python" and mode == SYNC:
-                continue  # the GIL question concerns the background thread only
-            results[f"{kind}/{mode}"] = run_loop(state, workdir, step_fn, mode, steps, save_every)
+    for name, step_fn, mode in (
+        (f"torch step, {ASYNC}", torch_step, ASYNC),
+        (f"torch step, {SYNC}", torch_step, SYNC),
+        (f"Python step, {ASYNC}", python_step, ASYNC),
+    ):
+        results[name] = run_loop(state, workdir, step_fn, mode, interval, rounds)
     return results
 
 
@@ -347,20 +363,18 @@ def report(size_mib: int, nbytes: int, timings: Timings, rss: Any, loops: Any) -
         summary["rss_extra_mib"] = rss[ASYNC]["extra_mib"]
         summary["rss_budget_mib"] = GOAL_RSS[0] * state_mib + GOAL_RSS[1]
     if loops:
-        print("\n| training loop | ms per step | overhead vs no saves | background MB/s |")
-        print("|---|---:|---:|---:|")
-        for name, value in loops.items():
-            kind = name.split("/")[0]
-            base = loops[f"{kind}/none"]["step_ms"]
-            overhead = 100 * (value["step_ms"] / base - 1)
-            mbps = value["background_mbps"]
-            print(
-                f"| {name} | {value['step_ms']:.1f} | {overhead:+.1f} % | "
-                f"{'-' if mbps != mbps else f'{mbps:.0f}'} |"
-            )
-        summary["loop_overhead_pct"] = 100 * (
-            loops[f"torch/{ASYNC}"]["step_ms"] / loops["torch/none"]["step_ms"] - 1
+        print(
+            "\n| training loop, a save every N steps | ms/step without saves | ms/step with "
+            "| overhead | extra ms per save | background MB/s |"
         )
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, v in loops.items():
+            mbps = f"{v['background_mbps']:.0f}" if v["background_mbps"] else "-"
+            print(
+                f"| {name} | {v['plain_ms']:.1f} | {v['with_saves_ms']:.1f} | "
+                f"{v['overhead_pct']:+.1f} % | {v['extra_per_save_ms']:.0f} | {mbps} |"
+            )
+        summary["loop_overhead_pct"] = loops[f"torch step, {ASYNC}"]["overhead_pct"]
     return summary
 
 
@@ -391,8 +405,8 @@ def main(argv: list[str] | None = None) -> None:
             rss = None if args.no_rss else measure_rss(size_mib, workdir)
             loops = None
             if not args.no_loop:
-                save_every = 150 if size_mib >= 256 else 20
-                loops = measure_loops(state, workdir, save_every, steps=3 * save_every)
+                interval, rounds = (150, 3) if size_mib >= 256 else (20, 5)
+                loops = measure_loops(state, workdir, interval, rounds)
             summaries.append(report(size_mib, nbytes_of(state), timings, rss, loops))
             del state
     finally:
