@@ -7,7 +7,7 @@ the caller gets a :class:`SaveFuture` that resolves only once the checkpoint is 
 Decisions, and why:
 
 - **A thread, not a process.** The background work is ``os.write``, ``fsync`` and crc32c,
-  and all three release the GIL; the Python between them is one call per 8 MiB chunk.
+  and all three release the GIL; the Python between them is one call per 64 MiB written.
   Measured (``benchmarks/async_save.py``, docs/performance.md), a training loop beside a
   background save loses no more than the disk's own interference, and a process would
   need the snapshot copied across (shared memory or a pipe) plus a spawn per saver.

@@ -6,9 +6,10 @@
 4. ``rename(staging, final)`` — the commit point — then fsync the parent directory.
 Only then does the caller see success. Any OSError before the commit point removes the
 staging directory and becomes a :class:`CheckpointWriteError` carrying errno, path and step.
-A save running in the background can be cancelled (Ctrl-C while the training thread waits
-for it): the ``cancel`` event is checked before every chunk written and before the commit
-point, and a cancelled save ends like a failed one (``ECANCELED``, staging removed).
+A save running in the background (given a ``cancel`` event) writes in ``BACKGROUND_CHUNK``
+calls and can be cancelled (Ctrl-C while the training thread waits for it): the event is
+checked before every call and before the commit point, and a cancelled save ends like a
+failed one (``ECANCELED``, staging removed).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from typing import Any
 import crc32c
 
 from trainhooks._exceptions import CheckpointWriteError
-from trainhooks._store._durable import CHUNK, exchange_paths, fsync_directory, write_new_file
+from trainhooks._store._durable import (
+    BACKGROUND_CHUNK,
+    exchange_paths,
+    fsync_directory,
+    write_new_file,
+)
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
@@ -180,7 +186,10 @@ def _write_data_file(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
         checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
         try:
-            write_new_file(path, parts if cancel is None else _cancellable(parts, cancel))
+            if cancel is None:
+                write_new_file(path, parts)
+            else:
+                write_new_file(path, _cancellable(parts, cancel), BACKGROUND_CHUNK)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # report a write error without waiting
             raise
@@ -188,11 +197,11 @@ def _write_data_file(
 
 
 def _cancellable(parts: list[memoryview], cancel: threading.Event) -> Iterator[memoryview]:
-    """``parts`` in ``CHUNK``-sized slices (no copy), checking ``cancel`` before each."""
+    """``parts`` in ``BACKGROUND_CHUNK`` slices (no copy), checking ``cancel`` before each."""
     for part in parts:
-        for start in range(0, max(part.nbytes, 1), CHUNK):
+        for start in range(0, max(part.nbytes, 1), BACKGROUND_CHUNK):
             _check_cancel(cancel)
-            yield part[start : start + CHUNK]
+            yield part[start : start + BACKGROUND_CHUNK]
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
