@@ -34,6 +34,7 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/save_restore.py --size-mib 256
+	$(BIN)/python benchmarks/async_save.py --sizes 64
 	$(BIN)/python benchmarks/step_overhead.py
 
 clean:

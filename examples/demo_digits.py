@@ -12,7 +12,9 @@ What it shows, in about half a minute on two cores:
 3. A table of what is on disk, and the final held-out accuracy.
 
 Run it with ``make demo`` or ``python examples/demo_digits.py`` (``--help`` for options:
-``--dir``, ``--steps``, ``--resume`` to continue an earlier run, ``--no-crash``).
+``--dir``, ``--steps``, ``--resume`` to continue an earlier run, ``--no-crash``,
+``--async-save`` to checkpoint in the background: training waits only for a copy of the
+state, and each evaluation is reported once its checkpoint is durable).
 The data order is a function of the step number and the optimizer state is checkpointed,
 so a resumed run trains exactly as an uninterrupted one would.
 """
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kill-at", type=int, default=None, help="step to SIGKILL the child at")
     parser.add_argument("--resume", action="store_true", help="continue the run in --dir")
     parser.add_argument("--no-crash", action="store_true", help="one plain run, no kill")
+    parser.add_argument(
+        "--async-save", action="store_true", help="save checkpoints in the background"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ack-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -191,7 +196,10 @@ def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None
         checkpoint_dir=args.dir,
     )
     saver_hook = th.CheckpointSaverHook(
-        args.dir, save_steps=args.save_every, listeners=[evaluator, exporter]
+        args.dir,
+        save_steps=args.save_every,
+        listeners=[evaluator, exporter],
+        async_save=args.async_save,
     )
 
     def step() -> dict[str, Any]:
@@ -275,6 +283,7 @@ def run_child_and_kill(args: argparse.Namespace, console: Any) -> int:
         f"--batch-size={args.batch_size}",
         f"--report-fd={report_w}",
         f"--ack-fd={ack_r}",
+        *(["--async-save"] if args.async_save else []),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a SIGKILL loses unflushed output
     sys.stdout.flush()  # our lines first, then the child's on the same stdout

@@ -6,7 +6,13 @@ the training step (here a tiny NumPy linear regression) and ``save_steps=`` — 
 ``CheckpointSaverHook(checkpoint_dir, listeners=[listener])`` raises ``ValueError`` in TF
 as well, because a save interval is required.
 
-    python examples/tf_listener_example.py [CHECKPOINT_DIR]
+    python examples/tf_listener_example.py [--async-save] [CHECKPOINT_DIR]
+
+``--async-save`` saves in the background (``async_save=True``): the listener's calls come
+in the same order, but each ``after_save`` runs once its checkpoint is durable, at a later
+step boundary (at the latest when the next save is due). This listener decides from the
+latest loss, so training stops at step 40 as before, or a few steps later with one more
+save, depending on how long the writes took.
 """
 
 from __future__ import annotations
@@ -63,9 +69,11 @@ class ExampleCheckpointSaverListener(CheckpointSaverListener):
         print("Done with the session.")
 
 
-def main(checkpoint_dir: str) -> None:
+def main(checkpoint_dir: str, async_save: bool = False) -> None:
     listener = ExampleCheckpointSaverListener()
-    saver_hook = CheckpointSaverHook(checkpoint_dir, save_steps=20, listeners=[listener])
+    saver_hook = CheckpointSaverHook(
+        checkpoint_dir, save_steps=20, listeners=[listener], async_save=async_save
+    )
     with MonitoredTrainingSession(
         chief_only_hooks=[saver_hook], hooks=[StopAtStepHook(last_step=200)], state=params
     ) as sess:
@@ -75,8 +83,11 @@ def main(checkpoint_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        main(sys.argv[1])
+    args = sys.argv[1:]
+    background = "--async-save" in args
+    paths = [arg for arg in args if arg != "--async-save"]
+    if paths:
+        main(paths[0], background)
     else:
         with tempfile.TemporaryDirectory() as directory:
-            main(directory)
+            main(directory, background)

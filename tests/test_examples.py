@@ -47,6 +47,27 @@ def test_demo_is_killed_midway_resumes_and_learns(tmp_path):
     assert "final held-out accuracy at step 240" in out
 
 
+def test_demo_with_background_saves_is_killed_midway_resumes_and_learns(tmp_path):
+    """--async-save: the kill at step 100 may land before the save of step 80 is durable
+    (then the run resumes from 40); either way it ends bit-identical and learns."""
+    run_dir = tmp_path / "demo"
+    out = run_example(
+        "demo_digits.py",
+        f"--dir={run_dir}",
+        "--steps=200",
+        "--save-every=40",
+        "--kill-at=100",
+        "--async-save",
+    )
+    assert "killed the training process" in out
+    resumed = int(re.search(r"resumed from step (\d+)", out)[1])
+    assert resumed in (40, 80)
+    assert f"this run ran steps {resumed + 1}–200 only" in out
+    assert "bit-identical to a run that was never interrupted: yes" in out
+    assert float(re.search(r"final held-out accuracy at step 200: ([0-9.]+)", out)[1]) > 0.9
+    assert len(list((run_dir / "best").glob("best-*.safetensors"))) == 2
+
+
 def test_demo_refuses_to_delete_a_directory_it_did_not_make(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     result = subprocess.run(

@@ -37,6 +37,7 @@ EXPECTED_PUBLIC_NAMES = {
     "checkpoint_info",
     "prune_checkpoints",
     "export_safetensors",
+    "SaveFuture",
     # state and the saver
     "Saver",
     "load",

@@ -38,6 +38,7 @@ _PUBLIC: dict[str, str] = {
     "verify_checkpoint": "trainhooks._store._reader",
     "checkpoint_info": "trainhooks._store._reader",
     "prune_checkpoints": "trainhooks._store._writer",
+    "SaveFuture": "trainhooks._store._background",
     # state and the saver
     "Saver": "trainhooks._saver",
     "load": "trainhooks._saver",
@@ -112,6 +113,9 @@ if TYPE_CHECKING:
     )
     from trainhooks._store._writer import (
         prune_checkpoints as prune_checkpoints,
+    )
+    from trainhooks._store._background import (
+        SaveFuture as SaveFuture,
     )
     from trainhooks._saver import (
         Saver as Saver,

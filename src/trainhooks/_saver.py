@@ -5,12 +5,19 @@ named tensors (and applies them back); the store commits them crash-safely, thro
 process's one ``DirectoryWriter`` per directory (a lease on it per directory saved into),
 which holds that directory's lock and retention (TF's ``max_to_keep`` and
 ``keep_checkpoint_every_n_hours``).
+
+``save_async`` is the same join with a copy in the middle: the state layer snapshots the
+arrays into reusable staging buffers on the caller's thread, and the store's
+``BackgroundWriter`` commits the snapshot on its worker thread, through the same lease,
+admission checks and commit numbering as ``save``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Mapping, MutableMapping
@@ -30,8 +37,10 @@ from trainhooks._state._decode import decode_tree, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
 from trainhooks._state._reserved import HOOK_STATE_KEY
+from trainhooks._state._staging import StagingBuffers
 from trainhooks._state._subtree import select_entry
 from trainhooks._store._admit import checked_metadata
+from trainhooks._store._background import BackgroundWriter, SaveFuture
 from trainhooks._store._export import export_checkpoint
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
@@ -72,6 +81,10 @@ class Saver:
     Every ``directory`` may be a URL (``s3://bucket/prefix``, ``gs://...``, any fsspec URL;
     ``file://`` is local): ``storage_options`` go to fsspec as given, otherwise credentials
     and endpoints come from the service's usual places (see ``docs/object-storage.md``).
+
+    ``max_pending`` bounds :meth:`save_async`: at most that many snapshots are being
+    written at once, each one copy of the state's arrays in host memory; a save due while
+    they are all still writing waits for the oldest (the wait is logged).
     """
 
     def __init__(
@@ -82,6 +95,7 @@ class Saver:
         basename: str = DEFAULT_BASENAME,
         verify_on_restore: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        max_pending: int = 1,
     ) -> None:
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -99,6 +113,8 @@ class Saver:
         )
         self.storage_options = dict(storage_options) if storage_options else None
         self._writers: dict[Path | str, WriterLease | RemoteWriter] = {}
+        self._background = BackgroundWriter(max_pending)  # starts no thread until used
+        self._free_staging: list[StagingBuffers] = []  # buffers of no snapshot in flight
 
     # -- saving ---------------------------------------------------------------------
     def save(
@@ -111,6 +127,56 @@ class Saver:
     ) -> CheckpointInfo:
         """Durably commit a checkpoint of ``state`` at ``step`` in ``directory``, then apply
         retention. Returns only once the checkpoint survives a crash or power loss."""
+        _check_step(step)
+        metadata = checked_metadata(metadata)
+        self._background.drain()  # saves commit in the order they were made
+        tree, tensors = encode_state(state)
+        return self._writer(directory, step).commit(step, tensors, tree, metadata)
+
+    def save_async(
+        self,
+        state: Mapping[str, Any],
+        directory: str | os.PathLike[str],
+        step: int,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SaveFuture:
+        """Snapshot ``state`` into host memory, then commit it as :meth:`save` does, on a
+        background thread; the returned future resolves once the checkpoint is durable.
+
+        Returns as soon as the arrays are copied (into staging buffers reused from save to
+        save): the caller may change ``state`` at once. When ``max_pending`` saves are
+        still being written, this first waits for the oldest. Errors of the snapshot
+        (an unsupported value) raise here; errors of the write are raised, typed, by the
+        future's ``result()``. Saves commit in the order they were made. Local directories
+        only for now: a URL raises ``NotImplementedError`` (see ``docs/object-storage.md``).
+        """
+        _check_step(step)
+        _check_local(directory)
+        private: dict[str, Any] = json.loads(json.dumps(checked_metadata(metadata)))
+        writer = self._writer(directory, step)
+        assert isinstance(writer, WriterLease)  # a local directory's
+        self._background.wait_for_slot(step)
+        staging = self._free_staging.pop() if self._free_staging else StagingBuffers()
+        staging.begin()
+        try:
+            tree, tensors = encode_state(state, staging)
+        except BaseException:
+            staging.abort()
+            self._free_staging.append(staging)
+            raise
+        copies_landed = staging.finish()
+
+        def commit(cancel: threading.Event) -> CheckpointInfo:
+            copies_landed()
+            return writer.commit(step, tensors, tree, private, cancel=cancel)
+
+        return self._background.submit(
+            SaveFuture(step, writer.writer.directory),
+            commit,
+            lambda: self._free_staging.append(staging),
+        )
+
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         metadata = checked_metadata(metadata)
@@ -168,8 +234,10 @@ class Saver:
         next older valid one is used; with an explicit ``step`` corruption raises. The
         hooks' own states a session saves (entry ``"__trainhooks__"``) are restored only
         into a state that has that entry: a session's checkpoint restores into a plain
-        state mapping too.
+        state mapping too. Saves this saver still has in flight are waited for first, so
+        a restore sees them.
         """
+        self._background.drain()
         url = as_url(directory)
         directory = ObjectPath(url) if url is not None else local_path(directory)
         if step is not None:
@@ -256,11 +324,17 @@ class Saver:
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
-        """Release every directory lock this saver holds (shared ones once no saver of
-        this process holds them any more)."""
-        for lease in self._writers.values():
-            lease.close()
-        self._writers.clear()
+        """Wait for the saves still in flight, then release every directory lock this saver
+        holds (shared ones once no saver of this process holds them any more) and the
+        staging buffers. Failed saves are reported by their futures, not raised here;
+        Ctrl-C while waiting cancels them cleanly (nothing half-written is left)."""
+        try:
+            self._background.close()
+        finally:
+            for lease in self._writers.values():
+                lease.close()
+            self._writers.clear()
+            self._free_staging.clear()
 
     def __enter__(self) -> Saver:
         return self
@@ -270,6 +344,21 @@ class Saver:
 
 
 _RESCANS = 5
+
+
+def _check_step(step: int) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+
+
+def _check_local(directory: str | os.PathLike[str]) -> None:
+    """Background saves to object storage are not supported yet (no cancellable upload)."""
+    if as_url(directory) is not None:
+        raise NotImplementedError(
+            f"asynchronous saving to object storage ({directory}) is not supported yet: "
+            "save synchronously there (async_save=False), or save asynchronously to a local "
+            "directory and copy it (see docs/object-storage.md)"
+        )
 
 
 def _warn_skipped(warned: set[str], failures: list[CheckpointError], used: CheckpointInfo) -> None:

@@ -21,8 +21,12 @@ Config keys: ``mode`` ("saver": a bare ``Saver`` loop; "session": the same train
 ``MonitoredTrainingSession`` and ``CheckpointSaverHook``; "early_stop": the session with an
 evaluator, an early stopper and an exporter, see ``run_early_stop_worker``), ``directory``,
 ``last_step``, ``max_to_keep``, ``faults`` (a fault spec configured in-process, zygote
-workers only) and ``marker_len`` (elements of the float64 marker tensor: the bulk of each
-save).
+workers only), ``marker_len`` (elements of the float64 marker tensor: the bulk of each
+save) and ``async`` (save in the background: ``Saver.save_async`` / ``async_save=True``).
+An async worker says ``saved <step>`` once that step is durable: the saver loop from the
+future's callback, which runs on the writer thread before it starts the next save; the
+session loop from ``after_save``. Either way at most one committed step is not yet
+announced.
 """
 
 from __future__ import annotations
@@ -88,6 +92,17 @@ def run_saver_worker(config: dict[str, Any]) -> None:
 
     state = build_state(torch, config.get("marker_len", MARKER_LEN))
     directory = config["directory"]
+    futures: list[Any] = []
+
+    def save(step: int) -> None:
+        if not config.get("async"):
+            saver.save(state, directory, step)
+            announce("saved", step)
+            return
+        future = saver.save_async(state, directory, step)
+        future.add_done_callback(lambda f: f.exception() or announce("saved", step))
+        futures.append(future)
+
     with trainhooks.Saver(max_to_keep=config["max_to_keep"]) as saver:
         try:
             step = saver.restore(state, directory).step
@@ -96,12 +111,12 @@ def run_saver_worker(config: dict[str, Any]) -> None:
         except trainhooks.CheckpointNotFoundError:
             step = 0
             announce("start", step)
-            saver.save(state, directory, step)
-            announce("saved", step)
+            save(step)
         for next_step in range(step + 1, config["last_step"] + 1):
             train_step(torch, state, next_step)
-            saver.save(state, directory, next_step)
-            announce("saved", next_step)
+            save(next_step)
+    for future in futures:
+        future.result()  # a failed background save fails the worker
     announce("done", config["last_step"])
 
 
@@ -132,6 +147,7 @@ def run_session_worker(config: dict[str, Any]) -> None:
         save_steps=1,
         saver=trainhooks.Saver(max_to_keep=config["max_to_keep"]),
         listeners=[Announcer()],
+        async_save=bool(config.get("async")),
     )
     with trainhooks.MonitoredTrainingSession(
         checkpoint_dir=directory,

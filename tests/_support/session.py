@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, wait
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from trainhooks import (
     CheckpointSaverListener,
     MonitoredSession,
     MonitoredTrainingSession,
+    Saver,
     SessionRunHook,
 )
 
@@ -91,3 +93,20 @@ def save_pair(name: str, *steps: int) -> list[str]:
 def quiet_session(**kwargs: Any) -> MonitoredSession:
     """MonitoredTrainingSession without the default summary and step-counter hooks."""
     return MonitoredTrainingSession(save_summaries_steps=None, log_step_count_steps=None, **kwargs)
+
+
+class DurableSaver(Saver):
+    """A ``Saver`` whose background saves a step can wait for: a test step that calls
+    ``wait_durable()`` first makes the boundary at which ``after_save`` runs deterministic."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"max_to_keep": 5, **kwargs})
+        self.futures: list[Future[Any]] = []
+
+    def save_async(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().save_async(*args, **kwargs)
+        self.futures.append(future)
+        return future
+
+    def wait_durable(self) -> None:
+        wait(self.futures)

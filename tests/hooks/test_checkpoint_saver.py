@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +216,61 @@ def test_note_is_shown_in_the_traceback(tmp_path: Path) -> None:
 
     text = "".join(traceback.format_exception(raised.value))
     assert "raised by checkpoint listener Failing.after_save() at step 0" in text
+
+
+# -- async_save -------------------------------------------------------------------------
+
+
+class NoAsyncSaver:
+    def save(self, state: Any, directory: Any, step: int) -> None:
+        pass
+
+
+def test_async_save_needs_a_saver_with_save_async(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="save_async"):
+        CheckpointSaverHook(tmp_path, save_steps=1, saver=NoAsyncSaver(), async_save=True)
+
+
+def test_async_save_due_while_the_previous_writes_waits_for_it_and_logs_the_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The save of step 1 is held before its rename; the save due at step 2 waits for it
+    (after_save(1) comes first, so the listener order is TF's) and the wait is logged."""
+    from concurrent.futures import Future
+
+    from _support.session import DurableSaver
+    from trainhooks._store import _faults
+
+    saver = DurableSaver()
+    recorder = Recorder()
+
+    def release_when_waited_on() -> None:
+        assert _faults.wait_blocked("before_rename")
+        while len(saver.futures) < 2:
+            time.sleep(0.001)  # polls a condition; no timing is assumed
+        held: Future[Any] = saver.futures[1]
+        while not held._waiters:  # type: ignore[attr-defined]  # the training thread waits
+            time.sleep(0.001)
+        _faults.release("before_rename")
+
+    _faults.configure("before_rename=block@2")  # hit 1: the save at creation; 2: step 1
+    helper = threading.Thread(target=release_when_waited_on)
+    helper.start()
+    try:
+        hook = CheckpointSaverHook(
+            tmp_path, save_steps=1, saver=saver, listeners=[recorder], async_save=True
+        )
+        with saver, caplog.at_level(logging.INFO, logger="trainhooks"):
+            run_until(hook, last_step=2)
+    finally:
+        _faults.configure(None)
+        helper.join()
+
+    assert recorder.calls == [
+        "begin",
+        *("before_save(0)", "after_save(0)", "before_save(1)", "after_save(1)"),
+        *("before_save(2)", "after_save(2)", "end(2)"),
+    ]
+    waits = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+    assert any(w.startswith("The save of step 2 waited") for w in waits), waits
+    assert steps_in(tmp_path) == [0, 1, 2]

@@ -32,6 +32,28 @@ def test_every_save_is_evaluated_once_and_end_does_not_repeat_the_last(tmp_path)
     assert listener.last_metrics == {"w": 7.0, "double": 14.0}
 
 
+def test_with_background_saves_the_metrics_are_those_of_the_saved_step(tmp_path):
+    """after_save comes steps after the snapshot, when the weight has moved on; the metrics
+    recorded for each checkpoint are still those of its own step, and the best exporter
+    ranks each checkpoint by its own metric."""
+    calls: list[int] = []
+    listener = th.EvaluationListener(weight_metrics(calls))
+    exporter = th.BestCheckpointExporter(
+        "double",
+        mode="max",
+        keep=1,
+        source=listener,
+        export_dir=tmp_path / "best",
+        checkpoint_dir=tmp_path / "ckpt",
+    )
+    train_counter(tmp_path / "ckpt", [listener, exporter], 9, save_steps=3, async_save=True)
+    assert calls == [0, 3, 6, 9]
+    assert listener.history == {s: {"w": float(s), "double": 2.0 * s} for s in (0, 3, 6, 9)}
+    (best,) = exporter.best
+    assert (best.step, best.value) == (9, 18.0)
+    assert float(th.load(tmp_path / "ckpt" / "ckpt-000000000009")["w"]) == 9.0
+
+
 def test_end_evaluates_the_last_checkpoint_when_the_schedule_skipped_it(tmp_path):
     calls: list[int] = []
     listener = th.EvaluationListener(weight_metrics(calls), every_n_saves=3)

@@ -4,7 +4,9 @@ Raising in ``before_save``: the exception reaches the caller with its own type, 
 checkpoint exists for that step, nothing is left behind, and the directory lock is released
 (a restart in the same process can save). Raising in ``after_save``: the checkpoint of that
 step stays committed and verifies. Several listeners asking to stop: training stops once,
-every listener still gets its ``after_save``, and no duplicate final save happens.
+every listener still gets its ``after_save``, and no duplicate final save happens. The
+first three hold in both saving modes (``async_save``: ``after_save`` runs, and raises, at
+a later step boundary, and the saves after it never start).
 """
 
 from __future__ import annotations
@@ -57,10 +59,21 @@ class Recorder(trainhooks.CheckpointSaverListener):
         self.log.append(f"{self.name}.end({global_step_value})")
 
 
-def train(directory: Path, listeners: list[Any], save_steps: int, last_step: int) -> int:
+MODES = pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+
+
+def train(
+    directory: Path,
+    listeners: list[Any],
+    save_steps: int,
+    last_step: int,
+    async_save: bool = False,
+) -> int:
     """A real session with a step-``save_steps`` saver hook; returns the steps run."""
     state = {"w": torch.zeros(16)}
-    hook = trainhooks.CheckpointSaverHook(directory, save_steps=save_steps, listeners=listeners)
+    hook = trainhooks.CheckpointSaverHook(
+        directory, save_steps=save_steps, listeners=listeners, async_save=async_save
+    )
     runs = 0
     with trainhooks.MonitoredTrainingSession(
         checkpoint_dir=directory,
@@ -81,10 +94,13 @@ def steps(directory: Path) -> list[int]:
     return [info.step for info in trainhooks.list_checkpoints(directory)]
 
 
-def test_raising_in_before_save_leaves_no_checkpoint_for_that_step(tmp_path: Path) -> None:
+@MODES
+def test_raising_in_before_save_leaves_no_checkpoint_for_that_step(
+    tmp_path: Path, async_save: bool
+) -> None:
     directory, log = tmp_path / "ckpt", []
     with pytest.raises(Boom) as caught:
-        train(directory, [Recorder("a", log, fail_in="before_save", fail_at=3)], 1, 10)
+        train(directory, [Recorder("a", log, fail_in="before_save", fail_at=3)], 1, 10, async_save)
     (note,) = caught.value.__notes__
     assert "Recorder.before_save() at step 3" in note
     assert steps(directory) == [0, 1, 2]
@@ -94,10 +110,13 @@ def test_raising_in_before_save_leaves_no_checkpoint_for_that_step(tmp_path: Pat
         saver.save({"w": [0.0]}, directory, 3)
 
 
-def test_raising_in_after_save_keeps_that_checkpoint_committed(tmp_path: Path) -> None:
+@MODES
+def test_raising_in_after_save_keeps_that_checkpoint_committed(
+    tmp_path: Path, async_save: bool
+) -> None:
     directory, log = tmp_path / "ckpt", []
     with pytest.raises(Boom) as caught:
-        train(directory, [Recorder("a", log, fail_in="after_save", fail_at=3)], 1, 10)
+        train(directory, [Recorder("a", log, fail_in="after_save", fail_at=3)], 1, 10, async_save)
     (note,) = caught.value.__notes__
     assert "Recorder.after_save()" in note and "step 3" in note
     assert steps(directory) == [0, 1, 2, 3]
@@ -110,11 +129,14 @@ def test_raising_in_after_save_keeps_that_checkpoint_committed(tmp_path: Path) -
     assert torch.equal(restored["w"], torch.full((16,), 3.0))
 
 
-def test_a_listener_failing_on_the_final_save_fails_the_run(tmp_path: Path) -> None:
+@MODES
+def test_a_listener_failing_on_the_final_save_fails_the_run(
+    tmp_path: Path, async_save: bool
+) -> None:
     """save_steps=4, stop at 6: the final save at 6 is in ``end``; its failure must surface."""
     directory, log = tmp_path / "ckpt", []
     with pytest.raises(Boom):
-        train(directory, [Recorder("a", log, fail_in="before_save", fail_at=6)], 4, 6)
+        train(directory, [Recorder("a", log, fail_in="before_save", fail_at=6)], 4, 6, async_save)
     assert steps(directory) == [0, 4]
     assert not any(entry.startswith("a.end") for entry in log)
 

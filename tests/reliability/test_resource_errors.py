@@ -10,7 +10,9 @@ How each fault is made without mocks: ``RLIMIT_FSIZE`` in a child (EFBIG, the di
 path); the store's ``fsync``/named fault points raising EIO; a ``0555`` directory written by
 a child that lost ``CAP_DAC_OVERRIDE`` (tests run as root in CI, and root ignores file
 modes; dropping the capability from the bounding set before ``exec`` makes the mode bind);
-the directory deleted between saves or inside a save.
+the directory deleted between saves or inside a save. The disk-full path and the session
+paths run in both saving modes: a background save (``save_async``, ``async_save=True``)
+fails the same way, its error raised by its future or at the next step boundary.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pytest
 
 import trainhooks
 from _support.reliability import committed_digests, leftovers
+from _support.session import DurableSaver, RecordingListener
 from trainhooks._store import _commit, _faults
 
 PRE_COMMIT_POINTS = ("after_data_file", "before_manifest", "before_dir_fsync", "before_rename")
@@ -42,13 +45,18 @@ import json, resource, sys
 import torch
 import trainhooks
 
-directory = sys.argv[1]
+directory, background = sys.argv[1], sys.argv[2] == "async"
 state = {"big": torch.ones(524288), "note": {"n": 3}}  # 2 MiB of float32
 saver = trainhooks.Saver(max_to_keep=2)
 
+def save():
+    if background:
+        return saver.save_async(state, directory, 3).result()
+    return saver.save(state, directory, 3)
+
 def attempt():
     try:
-        return {"ok": True, "step": saver.save(state, directory, 3).step}
+        return {"ok": True, "step": save().step}
     except trainhooks.CheckpointError as exc:
         kind = type(exc).__name__
         return {"ok": False, "type": kind, "errno": getattr(exc, "errno", None),
@@ -98,10 +106,12 @@ def assert_names_cause(exc: trainhooks.CheckpointError, directory: Path, step: i
     assert str(directory) in str(exc), str(exc)
 
 
-def run_child_save(directory: Path, preexec: Callable[[], None], fix: Callable[[], None]) -> Any:
+def run_child_save(
+    directory: Path, preexec: Callable[[], None], fix: Callable[[], None], mode: str = "sync"
+) -> Any:
     """The child tries to save step 3, reports, waits for ``fix()``, then tries again."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD_SAVE_SCRIPT, str(directory)],
+        [sys.executable, "-c", CHILD_SAVE_SCRIPT, str(directory), mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -127,8 +137,9 @@ def run_child_save(directory: Path, preexec: Callable[[], None], fix: Callable[[
     return first, json.loads(second_line)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_efbig_from_rlimit_fsize_is_a_write_error_and_the_next_save_succeeds(
-    pristine: Path,
+    pristine: Path, mode: str
 ) -> None:
     before = committed_digests(pristine)
 
@@ -138,7 +149,7 @@ def test_efbig_from_rlimit_fsize_is_a_write_error_and_the_next_save_succeeds(
     def check_then_lift() -> None:
         assert_harmless(pristine, before, [1, 2])
 
-    first, second = run_child_save(pristine, limit_file_size, check_then_lift)
+    first, second = run_child_save(pristine, limit_file_size, check_then_lift, mode)
     assert first["type"] == "CheckpointWriteError", first
     assert first["errno"] == errno.EFBIG and first["step"] == 3, first
     assert str(pristine) in first["message"] and "step 3" in first["message"]
@@ -313,32 +324,85 @@ def _save_within_two_attempts(saver: Any, directory: Path, step: int) -> Any:
         return saver.save(small_state(step), directory, step)
 
 
-def _run_session_to(directory: Path, last_step: int, on_last: Callable[[], None]) -> None:
+def _run_session_to(
+    directory: Path, last_step: int, on_last: Callable[[], None], async_save: bool = False
+) -> None:
+    """Train to ``last_step``, saving only at creation and at the end; ``on_last`` runs
+    before the end (in async mode once the save at creation is durable)."""
     state = small_state(0)
-    with trainhooks.MonitoredTrainingSession(
-        checkpoint_dir=directory,
-        state=state,
-        hooks=[trainhooks.StopAtStepHook(last_step=last_step)],
-        save_checkpoint_steps=100,
-        save_summaries_steps=None,
-        log_step_count_steps=None,
-    ) as session:
+    saver = DurableSaver()
+    hook = trainhooks.CheckpointSaverHook(
+        directory, save_steps=100, saver=saver if async_save else None, async_save=async_save
+    )
+    with (
+        saver,
+        trainhooks.MonitoredTrainingSession(
+            checkpoint_dir=directory,
+            state=state,
+            hooks=[trainhooks.StopAtStepHook(last_step=last_step)],
+            chief_only_hooks=[hook],
+            save_summaries_steps=None,
+            log_step_count_steps=None,
+        ) as session,
+    ):
         while not session.should_stop():
             session.run(lambda: state["w"].add_(1.0))
+        saver.wait_durable()
         on_last()
 
 
-def test_a_run_whose_final_save_fails_does_not_end_successfully(tmp_path: Path) -> None:
+MODES = pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+
+
+@MODES
+def test_a_run_whose_final_save_fails_does_not_end_successfully(
+    tmp_path: Path, async_save: bool
+) -> None:
     directory = tmp_path / "ckpt"
     with pytest.raises(trainhooks.CheckpointWriteError) as caught:
-        _run_session_to(directory, 5, lambda: _faults.configure("before_rename=eio"))
+        _run_session_to(directory, 5, lambda: _faults.configure("before_rename=eio"), async_save)
     assert caught.value.step == 5
     assert steps(directory) == [0]
     assert not leftovers(directory)
 
 
-def test_a_run_whose_directory_vanishes_does_not_end_successfully(tmp_path: Path) -> None:
+@MODES
+def test_a_run_whose_directory_vanishes_does_not_end_successfully(
+    tmp_path: Path, async_save: bool
+) -> None:
     directory = tmp_path / "ckpt"
     with pytest.raises(trainhooks.CheckpointError):
-        _run_session_to(directory, 5, lambda: shutil.rmtree(directory))
+        _run_session_to(directory, 5, lambda: shutil.rmtree(directory), async_save)
     assert not directory.exists() or steps(directory) == []
+
+
+def test_a_failed_background_write_raises_typed_at_the_next_step_boundary(tmp_path: Path) -> None:
+    """The save of step 2 fails in the background (EIO before its rename); each step first
+    waits for durability, so the error comes at the boundary of step 3: typed, naming step
+    2, with no after_save(2), no final save and no end(); step 0 stays, nothing is left."""
+    directory, log = tmp_path / "ckpt", []
+    saver = DurableSaver(max_to_keep=2)
+    hook = trainhooks.CheckpointSaverHook(
+        directory,
+        save_steps=2,
+        saver=saver,
+        listeners=[RecordingListener("a", log)],
+        async_save=True,
+    )
+    state = small_state(0)
+
+    def step() -> None:
+        saver.wait_durable()
+        state["w"].add_(1.0)
+
+    _faults.configure("before_rename=eio@2")  # hit 1: the save at creation; hit 2: step 2
+    with saver, pytest.raises(trainhooks.CheckpointWriteError) as caught:  # noqa: SIM117
+        with trainhooks.MonitoredSession(
+            hooks=[hook, trainhooks.StopAtStepHook(last_step=10)], state=state
+        ) as session:
+            while not session.should_stop():
+                session.run(step)
+    assert session.global_step == 3
+    assert caught.value.step == 2 and caught.value.errno == errno.EIO
+    assert log == ["a.begin", "a.before_save(0)", "a.after_save(0)", "a.before_save(2)"]
+    assert steps(directory) == [0] and not leftovers(directory)

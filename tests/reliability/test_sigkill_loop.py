@@ -9,6 +9,11 @@ are never listed and are gone once the next worker saved.
 Kills are biased into the save: a worker either dies by itself at a named fault point
 (``point=kill@N``), or a fault point pauses it (``point=sleep:S``) while the parent kills
 it at a random moment of that window, or the parent kills at a random moment unaided.
+
+The loops run in both saving modes. In async mode the save's fault points fire on the
+writer thread while training goes on, and a kill lands while a background write is in
+flight: the previous checkpoint must then be the newest valid one, and a step may be
+committed without having been announced yet (at most one: the bound below).
 """
 
 from __future__ import annotations
@@ -154,12 +159,25 @@ def check_after_kill(
 
 
 def kill_loop(
-    zygote: Zygote, reference: Reference, directory: Path, mode: str, kills: int, seed: int
+    zygote: Zygote,
+    reference: Reference,
+    directory: Path,
+    mode: str,
+    kills: int,
+    seed: int,
+    background: bool = False,
 ) -> Tally:
-    """``kills`` workers killed one after another on one directory, checked after each."""
+    """``kills`` workers killed one after another on one directory, checked after each
+    (``background``: saving with ``save_async`` / ``async_save=True``)."""
     rng, tally, latest = random.Random(seed), Tally(), -1
     points = SAVE_POINTS + RETENTION_POINTS + (LISTENER_POINTS if mode == "session" else ())
-    config = {"mode": mode, "directory": str(directory), "last_step": NEVER, "max_to_keep": 2}
+    config = {
+        "mode": mode,
+        "directory": str(directory),
+        "last_step": NEVER,
+        "max_to_keep": 2,
+        "async": background,
+    }
     while tally.kills < kills:
         plan = choose_plan(rng, points)
         before = leftovers(directory)
@@ -224,6 +242,31 @@ def test_monitored_session_survives_sigkill_at_random_moments(
     tally = kill_loop(zygote, reference, tmp_path / "ckpt", "session", kills=50, seed=2)
     assert sum(tally.self_kills.values()) > 0 and sum(tally.parent_kills.values()) > 0
     _report("session", tally)
+
+
+def test_async_saver_loop_survives_sigkill_with_a_write_in_flight(
+    zygote: Zygote, reference: Reference, tmp_path: Path
+) -> None:
+    tally = kill_loop(zygote, reference, tmp_path / "ckpt", "saver", 20, seed=3, background=True)
+    assert sum(tally.self_kills.values()) > 0 and sum(tally.parent_kills.values()) > 0
+    _report("saver_async", tally)
+
+
+def test_async_monitored_session_survives_sigkill_with_a_write_in_flight(
+    zygote: Zygote, reference: Reference, tmp_path: Path
+) -> None:
+    tally = kill_loop(zygote, reference, tmp_path / "ckpt", "session", 20, seed=4, background=True)
+    assert sum(tally.self_kills.values()) > 0 and sum(tally.parent_kills.values()) > 0
+    _report("session_async", tally)
+
+
+@long_only
+@pytest.mark.parametrize("mode", ["saver", "session"])
+def test_async_loops_survive_a_thousand_sigkills(
+    zygote: Zygote, reference: Reference, tmp_path: Path, mode: str
+) -> None:
+    tally = kill_loop(zygote, reference, tmp_path / "ckpt", mode, 1000, seed=13, background=True)
+    _report(f"{mode}_async_long", tally)
 
 
 @long_only

@@ -65,6 +65,7 @@ def train(
     crash_at: int | None = None,
     last_step: int = 10,
     counter: Counter | None = None,
+    async_save: bool = False,
 ) -> Counter:
     """Train a counter saving every 2 steps; ``crash_at`` raises after that step.
 
@@ -72,7 +73,9 @@ def train(
     it saves (see ``test_a_hook_after_the_saver_is_saved_before_its_after_run``).
     """
     counter = counter or Counter()
-    saver = th.CheckpointSaverHook(directory, save_steps=2, listeners=listeners)
+    saver = th.CheckpointSaverHook(
+        directory, save_steps=2, listeners=listeners, async_save=async_save
+    )
     with quiet_session(
         state=counter.state,
         checkpoint_dir=directory,
@@ -86,19 +89,26 @@ def train(
     return counter
 
 
-def test_hook_and_listener_states_resume_where_the_checkpoint_left_them(tmp_path: Path) -> None:
-    with pytest.raises(Crash):
-        train(tmp_path, [Tally()], [Remember()], crash_at=5)  # last checkpoint: step 4
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_hook_and_listener_states_resume_where_the_checkpoint_left_them(
+    tmp_path: Path, async_save: bool
+) -> None:
+    with pytest.raises(Crash):  # last checkpoint: step 4
+        train(tmp_path, [Tally()], [Remember()], crash_at=5, async_save=async_save)
 
     tally, remember = Tally(), Remember()
-    train(tmp_path, [tally], [remember])
+    train(tmp_path, [tally], [remember], async_save=async_save)
 
     assert tally.seen == 4 + 6  # the 4 steps before the checkpoint, then 5..10
     assert remember.saves == [0, 2, 4, 6, 8, 10]  # 4 saved before its after_save, replayed
 
 
-def test_the_checkpoint_holds_the_states_under_the_reserved_entry(tmp_path: Path) -> None:
-    train(tmp_path, [Tally(), Tally(), Tally(name="mine")], [Remember()], last_step=2)
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_the_checkpoint_holds_the_states_under_the_reserved_entry(
+    tmp_path: Path, async_save: bool
+) -> None:
+    hooks = [Tally(), Tally(), Tally(name="mine")]
+    train(tmp_path, hooks, [Remember()], last_step=2, async_save=async_save)
 
     saved = th.load(th.latest_checkpoint(tmp_path).path)
     assert set(saved) == {"w", "__trainhooks__"}

@@ -209,3 +209,26 @@ def test_monitored_training_session_takes_keywords_only_with_tf_defaults() -> No
 def test_explicit_save_checkpoint_secs_with_steps_is_tf_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of save_secs and save_steps"):
         quiet_session(checkpoint_dir=tmp_path, save_checkpoint_secs=60, save_checkpoint_steps=10)
+
+
+def test_async_save_makes_the_default_saver_save_in_the_background(
+    tmp_path: Path, counter: Counter, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trainhooks import load
+
+    with (
+        caplog.at_level(logging.INFO, logger="trainhooks"),
+        quiet_session(
+            checkpoint_dir=tmp_path, state=counter.state, save_checkpoint_steps=2, async_save=True
+        ) as sess,
+    ):
+        for _ in range(5):
+            sess.run(counter.step)
+
+    snapshots = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Snapshot")]
+    assert len(snapshots) == 4  # steps 0, 2, 4 and the final 5, each a background save
+    # every save, the final one included, is durable once the session has closed
+    infos = list_checkpoints(tmp_path)
+    assert [i.step for i in infos] == [0, 2, 4, 5]
+    for info in infos:
+        assert load(info.path)["w"][0] == info.step

@@ -5,15 +5,22 @@ session creation, then whenever the timer triggers after a step, and once more a
 end unless the last step was already saved; each save is wrapped in the listeners'
 ``before_save`` / ``after_save``; a truthy ``after_save`` asks training to stop after every
 listener has been called. The hook never touches files itself: it calls a ``Saver``.
+
+With ``async_save=True`` the save is a snapshot (``Saver.save_async``) and ``after_save``
+moves: it runs at the first step boundary at which the checkpoint is durable (the trace is
+in docs/hooks-and-listeners.md, "Asynchronous saving").
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from trainhooks._exceptions import CheckpointLockedError
 from trainhooks._session._hook import (
@@ -24,6 +31,7 @@ from trainhooks._session._hook import (
 )
 from trainhooks._session._hook_state import StatefulParts
 from trainhooks._session._timer import Clock, SecondOrStepTimer
+from trainhooks._store._background import wait_for
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
@@ -38,6 +46,24 @@ class SupportsSave(Protocol):
     """What the hook needs of a saver: ``trainhooks.Saver`` or anything shaped like it."""
 
     def save(self, state: Any, directory: Any, step: int) -> Any: ...
+
+
+class _SupportsAsyncSave(SupportsSave, Protocol):
+    """What the hook needs of a saver with ``async_save=True`` (``trainhooks.Saver`` has it)."""
+
+    max_pending: int
+
+    def save_async(self, state: Any, directory: Any, step: int) -> Future[Any]: ...
+
+
+class _PendingSave(NamedTuple):
+    """A save whose ``after_save`` calls are still due: when ``future`` (None: nothing was
+    written) is done. ``moot_stop``: the save at creation or at the end, where a stop
+    request has nothing to stop."""
+
+    step: int
+    future: Future[Any] | None
+    moot_stop: bool
 
 
 class CheckpointSaverHook(SessionRunHook):
@@ -58,6 +84,14 @@ class CheckpointSaverHook(SessionRunHook):
     restore and the CLI look for; choose another with ``saver=Saver(basename=...)``),
     ``scaffold`` (no graph; giving both ``saver`` and ``scaffold`` is still TF's
     ``ValueError``) and ``save_graph_def`` (no graph to write).
+
+    ``async_save=True`` blocks training only while the state is copied into host memory
+    (``Saver.save_async``); the write goes on in the background, and each listener's
+    ``after_save(session, S)`` runs at the first step boundary after the checkpoint of step
+    ``S`` is durable (a stop it requests happens there), with saves still in the order
+    ``before_save(S1), after_save(S1), before_save(S2)``: a save due while the previous one
+    is still being written waits for it. ``end()`` runs once the final save is durable. A
+    failed background write raises its typed error at the next step boundary.
 
     An exception raised by a listener propagates with its own type, carrying a note
     naming the listener, the method and the step; a checkpoint committed before it stays.
@@ -83,6 +117,7 @@ class CheckpointSaverHook(SessionRunHook):
         max_to_keep: int | None = 5,
         clock: Clock | None = None,
         name: str | None = None,
+        async_save: bool = False,
     ) -> None:
         if (save_secs is None) == (save_steps is None):
             raise ValueError(
@@ -97,7 +132,17 @@ class CheckpointSaverHook(SessionRunHook):
                 f"max_to_keep={max_to_keep!r} applies to the hook's own saver only; pass it "
                 "to the saver you give instead: saver=Saver(max_to_keep=...)"
             )
+        if async_save and saver is not None and not callable(getattr(saver, "save_async", None)):
+            raise TypeError(
+                f"async_save=True needs a saver with save_async(), and {type(saver).__name__} "
+                "has none; pass a trainhooks.Saver, or async_save=False"
+            )
         self._checkpoint_dir = checkpoint_location(checkpoint_dir)
+        if async_save and isinstance(self._checkpoint_dir, ObjectPath):
+            raise NotImplementedError(
+                f"async_save=True does not support object storage yet ({checkpoint_dir}): "
+                "save synchronously there (async_save=False), see docs/object-storage.md"
+            )
         self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps, clock=clock)
         self._listeners = list(listeners or [])
         self._saver: SupportsSave | None = saver
@@ -107,6 +152,8 @@ class CheckpointSaverHook(SessionRunHook):
         self._last_saved_step: int | None = None
         self._listener_states = StatefulParts(self._listeners, "listener")
         self.name = name or type(self).__name__
+        self._async = async_save
+        self._pending: deque[_PendingSave] = deque()  # async saves awaiting after_save
 
     @property
     def checkpoint_dir(self) -> Path | ObjectPath:
@@ -116,7 +163,8 @@ class CheckpointSaverHook(SessionRunHook):
     @property
     def last_saved_step(self) -> int | None:
         """The step of the newest checkpoint this hook committed (or found unchanged on
-        disk), None before the first; ``ResumeCheckHook`` follows saves through it."""
+        disk), None before the first; with ``async_save`` it moves once the checkpoint is
+        durable, when its ``after_save`` runs. ``ResumeCheckHook`` follows saves through it."""
         return self._last_saved_step
 
     @property
@@ -144,31 +192,50 @@ class CheckpointSaverHook(SessionRunHook):
 
     def after_create_session(self, session: HookSession, coord: Any) -> None:
         step = session.global_step
+        # Saves of a session that a recoverable error ended finish first (their stop
+        # requests are moot: the session is being re-created).
+        self._deliver(session, until=len(self._pending), moot=True)
         # A stop asked for here is ignored, as in TF: there is no run to stop.
-        self._save(session, step)
+        self._save(session, step, moot_stop=True)
         self._timer.update_last_triggered_step(step)
 
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
         session = run_context.session
         step = session.global_step
+        stop = bool(self._pending) and self._deliver(session)
         if self._timer.should_trigger_for_step(step):
             self._timer.update_last_triggered_step(step)
-            if self._save(session, step):
-                run_context.request_stop()
+            stop = self._save(session, step) or stop
+        if stop:
+            run_context.request_stop()
 
     def end(self, session: HookSession) -> None:
         last_step = session.global_step
         if last_step != self._timer.last_triggered_step():
-            self._save(session, last_step)  # a stop request here is moot: training is over
+            self._save(session, last_step, moot_stop=True)  # training is over: nothing to stop
+        self._deliver(session, until=len(self._pending), moot=True)  # all durable now
         for listener in self._listeners:
             _call_listener(listener, "end", last_step, session)
 
     def release(self) -> None:
-        """Close the hook's own saver, which releases its directory lock."""
+        """Finish the saves still in flight, then close the hook's own saver, which
+        releases its directory lock. (After an exception, their ``after_save`` is not
+        called, as no ``end`` is; a failure among them is logged, not raised over the
+        exception that is ending the session.)"""
+        pending = [p.future for p in self._pending if p.future is not None]
+        self._pending.clear()
         owned, self._owned_saver = self._owned_saver, None
-        if owned is not None:
-            self._saver = None
-            owned.close()
+        try:
+            if owned is not None:
+                self._saver = None
+                owned.close()  # waits for its saves (Ctrl-C there cancels them cleanly)
+            wait_for(pending)  # a saver of the user's: its saves, from this session
+        finally:
+            for future in pending:
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    _LOG.error(
+                        "the checkpoint save of a closing session failed: %s", future.exception()
+                    )
 
     # -- the state it carries across restarts --------------------------------------------
 
@@ -197,24 +264,77 @@ class CheckpointSaverHook(SessionRunHook):
                 path=exc.path,
             ) from None
 
-    def _save(self, session: HookSession, step: int) -> bool:
-        """One save at ``step`` with its listener calls; True if a listener asked to stop."""
+    def _save(self, session: HookSession, step: int, moot_stop: bool = False) -> bool:
+        """One save at ``step`` with its listener calls; True if a listener asked to stop
+        (in async mode: a listener of an earlier save, delivered while making room)."""
+        stop = self._make_room(session, step) if self._async else False
         _LOG.info("Calling checkpoint listeners before saving checkpoint %d...", step)
         for listener in self._listeners:
             _call_listener(listener, "before_save", step, session)
+        if self._saver is None:
+            raise RuntimeError("CheckpointSaverHook used without begin(); run it inside a session")
+        future: Future[Any] | None = None
         if self._is_unchanged_on_disk(session, step):
             _LOG.info(
                 "Checkpoint for step %d in %s is the one just restored; not rewriting it.",
                 step,
                 self._checkpoint_dir,
             )
+        elif self._async:
+            _LOG.info("Snapshotting checkpoint %d for %s.", step, self._checkpoint_dir)
+            saver = cast(_SupportsAsyncSave, self._saver)
+            future = saver.save_async(session.checkpoint_state, self._checkpoint_dir, step)
         else:
             _LOG.info("Saving checkpoints for %d into %s.", step, self._checkpoint_dir)
-            if self._saver is None:
-                raise RuntimeError(
-                    "CheckpointSaverHook used without begin(); run it inside a session"
-                )
             self._saver.save(session.checkpoint_state, self._checkpoint_dir, step)
+        if self._async:
+            self._pending.append(_PendingSave(step, future, moot_stop))
+            return stop
+        return self._after_save(session, step)
+
+    def _make_room(self, session: HookSession, step: int) -> bool:
+        """Before the save of ``step``: deliver what is durable, and wait (logged) until at
+        most ``max_pending - 1`` saves are unfinished; True if a listener asked to stop."""
+        max_pending: int = getattr(self._saver, "max_pending", 1)
+        unfinished = [
+            i for i, p in enumerate(self._pending) if p.future is not None and not p.future.done()
+        ]
+        excess = len(unfinished) - max_pending + 1
+        if excess <= 0:
+            return self._deliver(session)
+        started = time.monotonic()
+        stop = self._deliver(session, until=unfinished[excess - 1] + 1)
+        _LOG.info(
+            "The save of step %d waited %.3f s for the previous checkpoint to become durable "
+            "(max_pending=%d): saves are due faster than the disk writes them.",
+            step,
+            time.monotonic() - started,
+            max_pending,
+        )
+        return stop
+
+    def _deliver(self, session: HookSession, until: int = 0, moot: bool = False) -> bool:
+        """``after_save`` for the pending saves that are durable, oldest first, waiting for
+        the first ``until`` of them; raises a failed save's error. True if a listener asked
+        to stop (``moot``: ignore such requests)."""
+        stop = False
+        while self._pending:
+            oldest = self._pending[0]
+            if oldest.future is not None and not oldest.future.done():
+                if until <= 0:
+                    break
+                wait_for([oldest.future])  # Ctrl-C here cancels the save cleanly
+            self._pending.popleft()
+            until -= 1
+            if oldest.future is not None:
+                oldest.future.result()  # a failed write raises here, typed
+            if self._after_save(session, oldest.step) and not (moot or oldest.moot_stop):
+                stop = True
+        return stop
+
+    def _after_save(self, session: HookSession, step: int) -> bool:
+        """Every listener's ``after_save`` for the durable checkpoint of ``step`` (which is
+        now the newest this hook saved)."""
         self._last_saved_step = step
         _LOG.info("Calling checkpoint listeners after saving checkpoint %d...", step)
         should_stop = False

@@ -10,6 +10,12 @@ The lifecycle, documented once here (TF's contract, kept exactly):
 3. ``end(session, last_step)`` — once, when the session closes normally, after the final
    save (which is skipped when the last step was already saved).
 
+With ``CheckpointSaverHook(async_save=True)`` the checkpoint is written in the background:
+``before_save(session, S)`` runs just before the state is snapshotted, and
+``after_save(session, S)`` at the first step boundary after checkpoint ``S`` is durable
+(a stop it asks for happens there), when ``session.state`` may have moved on; the calls
+keep the order above, and ``end`` comes after the final save is durable.
+
 ``session`` exposes ``global_step`` and ``state``, so a listener can evaluate or export
 the model it was handed. A listener with its own schedule must handle the last checkpoint
 in ``end()`` unless ``after_save`` already handled that step.
@@ -32,7 +38,7 @@ class CheckpointSaverListener:
         """Called before the checkpoint at ``global_step_value`` is written."""
 
     def after_save(self, session: HookSession, global_step_value: int) -> bool | None:
-        """Called after the checkpoint is committed; return True to request a stop."""
+        """Called once the checkpoint is committed (durable); return True to request a stop."""
         return None
 
     def end(self, session: HookSession, global_step_value: int) -> None:

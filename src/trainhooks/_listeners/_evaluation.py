@@ -1,4 +1,4 @@
-"""``EvaluationListener``: evaluate the model right after checkpoints are committed."""
+"""``EvaluationListener``: evaluate the model of each checkpoint, reported once committed."""
 
 from __future__ import annotations
 
@@ -27,11 +27,16 @@ class EvaluationListener(CheckpointSaverListener):
     Saves are counted from the one at session creation (the first), so with the default
     ``every_n_saves=1`` the starting point is evaluated too.
 
-    The state evaluated is exactly the one just committed (listeners run after the commit
-    and before training goes on). Each result is kept in ``history`` (``{step: metrics}``,
-    latest evaluation last), ``last_step`` and ``last_metrics``, so listeners placed after
-    this one in the list (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read
-    the metrics of the save they are called for.
+    The state evaluated is exactly the one the checkpoint holds: ``eval_fn`` runs in
+    ``before_save``, right before the state is written or snapshotted, and its metrics are
+    published in ``after_save``, once the checkpoint is committed. So with a background
+    save (``async_save=True``), whose ``after_save`` comes steps later when training has
+    moved on, the metrics are still those of the saved step; and an ``eval_fn`` error is
+    raised from ``after_save``, after the checkpoint is safe, as in a synchronous save.
+    Each result is kept in ``history`` (``{step: metrics}``, latest evaluation last),
+    ``last_step`` and ``last_metrics``, so listeners placed after this one in the list
+    (``BestCheckpointExporter``, ``EarlyStoppingListener``) can read the metrics of the save
+    they are called for.
 
     With ``output_dir``, every evaluation is appended to ``output_dir/<name>.jsonl`` (one
     JSON object per line, flushed and fsynced, so it survives a crash right after) and, when
@@ -72,7 +77,9 @@ class EvaluationListener(CheckpointSaverListener):
         if tensorboard and output_dir is None:
             raise ValueError("tensorboard=True needs an output_dir to write event files to")
         self.history: dict[int, dict[str, float]] = {}
-        self._saves = 0
+        self._saves = 0  # saves whose after_save ran
+        self._in_flight = 0  # saves between their before_save and after_save
+        self._measured: dict[int, dict[str, float] | Exception] = {}  # before_save -> after_save
         self._writer: ScalarWriter | None = None
 
     @property
@@ -94,9 +101,13 @@ class EvaluationListener(CheckpointSaverListener):
     def begin(self) -> None:
         self.history = {}
         self._saves = 0
+        self._in_flight = 0
+        self._measured = {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The saves counted (the every-n-th schedule) and every evaluation so far."""
+        """The saves counted (the every-n-th schedule) and every evaluation so far: as the
+        checkpoint is taken between ``before_save`` and ``after_save``, the save in progress
+        is not counted yet (a resumed session calls both again for its restored step)."""
         return {"saves": self._saves, "history": {s: dict(m) for s, m in self.history.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -106,10 +117,22 @@ class EvaluationListener(CheckpointSaverListener):
             for step, metrics in state["history"].items()
         }
 
+    def before_save(self, session: HookSession, global_step_value: int) -> None:
+        self._in_flight += 1  # counted in _saves by its after_save
+        if (self._saves + self._in_flight) % self.every_n_saves == 0:
+            try:
+                self._measured[global_step_value] = self._measure(session, global_step_value)
+            except Exception as exc:  # raised from after_save, once the checkpoint is safe
+                self._measured[global_step_value] = exc
+
     def after_save(self, session: HookSession, global_step_value: int) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
         self._saves += 1
-        if self._saves % self.every_n_saves == 0:
-            self.evaluate(session, global_step_value)
+        measured = self._measured.pop(global_step_value, None)
+        if isinstance(measured, Exception):
+            raise measured
+        if measured is not None:
+            self._record(session, global_step_value, measured)
 
     def end(self, session: HookSession, global_step_value: int) -> None:
         try:
@@ -120,8 +143,14 @@ class EvaluationListener(CheckpointSaverListener):
 
     def evaluate(self, session: HookSession, step: int) -> dict[str, float]:
         """Evaluate now, record the metrics at ``step`` and return them."""
-        raw = self.eval_fn(session)
-        metrics = self._as_metrics(raw, step)
+        metrics = self._measure(session, step)
+        self._record(session, step, metrics)
+        return metrics
+
+    def _measure(self, session: HookSession, step: int) -> dict[str, float]:
+        return self._as_metrics(self.eval_fn(session), step)
+
+    def _record(self, session: HookSession, step: int, metrics: dict[str, float]) -> None:
         self.history.pop(step, None)  # re-evaluated (after a recovery): it is the latest now
         self.history[step] = metrics
         if self.output_dir is not None:
@@ -134,7 +163,6 @@ class EvaluationListener(CheckpointSaverListener):
             step,
             ", ".join(f"{k} = {v:.6g}" for k, v in metrics.items()),
         )
-        return metrics
 
     def _as_metrics(self, raw: Any, step: int) -> dict[str, float]:
         if not isinstance(raw, Mapping):

@@ -7,6 +7,10 @@ Dataclasses and a framework's container nodes (JAX pytree nodes) are stored as r
 their children (see ``_containers``); containers of a type other than the built-in one note
 its class name, for information only. Inside a record, a callable that is no state (an
 equinox module's activation function) is recorded by name only and restored from the target.
+
+The tensors' bytes are views of the caller's arrays (a synchronous save writes them before
+returning), or, given ``staging``, copies in staging buffers: the tree is built of fresh
+JSON values either way, so the result is then a snapshot that later training cannot change.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from trainhooks._exceptions import CheckpointFormatError
 from trainhooks._state._adapters._base import ArrayAdapter
 from trainhooks._state._adapters._registry import adapter_of, loaded_adapters
 from trainhooks._state._containers import Children, class_name, record_of
+from trainhooks._state._staging import StagingBuffers
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._limits import count_problem, depth_problem, name_problem, rank_problem
 
@@ -33,22 +38,26 @@ def is_stateful(value: Any) -> bool:
     )
 
 
-def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[TensorSource]]:
-    """The JSON tree of ``state`` and the tensors it references, in a stable order."""
+def encode_state(
+    state: Mapping[str, Any], staging: StagingBuffers | None = None
+) -> tuple[dict[str, Any], list[TensorSource]]:
+    """The JSON tree of ``state`` and the tensors it references, in a stable order; with
+    ``staging``, the tensors are copies in its buffers (see the module docstring)."""
     if not isinstance(state, Mapping):
         raise CheckpointFormatError(
             f"state must be a mapping of names to objects, got {type(state).__name__}; "
             "wrap it, e.g. {'model': model}"
         )
-    encoder = _Encoder()
+    encoder = _Encoder(staging)
     return encoder.encode(state, ()), encoder.tensors
 
 
 class _Encoder:
-    def __init__(self) -> None:
+    def __init__(self, staging: StagingBuffers | None) -> None:
         self.tensors: list[TensorSource] = []
         self._names: set[str] = {"__metadata__"}  # reserved by the safetensors header
         self._in_record = 0  # how many records enclose the value being encoded
+        self._staging = staging
 
     def encode(self, value: Any, path: tuple[Any, ...], depth: int = 1) -> dict[str, Any]:
         """The node of ``value``, which sits at JSON level ``depth`` of the tree; each node
@@ -120,10 +129,13 @@ class _Encoder:
     def _tensor(
         self, value: Any, adapter: ArrayAdapter, kind: str, path: tuple[Any, ...]
     ) -> dict[str, Any]:
-        dtype, shape, data = adapter.array_bytes(value, where(path))
         name = self._unique_name(path)
-        _refuse(path, name_problem(name) or rank_problem(len(shape)))
-        _refuse(path, count_problem(len(self.tensors) + 1))
+        _refuse(path, name_problem(name) or count_problem(len(self.tensors) + 1))
+        if self._staging is None:
+            dtype, shape, data = adapter.array_bytes(value, where(path))
+        else:
+            dtype, shape, data = self._staging.stage(adapter, value, name, where(path))
+        _refuse(path, rank_problem(len(shape)))
         self.tensors.append(TensorSource(name, dtype, shape, data))
         return {"type": "tensor", "name": name, "kind": kind}
 

@@ -6,16 +6,22 @@
 4. ``rename(staging, final)`` — the commit point — then fsync the parent directory.
 Only then does the caller see success. Any OSError before the commit point removes the
 staging directory and becomes a :class:`CheckpointWriteError` carrying errno, path and step.
+A save running in the background (given a ``cancel`` event) writes in ``BACKGROUND_CHUNK``
+calls and can be cancelled (Ctrl-C while the training thread waits for it): the event is
+checked before every call and before the commit point, and a cancelled save ends like a
+failed one (``ECANCELED``, staging removed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,12 @@ from trainhooks._store._admit import (
     admit_tree,
     checked_metadata,
 )
-from trainhooks._store._durable import exchange_paths, fsync_directory, write_new_file
+from trainhooks._store._durable import (
+    BACKGROUND_CHUNK,
+    exchange_paths,
+    fsync_directory,
+    write_new_file,
+)
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
@@ -72,12 +83,14 @@ def commit_checkpoint(
     when: float | None = None,
     retention: dict[str, Any] | None = None,
     sequence: int = 0,
+    cancel: threading.Event | None = None,
 ) -> CheckpointInfo:
     """Write and durably commit a checkpoint of ``tensors`` + ``tree`` at ``step``.
 
     ``when`` is the wall time recorded (default: now); ``retention`` is stored as is in the
     manifest for the saver that writes after this one; ``sequence`` is the commit's number
-    in its directory (the writer's; 0 records none).
+    in its directory (the writer's; 0 records none); once ``cancel`` is set, the save
+    stops before its commit point.
     """
     when = time.time() if when is None else when
     planned, header = _admitted_plan(step, when, tensors, tree, metadata, retention, sequence)
@@ -86,10 +99,11 @@ def commit_checkpoint(
     replaced: Path | None = None
     try:
         os.mkdir(staging)
-        manifest, manifest_size = _write_contents(staging, planned, header, tensors)
+        manifest, manifest_size = _write_contents(staging, planned, header, tensors, cancel)
         fault_point("before_dir_fsync")
         fsync_directory(staging)
         fault_point("before_rename")
+        _check_cancel(cancel)
         replaced = _rename_into_place(staging, final, basename, step)  # the commit point
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -173,10 +187,14 @@ _WIDEST = 2**32 - 1  # a placeholder checksum as wide as any real one
 
 
 def _write_contents(
-    staging: Path, planned: Manifest, header: bytes, tensors: Sequence[TensorSource]
+    staging: Path,
+    planned: Manifest,
+    header: bytes,
+    tensors: Sequence[TensorSource],
+    cancel: threading.Event | None,
 ) -> tuple[Manifest, int]:
     """Write the data file, then the manifest (``planned`` with the real checksums)."""
-    checksums = _write_data_file(staging / DATA_FILE, header, tensors)
+    checksums = _write_data_file(staging / DATA_FILE, header, tensors, cancel)
     fault_point("after_data_file")
     files = {DATA_FILE: {**planned.files[DATA_FILE], "header_crc32c": crc32c.crc32c(header)}}
     records = [
@@ -196,20 +214,39 @@ def _record(entry: HeaderEntry, checksum: int) -> TensorRecord:
     )
 
 
-def _write_data_file(path: Path, header: bytes, tensors: Sequence[TensorSource]) -> list[int]:
+def _write_data_file(
+    path: Path, header: bytes, tensors: Sequence[TensorSource], cancel: threading.Event | None
+) -> list[int]:
     """Stream the header and every tensor's bytes, returning each tensor's crc32c.
 
     The checksums are computed over the very buffers being written, on a second thread
     (crc32c releases the GIL), so they cost no time next to the writes.
     """
+    parts = [memoryview(header), *(tensor.data for tensor in tensors)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
         checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
         try:
-            write_new_file(path, [memoryview(header), *(tensor.data for tensor in tensors)])
+            if cancel is None:
+                write_new_file(path, parts)
+            else:
+                write_new_file(path, _cancellable(parts, cancel), BACKGROUND_CHUNK)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # report a write error without waiting
             raise
         return [future.result() for future in checksums]
+
+
+def _cancellable(parts: list[memoryview], cancel: threading.Event) -> Iterator[memoryview]:
+    """``parts`` in ``BACKGROUND_CHUNK`` slices (no copy), checking ``cancel`` before each."""
+    for part in parts:
+        for start in range(0, max(part.nbytes, 1), BACKGROUND_CHUNK):
+            _check_cancel(cancel)
+            yield part[start : start + BACKGROUND_CHUNK]
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise OSError(errno.ECANCELED, "the save was cancelled before its commit point")
 
 
 def _rename_into_place(staging: Path, final: Path, basename: str, step: int) -> Path | None:

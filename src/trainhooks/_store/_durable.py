@@ -31,6 +31,8 @@ from trainhooks._exceptions import (
 from trainhooks._store._faults import fault_point
 
 __all__ = [
+    "BACKGROUND_CHUNK",
+    "CHUNK",
     "DirectoryLock",
     "exchange_paths",
     "fsync_directory",
@@ -44,16 +46,21 @@ LOCK_NAME = ".trainhooks.lock"
 # Large enough to amortise the calls, small enough to stay cache-warm; also keeps each
 # write below Linux's ~2 GiB per-call limit.
 CHUNK = 8 * 1024 * 1024
+# A background save writes in larger calls: between two calls its thread must take the
+# GIL back from a training thread that may hold it for a whole switch interval (5 ms),
+# so each call costs training time; with 8 MiB calls beside a pure-Python step, writing
+# 1 GiB took 2-5x longer than with 64 MiB ones (docs/performance.md).
+BACKGROUND_CHUNK = 64 * 1024 * 1024
 
 
-def write_all(fd: int, data: memoryview) -> None:
-    """Write every byte of ``data`` to ``fd`` in ``CHUNK``-sized calls, looping over short
+def write_all(fd: int, data: memoryview, chunk: int = CHUNK) -> None:
+    """Write every byte of ``data`` to ``fd`` in ``chunk``-sized calls, looping over short
     writes (every byte of a checkpoint or an export is written here)."""
     view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     written = 0
     total = len(view)
     while written < total:
-        n = os.write(fd, view[written : written + CHUNK])
+        n = os.write(fd, view[written : written + chunk])
         if n <= 0:  # a zero-length write means the device refuses more data
             raise OSError(errno.ENOSPC, "write made no progress")
         written += n
@@ -74,14 +81,16 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_new_file(path: str | os.PathLike[str], parts: Iterable[memoryview]) -> None:
-    """Create ``path`` (it must not exist), write ``parts`` in order, fsync and close it,
-    every result checked. On failure the file is left for the caller to remove (it knows
-    whether a staging directory goes with it)."""
+def write_new_file(
+    path: str | os.PathLike[str], parts: Iterable[memoryview], chunk: int = CHUNK
+) -> None:
+    """Create ``path`` (it must not exist), write ``parts`` in order (in calls of at most
+    ``chunk`` bytes), fsync and close it, every result checked. On failure the file is
+    left for the caller to remove (it knows whether a staging directory goes with it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         for part in parts:
-            write_all(fd, part)
+            write_all(fd, part, chunk)
         fsync_fd(fd)
     finally:
         os.close(fd)

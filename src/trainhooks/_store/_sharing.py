@@ -49,10 +49,17 @@ class WriterLease:
         return not self._held or self.writer.closed
 
     def commit(
-        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+        self,
+        step: int,
+        tensors: Sequence[TensorSource],
+        tree: Any,
+        metadata: dict[str, Any],
+        *,
+        cancel: threading.Event | None = None,
     ) -> CheckpointInfo:
-        """:meth:`DirectoryWriter.commit` on the shared writer."""
-        return self.writer.commit(step, tensors, tree, metadata)
+        """:meth:`DirectoryWriter.commit` on the shared writer (a background save passes
+        its ``cancel`` event)."""
+        return self.writer.commit(step, tensors, tree, metadata, cancel=cancel)
 
     def close(self) -> None:
         """Give the share back; the last one closes the writer (its lock). Idempotent."""

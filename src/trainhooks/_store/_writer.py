@@ -217,15 +217,27 @@ class DirectoryWriter:
         return cls(directory, basename, policy)
 
     def commit(
-        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+        self,
+        step: int,
+        tensors: Sequence[TensorSource],
+        tree: Any,
+        metadata: dict[str, Any],
+        *,
+        cancel: threading.Event | None = None,
     ) -> CheckpointInfo:
         """Durably commit a checkpoint at ``step`` carrying the retention plan, then delete
-        the plan's victims. Returns only once the checkpoint survives a crash."""
+        the plan's victims. Returns only once the checkpoint survives a crash. Setting
+        ``cancel`` stops the save before its commit point (see ``commit_checkpoint``)."""
         with self._commit_lock:
-            return self._commit(step, tensors, tree, metadata)
+            return self._commit(step, tensors, tree, metadata, cancel)
 
     def _commit(
-        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+        self,
+        step: int,
+        tensors: Sequence[TensorSource],
+        tree: Any,
+        metadata: dict[str, Any],
+        cancel: threading.Event | None,
     ) -> CheckpointInfo:
         self._check_in_place(step)
         when = time.time()
@@ -241,6 +253,7 @@ class DirectoryWriter:
                 when=when,
                 retention=plan.to_json(),
                 sequence=plan.sequence,
+                cancel=cancel,
             )
         except CheckpointWriteError as exc:
             if exc.committed:  # on disk and in retention's care, though not yet durable

@@ -65,6 +65,7 @@ def training_hooks(
     log_step_count_steps: int | None,
     max_to_keep: int | None,
     resume_check: bool | ResumeCheckHook = True,
+    async_save: bool = False,
 ) -> list[object]:
     """The chief's hook list in TF's order: chief-only, counter, summaries, saver, hooks;
     the resume check (not in TF) follows the saver."""
@@ -99,6 +100,7 @@ def training_hooks(
                 save_secs=secs,
                 save_steps=steps,
                 max_to_keep=None if max_to_keep is None else int(max_to_keep),
+                async_save=async_save,
             )
             result.append(saver_hook)
     if saver_hook is not None:

@@ -51,6 +51,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     max_wait_secs: float = 7200,
     save_graph_def: bool = True,
     resume_check: bool | ResumeCheckHook = True,
+    async_save: bool = False,
 ) -> MonitoredSession:
     """Create a ``MonitoredSession`` with TF's standard hooks installed on the chief.
 
@@ -72,6 +73,9 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     warns when steps re-run after a restore return other values than before the crash
     (a scheduler or data position missing from ``state``). ``resume_check=False`` turns
     it off; ``resume_check=ResumeCheckHook(rtol=..., on_divergence="raise")`` tunes it.
+
+    ``async_save=True`` makes that default ``CheckpointSaverHook`` save in the background
+    (see its docstring; local directories only for now).
 
     As in TF, giving ``save_checkpoint_steps`` drops the 600-second default, and giving
     ``save_summaries_secs`` drops the 100-step default. ``max_to_keep`` is for the default
@@ -103,6 +107,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
             log_step_count_steps=log_step_count_steps,
             max_to_keep=max_to_keep,
             resume_check=resume_check,
+            async_save=async_save,
         )
     if preemption_signals is None:
         preemption_signals = () if checkpoint_dir is None else (signal.SIGTERM,)

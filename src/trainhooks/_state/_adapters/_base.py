@@ -8,24 +8,36 @@ framework-free. Adding a framework means one new module and one name in ``_regis
 
 Why these members and no others: they are the points where frameworks actually differ
 when a state is checkpointed (recognising an array, reaching its bytes without a copy,
-making an empty one to read into, copying a verified tensor into an existing one, the
-random generators, the containers of its own that must be rebuilt rather than refilled)
-and restored without surprises (what an object's ``load_state_dict`` would refuse, found
-before anything is written).
+making an empty one to read into, copying a verified tensor into an existing one, copying
+it into a reusable host buffer for a background save, the random generators, the
+containers of its own that must be rebuilt rather than refilled) and restored without
+surprises (what an object's ``load_state_dict`` would refuse, found before anything is
+written).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from trainhooks._state._mapped import MappedTensor
 
-__all__ = ["ArrayAdapter", "ArrayBytes", "Fill"]
+__all__ = ["ArrayAdapter", "ArrayBytes", "Fill", "Staged"]
 
 ArrayBytes = tuple[str, tuple[int, ...], memoryview]  # (safetensors dtype, shape, flat bytes)
 Fill = Callable[[memoryview], None]  # writes a tensor's bytes into a fresh array's memory
+
+
+class Staged(NamedTuple):
+    """An array copied into a host buffer for a background save (``ArrayAdapter.stage``)."""
+
+    array: ArrayBytes
+    """The copy's dtype code, shape and flat bytes (a view of ``buffer``)."""
+    buffer: Any
+    """The buffer to hand back as ``reuse`` at the next snapshot of the same array."""
+    ready: Callable[[], None] | None
+    """Waits until an asynchronous copy (device to host) has landed; None if it has."""
 
 
 class ArrayAdapter(Protocol):
@@ -48,6 +60,13 @@ class ArrayAdapter(Protocol):
     def array_bytes(self, value: Any, where: str) -> ArrayBytes:
         """The dtype code, shape and flat bytes of an array, copied only when the array is
         not already dense, contiguous, little-endian host memory."""
+        ...
+
+    def stage(self, value: Any, where: str, reuse: Any) -> Staged:
+        """Copy an array into a host buffer, so that changing ``value`` afterwards does not
+        change what is saved. ``reuse`` is the buffer the same array was staged into last
+        time (or None): it is filled again when it still fits, so a save allocates (and
+        first touches) no new memory once the buffers exist."""
         ...
 
     def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:

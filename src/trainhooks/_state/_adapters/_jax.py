@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainhooks._exceptions import CheckpointFormatError
-from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill
+from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill, Staged
 from trainhooks._state._adapters._numpy import ADAPTER as NUMPY
-from trainhooks._state._adapters._numpy import numpy_bytes, numpy_view
+from trainhooks._state._adapters._numpy import numpy_bytes, numpy_stage, numpy_view
 
 if TYPE_CHECKING:
     from trainhooks._state._mapped import MappedTensor
@@ -54,6 +54,11 @@ class JaxAdapter:
 
     def array_bytes(self, value: Any, where: str) -> ArrayBytes:
         return numpy_bytes(np.asarray(value), where)
+
+    def stage(self, value: Any, where: str, reuse: Any) -> Staged:
+        # A JAX array never changes, but the step may donate its buffer to a jitted
+        # update; a copy of our own keeps the snapshot valid whatever the step does.
+        return numpy_stage(np.asarray(value), where, reuse)
 
     def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:
         # read into NumPy memory of our own, then hand it to JAX (which may keep it on CPU)

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainhooks._exceptions import CheckpointFormatError
-from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill
+from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill, Staged
 from trainhooks._store._dtypes import numpy_dtype_for, safetensors_code_for_numpy
 
 if TYPE_CHECKING:
     from trainhooks._state._mapped import MappedTensor
 
-__all__ = ["ADAPTER", "NumpyAdapter", "numpy_bytes", "numpy_view"]
+__all__ = ["ADAPTER", "NumpyAdapter", "numpy_bytes", "numpy_stage", "numpy_view"]
 
 _BIT_GENERATORS = {"PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"}
 
@@ -32,6 +32,16 @@ def numpy_bytes(array: np.ndarray, where: str) -> ArrayBytes:
             "equivalent; convert it (e.g. to float64 or int64) first"
         )
     return code, tuple(array.shape), array.reshape(-1).view(np.uint8).data
+
+
+def numpy_stage(array: np.ndarray, where: str, reuse: Any) -> Staged:
+    """Copy a NumPy array's bytes into ``reuse`` when it is a buffer of the right size,
+    else into a new one."""
+    code, shape, data = numpy_bytes(array, where)
+    fits = isinstance(reuse, np.ndarray) and reuse.nbytes == data.nbytes
+    buffer = reuse if fits else np.empty(data.nbytes, np.uint8)
+    np.copyto(buffer, np.frombuffer(data, np.uint8))
+    return Staged((code, shape, buffer.data), buffer, None)
 
 
 def numpy_view(tensor: MappedTensor) -> np.ndarray:
@@ -54,6 +64,9 @@ class NumpyAdapter:
 
     def array_bytes(self, value: Any, where: str) -> ArrayBytes:
         return numpy_bytes(np.asarray(value), where)
+
+    def stage(self, value: Any, where: str, reuse: Any) -> Staged:
+        return numpy_stage(np.asarray(value), where, reuse)
 
     def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:
         array = np.empty(shape, dtype=numpy_dtype_for(code))

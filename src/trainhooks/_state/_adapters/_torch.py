@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from trainhooks._exceptions import CheckpointFormatError
-from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill
+from trainhooks._state._adapters._base import ArrayAdapter, ArrayBytes, Fill, Staged
 
 if TYPE_CHECKING:
     from trainhooks._state._mapped import MappedTensor
@@ -64,19 +64,31 @@ class TorchAdapter:
         return "torch" if isinstance(value, torch.Tensor) else None
 
     def array_bytes(self, value: Any, where: str) -> ArrayBytes:
-        code = CODE_BY_TORCH.get(value.dtype)
-        if code is None:
-            raise CheckpointFormatError(
-                f"cannot checkpoint {where}: torch dtype {value.dtype} has no safetensors "
-                "equivalent; convert it first"
-            )
-        if value.layout != torch.strided or value.is_quantized:
-            raise CheckpointFormatError(
-                f"cannot checkpoint {where}: {value.layout} / quantized tensors are not "
-                "supported; convert with .to_dense() or .dequantize() first"
-            )
+        code = _code_of(value, where)
         flat = value.detach().resolve_conj().resolve_neg().cpu().contiguous()
         return code, tuple(value.shape), _byte_view(flat)
+
+    def stage(self, value: Any, where: str, reuse: Any) -> Staged:
+        """One ``copy_`` into a reused flat byte buffer (any strides, conjugate or negative
+        bits resolved by the copy). A tensor on a CUDA device is copied without blocking
+        into pinned memory; ``ready`` then waits for that copy, on the writer's thread."""
+        code = _code_of(value, where)
+        nbytes = value.numel() * value.element_size()
+        on_cuda = value.device.type == "cuda"
+        fits = (
+            isinstance(reuse, torch.Tensor)
+            and reuse.numel() == nbytes
+            and (not on_cuda or reuse.is_pinned())
+        )
+        buffer = reuse if fits else torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_cuda)
+        with torch.no_grad():
+            buffer.view(value.dtype).view(value.shape).copy_(value.detach(), non_blocking=on_cuda)
+        ready = None
+        if on_cuda:
+            copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            copied.record(torch.cuda.current_stream(value.device))
+            ready = copied.synchronize
+        return Staged((code, tuple(value.shape), _byte_view(buffer)), buffer, ready)
 
     def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:
         tensor = torch.empty(shape, dtype=TORCH_BY_CODE[code])
@@ -179,6 +191,22 @@ class TorchAdapter:
         if node_type != "torch_dtype" or not isinstance(dtype, torch.dtype):
             raise CheckpointFormatError(f"unknown {node_type} {text!r} in the checkpoint tree")
         return dtype
+
+
+def _code_of(value: torch.Tensor, where: str) -> str:
+    """The safetensors code of a tensor we can store; refuses the others."""
+    code = CODE_BY_TORCH.get(value.dtype)
+    if code is None:
+        raise CheckpointFormatError(
+            f"cannot checkpoint {where}: torch dtype {value.dtype} has no safetensors "
+            "equivalent; convert it first"
+        )
+    if value.layout != torch.strided or value.is_quantized:
+        raise CheckpointFormatError(
+            f"cannot checkpoint {where}: {value.layout} / quantized tensors are not "
+            "supported; convert with .to_dense() or .dequantize() first"
+        )
+    return code
 
 
 def _as_tensor(state: Any) -> torch.Tensor:
