@@ -76,8 +76,9 @@ def test_a_snapshot_does_not_change_when_the_state_does() -> None:
 
 
 def _pointers(staging: StagingBuffers) -> dict[str, int]:
+    """Where each kept buffer's memory is (torch buffers are kept with their views)."""
     return {
-        name: buffer.data_ptr() if isinstance(buffer, torch.Tensor) else buffer.ctypes.data
+        name: buffer.ctypes.data if isinstance(buffer, np.ndarray) else buffer.flat.data_ptr()
         for name, buffer in staging._kept.items()
     }
 
@@ -104,6 +105,19 @@ def test_a_reshaped_array_gets_a_new_buffer_and_a_removed_one_is_freed() -> None
     assert snapshot(state, staging) == written(state)
 
     assert set(staging._kept) == {"w"} and staging.nbytes == 80
+
+
+def test_an_array_of_the_same_size_in_another_shape_or_dtype_reuses_the_memory() -> None:
+    staging = StagingBuffers()
+    snapshot({"w": torch.zeros(12), "n": np.zeros(12)}, staging)
+    kept = _pointers(staging)
+
+    for state in (
+        {"w": torch.arange(12.0).reshape(3, 4), "n": np.arange(12.0).reshape(4, 3)},
+        {"w": torch.arange(6, dtype=torch.float64), "n": np.arange(24, dtype=np.int32)},
+    ):
+        assert snapshot(state, staging) == written(state)
+        assert _pointers(staging) == kept
 
 
 def test_an_unsupported_value_keeps_the_buffers_for_next_time() -> None:

@@ -209,7 +209,16 @@ class _ExitHook:
 
     def __call__(self) -> None:
         for writer in list(_live_writers):
-            wait(list(writer._unfinished))
+            unfinished = list(writer._unfinished)
+            wait(unfinished)
+            for future in unfinished:
+                if not future.cancelled() and future.exception() is not None:
+                    _LOG.error(
+                        "the background save of step %d into %s, finished at exit, failed: %s",
+                        future.step,
+                        future.directory,
+                        future.exception(),
+                    )
 
 
 _finish_saves_at_exit = _ExitHook()

@@ -22,7 +22,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,17 +222,61 @@ def _write_data_file(
     (crc32c releases the GIL), so they cost no time next to the writes.
     """
     parts = [memoryview(header), *(tensor.data for tensor in tensors)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
-        checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
+    checksums = _Checksums(tensors)
+    try:
+        if cancel is None:
+            write_new_file(path, parts)
+        else:
+            write_new_file(path, _cancellable(parts, cancel), BACKGROUND_CHUNK)
+    except BaseException:
+        checksums.stop()  # report a write error without waiting for every checksum
+        raise
+    return checksums.result()
+
+
+class _Checksums:
+    """The crc32c of each tensor, computed on a thread of its own while the file is written.
+
+    A plain thread rather than an executor: a background save still running when the
+    interpreter exits must finish, and ``concurrent.futures`` refuses new work by then.
+    Where no thread can be started at all, the checksums are computed at the end instead.
+    """
+
+    def __init__(self, tensors: Sequence[TensorSource]) -> None:
+        self._tensors = tensors
+        self._values: list[int] = []
+        self._error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._compute, name="trainhooks-crc", daemon=True
+        )
         try:
-            if cancel is None:
-                write_new_file(path, parts)
-            else:
-                write_new_file(path, _cancellable(parts, cancel), BACKGROUND_CHUNK)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # report a write error without waiting
-            raise
-        return [future.result() for future in checksums]
+            self._thread.start()
+        except RuntimeError:  # e.g. "can't create new thread at interpreter shutdown"
+            self._thread = None
+
+    def _compute(self) -> None:
+        try:
+            for tensor in self._tensors:
+                if self._stopping.is_set():
+                    return
+                self._values.append(crc32c.crc32c(tensor.data))
+        except BaseException as exc:  # raised on the writing thread by result()
+            self._error = exc
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> list[int]:
+        if self._thread is None:
+            self._compute()
+        else:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._values
 
 
 def _cancellable(parts: list[memoryview], cancel: threading.Event) -> Iterator[memoryview]:

@@ -69,26 +69,19 @@ class TorchAdapter:
         return code, tuple(value.shape), _byte_view(flat)
 
     def stage(self, value: Any, where: str, reuse: Any) -> Staged:
-        """One ``copy_`` into a reused flat byte buffer (any strides, conjugate or negative
-        bits resolved by the copy). A tensor on a CUDA device is copied without blocking
-        into pinned memory; ``ready`` then waits for that copy, on the writer's thread."""
+        """One ``copy_`` into a reused buffer (any strides, conjugate or negative bits
+        resolved by the copy). A tensor on a CUDA device is copied without blocking into
+        pinned memory; ``ready`` then waits for that copy, on the writer's thread."""
         code = _code_of(value, where)
-        nbytes = value.numel() * value.element_size()
         on_cuda = value.device.type == "cuda"
-        fits = (
-            isinstance(reuse, torch.Tensor)
-            and reuse.numel() == nbytes
-            and (not on_cuda or reuse.is_pinned())
-        )
-        buffer = reuse if fits else torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_cuda)
-        with torch.no_grad():
-            buffer.view(value.dtype).view(value.shape).copy_(value.detach(), non_blocking=on_cuda)
+        staging = _Staging.refill(reuse, value, on_cuda)
+        staging.target.copy_(value.detach(), non_blocking=on_cuda)
         ready = None
         if on_cuda:
             copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
             copied.record(torch.cuda.current_stream(value.device))
             ready = copied.synchronize
-        return Staged((code, tuple(value.shape), _byte_view(buffer)), buffer, ready)
+        return Staged((code, staging.shape, staging.data), staging, ready)
 
     def new_array(self, code: str, shape: tuple[int, ...], kind: str, fill: Fill) -> Any:
         tensor = torch.empty(shape, dtype=TORCH_BY_CODE[code])
@@ -191,6 +184,30 @@ class TorchAdapter:
         if node_type != "torch_dtype" or not isinstance(dtype, torch.dtype):
             raise CheckpointFormatError(f"unknown {node_type} {text!r} in the checkpoint tree")
         return dtype
+
+
+class _Staging:
+    """A staging buffer of one tensor: flat bytes, a view of them shaped like the tensor
+    (the ``copy_`` target) and their memoryview, all kept so a refill makes no new views."""
+
+    def __init__(self, flat: torch.Tensor, value: torch.Tensor) -> None:
+        self.flat = flat
+        self.target = flat.view(value.dtype).view(value.shape)
+        self.shape = tuple(value.shape)
+        self.data = _byte_view(flat)
+        self.nbytes = flat.numel()
+
+    @classmethod
+    def refill(cls, reuse: Any, value: torch.Tensor, pinned: bool) -> _Staging:
+        """``reuse`` when it fits ``value`` (same shape and dtype: nothing to redo; same
+        size: re-viewed), else a new buffer."""
+        if isinstance(reuse, _Staging) and (not pinned or reuse.flat.is_pinned()):
+            if reuse.shape == value.shape and reuse.target.dtype == value.dtype:
+                return reuse
+            if reuse.nbytes == value.numel() * value.element_size():
+                return cls(reuse.flat, value)
+        nbytes = value.numel() * value.element_size()
+        return cls(torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned), value)
 
 
 def _code_of(value: torch.Tensor, where: str) -> str:
