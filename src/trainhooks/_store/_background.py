@@ -7,10 +7,12 @@ the caller gets a :class:`SaveFuture` that resolves only once the checkpoint is 
 Decisions, and why:
 
 - **A thread, not a process.** The background work is ``os.write``, ``fsync`` and crc32c,
-  and all three release the GIL; the Python between them is one call per 64 MiB written.
-  Measured (``benchmarks/async_save.py``, docs/performance.md), a training loop beside a
-  background save loses no more than the disk's own interference, and a process would
-  need the snapshot copied across (shared memory or a pipe) plus a spawn per saver.
+  and all three release the GIL; the Python between them is one call per 64 MiB written
+  (with 8 MiB calls, a write beside a pure-Python training step took 3.5x as long as
+  beside an idle one, with 64 MiB calls 2x: each call takes the GIL back from it). A
+  process would need the snapshot in shared memory or a second copy, and a spawn per
+  saver, and the write's CPU would still compete with training for the same cores
+  (measured: ``benchmarks/async_save.py``, docs/performance.md).
 - **Saves run one after another, in the order submitted**, so retention sees the steps in
   the order the training thread produced them, and at most ``max_pending`` snapshots are
   alive: :meth:`BackgroundWriter.wait_for_slot` blocks the training thread (and logs how

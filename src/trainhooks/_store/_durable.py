@@ -48,8 +48,8 @@ LOCK_NAME = ".trainhooks.lock"
 CHUNK = 8 * 1024 * 1024
 # A background save writes in larger calls: between two calls its thread must take the
 # GIL back from a training thread that may hold it for a whole switch interval (5 ms),
-# so each call costs training time; with 8 MiB calls beside a pure-Python step, writing
-# 1 GiB took 2-5x longer than with 64 MiB ones (docs/performance.md).
+# so fewer calls finish sooner: beside a pure-Python step, writing 1 GiB took 3.5x as
+# long as beside an idle one with 8 MiB calls, 2x with 64 MiB ones (docs/performance.md).
 BACKGROUND_CHUNK = 64 * 1024 * 1024
 
 
