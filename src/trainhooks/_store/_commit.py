@@ -117,23 +117,7 @@ def commit_checkpoint(
             step=step,
             errno=exc.errno,
         ) from exc
-    try:
-        fault_point("after_rename")
-        fault_point("before_parent_fsync")
-        fsync_directory(directory)
-    except OSError as exc:
-        raise CheckpointWriteError(
-            f"the checkpoint of step {step} is committed at {final}, but the fsync of "
-            f"{directory} failed ({exc.strerror or exc}): it may not survive a power loss",
-            path=directory,
-            step=step,
-            errno=exc.errno,
-            committed=True,
-        ) from exc
-    finally:
-        if replaced is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(replaced)
+    finish_commit(directory, final, step, replaced)
     nbytes = manifest.nbytes + manifest_size
     return CheckpointInfo(
         step,
@@ -309,3 +293,25 @@ def _rename_into_place(staging: Path, final: Path, basename: str, step: int) -> 
         os.rename(aside, final)
         raise
     return aside
+
+
+def finish_commit(directory: Path, final: Path, step: int, replaced: Path | None) -> None:
+    """After the rename: fsync the parent so the commit survives a power loss, then remove
+    the checkpoint a re-save replaced. A failing fsync is reported as committed."""
+    try:
+        fault_point("after_rename")
+        fault_point("before_parent_fsync")
+        fsync_directory(directory)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"the checkpoint of step {step} is committed at {final}, but the fsync of "
+            f"{directory} failed ({exc.strerror or exc}): it may not survive a power loss",
+            path=directory,
+            step=step,
+            errno=exc.errno,
+            committed=True,
+        ) from exc
+    finally:
+        if replaced is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(replaced)

@@ -30,7 +30,7 @@ from trainhooks._store._admit import (
     admit_tree,
     checked_metadata,
 )
-from trainhooks._store._commit import TensorSource, _rename_into_place
+from trainhooks._store._commit import TensorSource, _rename_into_place, finish_commit
 from trainhooks._store._durable import fsync_directory, write_new_file
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
@@ -169,22 +169,7 @@ def commit_staged(
         if isinstance(exc, OSError):
             raise _write_error(exc, directory, step, staging) from exc
         raise
-    try:
-        fault_point("after_rename")
-        fsync_directory(directory)
-    except OSError as exc:
-        raise CheckpointWriteError(
-            f"the checkpoint of step {step} is committed at {final}, but the fsync of "
-            f"{directory} failed ({exc.strerror or exc}): it may not survive a power loss",
-            path=directory,
-            step=step,
-            errno=exc.errno,
-            committed=True,
-        ) from exc
-    finally:
-        if replaced is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(replaced)
+    finish_commit(directory, final, step, replaced)
     nbytes = manifest.nbytes + len(data)
     return CheckpointInfo(
         step,
