@@ -61,17 +61,24 @@ def commits_newest_first(
     reader that needs the newest should try it, fail, and say so. One deleted meanwhile
     is left out.
     """
+    return _ordered_commits(directory, basename)[0]
+
+
+def _ordered_commits(directory: str | os.PathLike[str], basename: str) -> tuple[list[Path], bool]:
+    """:func:`commits_newest_first`, and whether an entry vanished while its manifest was
+    read (a writer's retention deleting it): then an empty list does not mean "none"."""
     ordered: list[tuple[tuple[int, int, int], Path]] = []
+    vanished = False
     for step, path in _committed_entries(directory, basename):
         try:
             with CheckpointReader(path, follow_symlinks=False, data_files=False) as reader:
                 ordered.append(((0, reader.manifest.sequence, step), path))
         except CheckpointNotFoundError:
-            continue
+            vanished = True
         except CheckpointError:
             ordered.append(((1, 0, step), path))
     ordered.sort(reverse=True)
-    return [path for _, path in ordered]
+    return [path for _, path in ordered], vanished
 
 
 def next_sequence(directory: str | os.PathLike[str], basename: str = DEFAULT_BASENAME) -> int:
@@ -138,8 +145,8 @@ def latest_checkpoint(
     # (it commits newer ones first), so a listing whose entries vanished is taken again;
     # only a listing with nothing deleted under it can answer None.
     while True:
-        vanished = False
-        for path in commits_newest_first(directory, basename):
+        paths, vanished = _ordered_commits(directory, basename)
+        for path in paths:
             try:
                 with CheckpointReader(path, follow_symlinks=False) as reader:
                     return reader.info
