@@ -22,10 +22,10 @@ copies into its storage; copying every shard there would store each checkpoint t
 put it under Ray's retention (``CheckpointConfig.num_to_keep`` deletes it). So rank 0
 reports a small *pointer* checkpoint instead: one JSON file naming the committed trainhooks
 checkpoint, which ``Result.checkpoint`` hands back to the driver. On (re)start the loop
-asks trainhooks for the newest valid checkpoint rather than ``ray.train.get_checkpoint()``:
-a pointer can lag (a crash between the commit and the report) and cannot fall back past a
-corrupt checkpoint, while ``latest_checkpoint`` verifies it and skips a damaged one. The
-same holds when Ray restarts the workers itself (``FailureConfig(max_failures=...)``).
+asks trainhooks for the newest checkpoint rather than ``ray.train.get_checkpoint()``: a
+pointer can lag (a crash between the commit and the report) or name a checkpoint that is
+gone, while ``latest_checkpoint`` offers only committed ones whose structure checks out.
+Ray's own worker restarts (``FailureConfig(max_failures=...)``) run this loop again too.
 
 The last line printed is ``RESULT {json}`` (step, loss, a digest of the weights, the
 pointer's path), which the opt-in test ``tests/dist/test_ray_train.py`` reads.
