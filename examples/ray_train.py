@@ -65,13 +65,15 @@ def digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def report_pointer(metrics: dict[str, Any], info: trainhooks.CheckpointInfo | None) -> None:
-    """Every worker reports (Ray's report is a barrier); rank 0 attaches the pointer."""
-    if info is None or ray.train.get_context().get_world_rank() != 0:
+def report_pointer(metrics: dict[str, Any], path: str, step: int) -> None:
+    """Every worker reports (Ray's report is a barrier); rank 0 attaches a pointer to the
+    committed trainhooks checkpoint ``path`` (``Result.metrics`` are those of the last
+    report that carried a checkpoint)."""
+    if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as pointer_dir:
-        record = {"path": str(info.path), "step": info.step}
+        record = {"path": path, "step": step}
         (Path(pointer_dir) / POINTER).write_text(json.dumps(record))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(pointer_dir))
 
@@ -111,16 +113,20 @@ def train_loop(config: dict[str, Any]) -> None:
         load_sharded({"model": model_sd, "optim": optim_sd}, path)
         set_state_dict(model, optim, model_state_dict=model_sd, optim_state_dict=optim_sd)
     resumed_from, loss = step, float("nan")
+
+    def progress() -> dict[str, Any]:  # what the driver gets back as Result.metrics
+        weights = digest(getattr(model, "module", model))
+        return {"step": step, "loss": loss, "resumed_from": resumed_from, "digest": weights}
+
     while step < until:
         loss = train_one()
         step += 1
-        info = None
         if step % save_every == 0 or step == until:
             model_sd, optim_sd = get_state_dict(model, optim)
             info = save_sharded({"model": model_sd, "optim": optim_sd}, directory, step)
-        metrics = {"step": step, "loss": loss, "resumed_from": resumed_from}
-        if info is not None:
-            report_pointer({**metrics, "digest": digest(getattr(model, "module", model))}, info)
+            report_pointer(progress(), str(info.path), info.step)
+    if choice[0] is not None and resumed_from >= until:  # nothing to train: say where it is
+        report_pointer(progress(), *choice[0])
 
 
 def main() -> None:
