@@ -2,9 +2,11 @@
 
     torchrun --standalone --nproc-per-node 2 examples/torchrun_fsdp2.py /tmp/run
     torchrun --standalone --nproc-per-node 4 examples/torchrun_fsdp2.py /tmp/run  # reshards
+    torchrun --standalone --nproc-per-node 1 examples/torchrun_fsdp2.py /tmp/run  # and to one
 
 Each launch resumes from the newest checkpoint (whatever world size wrote it), trains a few
-steps and saves once; `trainhooks verify /tmp/run` checks every shard afterwards.
+steps and saves once; `trainhooks verify /tmp/run` checks every shard afterwards. Across
+machines, see "Launching" in docs/distributed.md (c10d rendezvous).
 """
 
 from __future__ import annotations
