@@ -454,8 +454,10 @@ def export_safetensors(
     out_path: str | os.PathLike[str],
     *,
     only: str | None = None,
-) -> Path:
+) -> Path | ObjectPath:
     """Write one checkpoint's tensors to ``out_path`` as one verified safetensors file.
+    Either may be a URL (``s3://bucket/prefix/...``); an exported object is then returned
+    as an ``ObjectPath`` (``str`` gives its URL).
 
     Tensor names are the checkpoint's (``model/fc1.weight``, the names ``trainhooks show``
     prints). With ``only``, just the entry ``only`` of the state is exported (``"model"``,
