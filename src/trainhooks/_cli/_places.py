@@ -21,6 +21,7 @@ from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 __all__ = [
     "Place",
     "absolute",
+    "candidate_dirs",
     "exists",
     "is_dir",
     "is_file",
@@ -78,6 +79,16 @@ def subdirectories(place: Place, *, follow_symlinks: bool = False) -> list[Place
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=follow_symlinks)]
+
+
+def candidate_dirs(place: Place) -> list[Place]:
+    """The directories inside ``place`` that may be checkpoints, by name: locally every
+    sub-directory (staging has its own ``.tmp-`` names); in object storage the prefixes
+    holding a manifest, since one without is an upload that never committed (the next
+    writer deletes it), no more a checkpoint than a local staging directory."""
+    if isinstance(place, ObjectPath):
+        return [place / name for name in _look(place).committed]
+    return subdirectories(place)
 
 
 def size_of(place: Place) -> int:

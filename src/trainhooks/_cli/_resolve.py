@@ -35,6 +35,7 @@ from trainhooks._cli._errors import EXIT_CORRUPT, EXIT_USAGE, CliError
 from trainhooks._cli._places import (
     Place,
     absolute,
+    candidate_dirs,
     exists,
     is_dir,
     is_file,
@@ -107,7 +108,7 @@ def basename_for(directory: Place) -> str:
 def candidates_in(directory: Place) -> dict[str, list[Place]]:
     """Sub-directories named like committed checkpoints, by basename (listed or not)."""
     found: dict[str, list[Place]] = {}
-    for entry in subdirectories(directory):
+    for entry in candidate_dirs(directory):
         base = committed_basename(entry.name)
         if base is not None:
             found.setdefault(base, []).append(entry)

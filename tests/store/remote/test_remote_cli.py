@@ -126,6 +126,22 @@ def test_verify_finds_a_flipped_byte_in_an_object_exit_1(cli: Cli, run: str, s3)
     assert "Traceback" not in err
 
 
+def test_an_upload_that_never_committed_is_not_reported_as_damage(cli: Cli, run: str, s3) -> None:  # type: ignore[no-untyped-def]
+    # a writer killed before its manifest left its data object (the next writer deletes it)
+    s3.pipe_file(f"{run}/ckpt-000000000030/tensors-{'0' * 32}.safetensors", b"partial")
+    code, out, err = cli("ls", run)
+    assert (code, err) == (0, "") and "3 checkpoints" in out
+    code, out, err = cli("verify", run)
+    assert (code, err) == (0, "") and "3 checkpoints verified, all intact" in out
+    # a committed checkpoint whose data object is gone is damage, reported as locally
+    (data,) = [p for p in s3.find(f"{run}/ckpt-000000000020") if p.endswith(".safetensors")]
+    s3.rm(data)
+    code, out, err = cli("ls", run)
+    assert code == 0 and "not listed, damaged or incomplete: ckpt-000000000020" in err
+    code, out, err = cli("verify", run)
+    assert code == 1 and "ckpt-000000000020" in err and "missing" in err
+
+
 def test_diff_compares_two_checkpoints_in_the_bucket_and_one_on_disk(
     cli: Cli, run: str, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainhooks._exceptions import CheckpointError
+from trainhooks._store._layout import MANIFEST_FILE
 from trainhooks._store._remote._objects import open_objects
 
 __all__ = ["RemoteEntry", "look", "service_error"]
@@ -21,12 +22,14 @@ __all__ = ["RemoteEntry", "look", "service_error"]
 @dataclass(frozen=True)
 class RemoteEntry:
     """What is at a URL: an object (``size``), a prefix (``children``: the names of the
-    prefixes directly under it, sorted), or nothing (neither)."""
+    prefixes directly under it, sorted; ``committed``: those of them holding a manifest),
+    or nothing (neither)."""
 
     is_object: bool
     is_prefix: bool
     size: int | None
     children: tuple[str, ...]
+    committed: tuple[str, ...]
 
     @property
     def exists(self) -> bool:
@@ -43,14 +46,18 @@ def look(url: str, storage_options: dict[str, Any] | None = None) -> RemoteEntry
     except Exception as exc:
         raise service_error(url, exc) from exc
     size = listing.get(root)
-    children = set()
+    children, committed = set(), set()
     for path in listing:
         if path.startswith(root + "/"):
             name, _, rest = path[len(root) + 1 :].partition("/")
             if rest:
                 children.add(name)
+            if rest == MANIFEST_FILE:
+                committed.add(name)
     is_prefix = any(path.startswith(root + "/") for path in listing)
-    return RemoteEntry(size is not None, is_prefix, size, tuple(sorted(children)))
+    return RemoteEntry(
+        size is not None, is_prefix, size, tuple(sorted(children)), tuple(sorted(committed))
+    )
 
 
 def service_error(url: str, exc: BaseException) -> CheckpointError:
