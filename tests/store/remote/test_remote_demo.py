@@ -17,7 +17,7 @@ DEMO = Path(__file__).resolve().parents[3] / "examples" / "demo_digits.py"
 def test_the_demo_runs_on_a_bucket(s3_url: str, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     env = {**os.environ, "TRAINHOOKS_DEMO_DIR": s3_url, "COLUMNS": "200"}
     done = subprocess.run(
-        [sys.executable, str(DEMO), "--steps=80", "--save-every=20", "--kill-at=50"],
+        [sys.executable, str(DEMO), "--steps=40", "--save-every=20", "--kill-at=30"],
         capture_output=True,
         text=True,
         env=env,
@@ -26,13 +26,24 @@ def test_the_demo_runs_on_a_bucket(s3_url: str, s3, tmp_path: Path) -> None:  # 
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert "killed the training process" in out and "resumed from step 40" in out
+    assert "killed the training process" in out and "resumed from step 20" in out
     assert "bit-identical to a run that was never interrupted: yes" in out
-    assert re.search(r"final held-out accuracy at step 80: ([0-9.]+)", out)
-    assert [c.step for c in trainhooks.list_checkpoints(s3_url)] == [0, 20, 40, 60, 80]
-    bucket = s3_url.rsplit("/", 1)[0]
+    assert re.search(r"final held-out accuracy at step 40: ([0-9.]+)", out)
+    assert [c.step for c in trainhooks.list_checkpoints(s3_url)] == [0, 20, 40]
     exports = sorted(p.rsplit("/", 1)[1] for p in s3.find(f"{s3_url}/best"))
-    assert len(exports) == 4 and all(n.startswith("best-") for n in exports)
-    assert not s3.exists(f"{bucket}/run/.trainhooks.lease")  # released at the end
+    assert exports == [f"best-{s:012d}.{x}" for s in (20, 40) for x in ("json", "safetensors")]
+    assert not s3.exists(f"{s3_url}/.trainhooks.lease")  # released at the end
     assert (tmp_path / "runs" / "demo-logs" / "eval.jsonl").exists()
     assert list((tmp_path / "runs" / "demo-logs").glob("events.out.tfevents.*"))
+
+
+def test_the_demo_refuses_to_delete_objects_it_did_not_write(s3_url: str, s3) -> None:  # type: ignore[no-untyped-def]
+    s3.pipe_file(f"{s3_url}/thesis.tex", b"precious")
+    done = subprocess.run(
+        [sys.executable, str(DEMO), f"--dir={s3_url}", "--no-crash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "did not write" in done.stderr
+    assert s3.cat_file(f"{s3_url}/thesis.tex") == b"precious"
