@@ -249,6 +249,13 @@ def test_missing_credentials_are_one_line_and_exit_3_never_printing_a_secret(
         s3fs.S3FileSystem.clear_instance_cache()
 
 
+def test_a_url_of_a_service_without_its_package_is_one_line_and_exit_3(cli: Cli) -> None:
+    code, out, err = cli("ls", "gs://some-bucket/run")  # gcsfs is not installed here
+    assert (code, out) == (3, "") and err.count("\n") == 1
+    assert err.startswith("trainhooks: error: ") and "gs://some-bucket/run" in err
+    assert "internal error" not in err
+
+
 def test_the_console_script_lists_a_bucket(run: str) -> None:
     script = Path(sys.executable).parent / "trainhooks"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "trainhooks._cli"]

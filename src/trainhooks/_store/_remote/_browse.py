@@ -41,8 +41,11 @@ def look(url: str, storage_options: dict[str, Any] | None = None) -> RemoteEntry
     try:
         objects, root = open_objects(url, storage_options)
         listing = objects.list(root)
-    except (CheckpointError, ImportError):
+    except CheckpointError:
         raise
+    except ImportError as exc:  # fsspec or the service's package is not installed
+        text = str(exc) if url in str(exc) else f"{url}: {exc}"
+        raise CheckpointError(text, path=url) from exc
     except Exception as exc:
         raise service_error(url, exc) from exc
     size = listing.get(root)
