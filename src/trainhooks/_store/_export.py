@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainhooks._exceptions import CheckpointWriteError
 from trainhooks._store._durable import fsync_directory, write_file_atomically
@@ -37,6 +37,9 @@ from trainhooks._store._faults import fault_point
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._safetensors import build_header
+
+if TYPE_CHECKING:
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -101,7 +104,9 @@ def export_checkpoint(
 
 
 def _export(
-    reader: Any, out_path: str | os.PathLike[str], select: SelectTensors | None
+    reader: CheckpointReader | RemoteCheckpointReader,
+    out_path: str | os.PathLike[str],
+    select: SelectTensors | None,
 ) -> Path | ObjectPath:
     """Export through ``reader`` (a local or a remote checkpoint reader: the same methods)."""
     tree = reader.manifest.tree
