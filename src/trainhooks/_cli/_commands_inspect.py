@@ -38,6 +38,7 @@ from trainhooks._cli._resolve import (
     resolve_checkpoint,
     resolve_run_directory,
 )
+from trainhooks._cli._skeleton import load_skeleton
 from trainhooks._cli._tree import (
     SEPARATOR,
     entry_json,
@@ -128,7 +129,12 @@ def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) ->
     """
     target = resolve_checkpoint(checkpoint)
     with reading(target.path):
-        tree = trainhooks.load(target.path, verify=tensor_name is not None)
+        # the tree alone needs no tensor bytes (a checkpoint in a bucket is not downloaded)
+        tree = (
+            load_skeleton(target.path)
+            if tensor_name is None
+            else trainhooks.load(target.path, verify=True)
+        )
     leaves = flatten(tree)
     if tensor_name is not None:
         return _show_tensor(target, leaves, tensor_name, as_json)

@@ -109,6 +109,28 @@ def test_show_resolves_the_newest_checkpoint_and_reads_one_tensor(cli: Cli, run:
     assert json.loads(out)["checkpoint"]["step"] == 10
 
 
+def test_show_of_the_tree_downloads_no_tensor_bytes(
+    cli: Cli, run: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainhooks._store._remote._objects import FsspecObjects
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("show downloaded tensor bytes")
+
+    monkeypatch.setattr(FsspecObjects, "read_into", refuse)
+    code, out, err = cli("show", "--json", run)
+    assert code == 0, err
+    entries = {e["name"]: e for e in json.loads(out)["entries"]}
+    assert entries["model/w"] == {
+        "name": "model/w",
+        "kind": "tensor",
+        "dtype": "float32",
+        "shape": [4, 3],
+        "nbytes": 48,
+    }
+    assert entries["name"] == {"name": "name", "kind": "value", "value": "run-a"}
+
+
 def test_verify_finds_a_flipped_byte_in_an_object_exit_1(cli: Cli, run: str, s3) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = cli("verify", run)
     assert code == 0 and "3 checkpoints verified, all intact" in out
