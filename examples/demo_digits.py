@@ -15,6 +15,9 @@ Run it with ``make demo`` or ``python examples/demo_digits.py`` (``--help`` for 
 ``--dir``, ``--steps``, ``--resume`` to continue an earlier run, ``--no-crash``,
 ``--async-save`` to checkpoint in the background: training waits only for a copy of the
 state, and each evaluation is reported once its checkpoint is durable).
+``--dir`` (or ``TRAINHOOKS_DEMO_DIR``) may be a URL such as ``s3://bucket/demo``: the
+checkpoints and the best exports then go to object storage (credentials and endpoint from
+the ``AWS_*`` environment variables), the summaries and evaluation log to ``--log-dir``.
 The data order is a function of the step number and the optimizer state is checkpointed,
 so a resumed run trains exactly as an uninterrupted one would.
 """
@@ -32,12 +35,24 @@ from pathlib import Path
 from typing import Any
 
 SEED = 0
+DEFAULT_DIR = "runs/demo"
 TEST_SIZE = 360  # of the 1,797 bundled digit images, held out for evaluation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, default=Path("runs/demo"), help="run directory")
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("TRAINHOOKS_DEMO_DIR") or DEFAULT_DIR,
+        help="run directory, or a URL such as s3://bucket/demo (default: $TRAINHOOKS_DEMO_DIR, "
+        f"else {DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--log-dir",
+        default=None,
+        help="summaries and evaluation log (default: the run directory; runs/demo-logs "
+        "when it is a URL)",
+    )
     parser.add_argument("--steps", type=int, default=600, help="training steps in total")
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint interval")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -57,7 +72,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.kill_at = args.steps * 11 // 20 + args.save_every // 5  # past the middle
     if not 0 < args.kill_at < args.steps:
         parser.error("--kill-at must be between 0 and --steps")
+    args.dir = (
+        str(args.dir).rstrip("/") if is_url(args.dir) else Path(args.dir.removeprefix("file://"))
+    )
+    if args.log_dir is None:
+        args.log_dir = "runs/demo-logs" if is_url(str(args.dir)) else args.dir
+    args.log_dir = Path(args.log_dir)
     return args
+
+
+def is_url(location: str) -> bool:
+    """Object storage (``s3://...``); ``file://`` URLs and plain paths are local."""
+    return "://" in location and not location.startswith("file://")
+
+
+def child_dir(directory: str | Path, name: str) -> str | Path:
+    """``directory/name`` for a path or a URL alike."""
+    return f"{directory}/{name}" if isinstance(directory, str) else directory / name
 
 
 # -- data and model -------------------------------------------------------------------
@@ -186,12 +217,12 @@ def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None
     state = {"model": model, "optimizer": optimizer, "rng": th.RNGState()}
 
     evaluate = make_eval_fn(console, model, x_test, y_test)
-    evaluator = th.EvaluationListener(evaluate, output_dir=args.dir)
+    evaluator = th.EvaluationListener(evaluate, output_dir=args.log_dir)
     exporter = th.BestCheckpointExporter(
         "accuracy",
         mode="max",
         keep=2,
-        export_dir=args.dir / "best",
+        export_dir=child_dir(args.dir, "best"),
         source=evaluator,
         checkpoint_dir=args.dir,
     )
@@ -222,6 +253,7 @@ def train(args: argparse.Namespace, console: Any, link: ParentLink | None = None
         progress,
         th.MonitoredTrainingSession(
             checkpoint_dir=args.dir,
+            summary_dir=args.log_dir,
             state=state,
             chief_only_hooks=[reporter, saver_hook],
             hooks=[th.StopAtStepHook(last_step=args.steps), th.NanTensorHook("loss"), bar],
@@ -278,6 +310,7 @@ def run_child_and_kill(args: argparse.Namespace, console: Any) -> int:
         os.path.abspath(__file__),
         "--child",
         f"--dir={args.dir}",
+        f"--log-dir={args.log_dir}",
         f"--steps={args.steps}",
         f"--save-every={args.save_every}",
         f"--batch-size={args.batch_size}",
@@ -321,7 +354,7 @@ def show_disk(args: argparse.Namespace, console: Any, title: str) -> None:
     import trainhooks as th
 
     accuracy: dict[int, float] = {}
-    jsonl = args.dir / "eval.jsonl"
+    jsonl = args.log_dir / "eval.jsonl"
     if jsonl.exists():
         for line in jsonl.read_text().splitlines():
             record = json.loads(line)
@@ -337,36 +370,73 @@ def show_disk(args: argparse.Namespace, console: Any, title: str) -> None:
             f"{info.nbytes / 1024:.1f} KiB",
             "-" if acc is None else f"{acc:.3f}",
         )
-    best_dir = args.dir / "best"
-    for meta_path in sorted(best_dir.glob("best-*.json")) if best_dir.exists() else []:
-        meta = json.loads(meta_path.read_text())
-        tensors = best_dir / meta["safetensors"]
+    for meta, size in best_exports(child_dir(args.dir, "best")):
         table.add_row(
-            f"best/{tensors.name}",
+            f"best/{meta['safetensors']}",
             str(meta["step"]),
-            f"{tensors.stat().st_size / 1024:.1f} KiB",
+            f"{size / 1024:.1f} KiB",
             f"{meta['value']:.3f}",
         )
     console.print(table)
 
 
+def best_exports(best_dir: str | Path) -> list[tuple[dict[str, Any], int]]:
+    """Each committed best export (its JSON) and its tensor file's size, by step."""
+    import json
+
+    if isinstance(best_dir, Path):
+        files = {p.name: p.stat().st_size for p in best_dir.glob("best-*")}
+        read = lambda name: (best_dir / name).read_bytes()  # noqa: E731
+    else:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(best_dir, use_listings_cache=False)
+        found = fs.find(root, detail=True, refresh=True) if fs.exists(root) else {}
+        files = {path.rsplit("/", 1)[1]: info["size"] for path, info in found.items()}
+        read = lambda name: fs.cat_file(f"{root}/{name}")  # noqa: E731
+    exports = []
+    for name in sorted(n for n in files if n.endswith(".json")):
+        meta = json.loads(read(name))
+        if meta["safetensors"] in files:
+            exports.append((meta, files[meta["safetensors"]]))
+    return exports
+
+
 def prepare_directory(args: argparse.Namespace) -> None:
     """Start fresh unless ``--resume``; refuse to delete a directory the demo did not make."""
-    if args.resume or not args.dir.exists():
+    if args.resume:
         return
-    ours = {".trainhooks.lock", "best", "eval", "eval.jsonl"}
-    foreign = [
-        p.name
-        for p in args.dir.iterdir()
-        if p.name not in ours
-        and not p.name.startswith(("ckpt-", "events.out.tfevents.", "timeline-"))
-    ]
-    if foreign:
-        raise SystemExit(
-            f"{args.dir} holds files the demo did not write ({', '.join(sorted(foreign)[:3])}); "
-            "pass another --dir, or --resume to continue a run there"
-        )
-    shutil.rmtree(args.dir)
+    ours = {".trainhooks.lock", ".trainhooks.lease", "best", "eval", "eval.jsonl"}
+    for directory in dict.fromkeys([args.dir, args.log_dir]):
+        names, remove = list_top(directory)
+        foreign = [
+            name
+            for name in names
+            if name not in ours
+            and not name.startswith(("ckpt-", "events.out.tfevents.", "timeline-"))
+        ]
+        if foreign:
+            raise SystemExit(
+                f"{directory} holds files the demo did not write "
+                f"({', '.join(sorted(foreign)[:3])}); pass another --dir, or --resume to "
+                "continue a run there"
+            )
+        if names:
+            remove()
+
+
+def list_top(directory: str | Path) -> tuple[list[str], Any]:
+    """The names directly in a directory (or under a URL prefix), and how to delete it."""
+    if isinstance(directory, Path):
+        if not directory.exists():
+            return [], None
+        return [p.name for p in directory.iterdir()], lambda: shutil.rmtree(directory)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(directory, use_listings_cache=False)
+    paths = list(fs.find(root, refresh=True)) if fs.exists(root) else []
+    names = sorted({p[len(root) + 1 :].split("/", 1)[0] for p in paths})
+    return names, lambda: fs.rm(paths)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -422,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"step {e.step} ({e.value:.3f})" for e in best)
     )
     console.print(
-        f"TensorBoard: tensorboard --logdir {args.dir}   "
+        f"TensorBoard: tensorboard --logdir {args.log_dir}   "
         f"total demo time {time.perf_counter() - started:.1f} s"
     )
 

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from trainhooks._exceptions import (
     CheckpointCorruptError,
@@ -449,13 +449,31 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     return plain
 
 
+@overload
+def export_safetensors(
+    checkpoint_path: str | os.PathLike[str], out_path: Path, *, only: str | None = None
+) -> Path: ...
+
+
+@overload
 def export_safetensors(
     checkpoint_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
     only: str | None = None,
-) -> Path:
+) -> Path | ObjectPath: ...
+
+
+def export_safetensors(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    only: str | None = None,
+) -> Path | ObjectPath:
     """Write one checkpoint's tensors to ``out_path`` as one verified safetensors file.
+    Either may be a URL (``s3://bucket/prefix/...``); an exported object is then returned
+    as an ``ObjectPath`` (``str`` gives its URL); a ``Path`` ``out_path`` is always local,
+    so its result is typed ``Path``.
 
     Tensor names are the checkpoint's (``model/fc1.weight``, the names ``trainhooks show``
     prints). With ``only``, just the entry ``only`` of the state is exported (``"model"``,

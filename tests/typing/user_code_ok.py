@@ -85,7 +85,9 @@ def main(directory: Path) -> None:
             session.run(train_step, state["w"])
 
     best: list[th.BestExport] = exporter.best
-    assert best and best[0].path.is_file() and recorder.released and logger.saved == [0, 2, 4]
+    # an export's path is a Path, or an ObjectPath (its URL) when export_dir is a URL
+    assert best and isinstance(best[0].path, Path) and best[0].path.is_file()
+    assert recorder.released and logger.saved == [0, 2, 4]
 
     latest = th.latest_checkpoint(directory)
     assert latest is not None and latest.step == 4

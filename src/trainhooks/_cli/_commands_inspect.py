@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -13,6 +12,7 @@ from rich.tree import Tree
 
 import trainhooks
 from trainhooks._cli._errors import CliError
+from trainhooks._cli._places import Place, resolved
 from trainhooks._cli._render import (
     age,
     emit_json,
@@ -38,6 +38,7 @@ from trainhooks._cli._resolve import (
     resolve_checkpoint,
     resolve_run_directory,
 )
+from trainhooks._cli._skeleton import load_skeleton
 from trainhooks._cli._tree import (
     SEPARATOR,
     entry_json,
@@ -97,11 +98,11 @@ def ls(directory: str, as_json: bool) -> int:
     return 0
 
 
-def _note_unlisted(path: Path, infos: list[CheckpointInfo]) -> None:
+def _note_unlisted(path: Place, infos: list[CheckpointInfo]) -> None:
     """Say on stderr which checkpoint directories ``ls`` leaves out as damaged."""
-    listed = {Path(info.path).resolve() for info in infos}
+    listed = {resolved(info.path) for info in infos}
     unlisted = [
-        p.name for p in candidates_in(path).get(basename_for(path), []) if p.resolve() not in listed
+        p.name for p in candidates_in(path).get(basename_for(path), []) if resolved(p) not in listed
     ]
     if unlisted:
         note(
@@ -128,7 +129,12 @@ def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) ->
     """
     target = resolve_checkpoint(checkpoint)
     with reading(target.path):
-        tree = trainhooks.load(target.path, verify=tensor_name is not None)
+        # the tree alone needs no tensor bytes (a checkpoint in a bucket is not downloaded)
+        tree = (
+            load_skeleton(target.path)
+            if tensor_name is None
+            else trainhooks.load(target.path, verify=True)
+        )
     leaves = flatten(tree)
     if tensor_name is not None:
         return _show_tensor(target, leaves, tensor_name, as_json)

@@ -2,12 +2,13 @@
 
 Both delegate the writing to the store, which does it crash-safely (prune: rename aside,
 fsync, then remove, under the directory's writer lock; export: temp file beside the
-target, fsync, rename). These commands only choose the arguments and report.
+target, fsync, rename). These commands only choose the arguments and report. On object
+storage prune holds the prefix's lease and deletes each manifest first; an exported object
+appears whole when its upload completes.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from rich.text import Text
 
 import trainhooks
 from trainhooks._cli._errors import EXIT_USAGE, CliError
+from trainhooks._cli._places import exists, is_dir, place_of, resolved, size_of
 from trainhooks._cli._render import (
     emit_json,
     human_bytes,
@@ -57,8 +59,8 @@ def prune(directory: str, keep: int, dry_run: bool, as_json: bool) -> int:
     if not before:
         raise no_checkpoints_error(directory)
     removed = trainhooks.prune_checkpoints(path, keep, dry_run=dry_run, basename=basename_for(path))
-    gone = {Path(info.path).resolve() for info in removed}
-    kept = [info for info in before if Path(info.path).resolve() not in gone]
+    gone = {resolved(info.path) for info in removed}
+    kept = [info for info in before if resolved(info.path) not in gone]
     if as_json:
         emit_json(
             {
@@ -111,22 +113,23 @@ def export(checkpoint: str, output: str, only: str | None, force: bool, as_json:
     into the file's __metadata__. With --only ENTRY (e.g. model) only that entry is written,
     its tensors named relative to it, so model.load_state_dict(load_file(OUT)) works.
     CKPT may be a run directory (its newest checkpoint); OUT may be a directory (the file
-    is named after the checkpoint).
+    is named after the checkpoint). Either may be a URL (s3://bucket/prefix/...); an OUT
+    URL ending in / is a directory.
     """
     target = resolve_checkpoint(checkpoint)
-    out = Path(output).expanduser()
-    if out.is_dir():
-        out = out / f"{target.path.resolve().name}.safetensors"
-    if out.exists() and not force:
+    out = place_of(output)
+    if is_dir(out) or (output.endswith("/") and not isinstance(out, Path)):
+        out = out / f"{resolved(target.path).name}.safetensors"
+    if exists(out) and not force:
         raise CliError(f"{out} exists; pass --force to replace it", EXIT_USAGE)
-    if not out.parent.is_dir():
+    if isinstance(out, Path) and not out.parent.is_dir():
         raise CliError(f"no such directory: {out.parent}", EXIT_USAGE)
     try:
         with reading(target.path):
-            written = Path(trainhooks.export_safetensors(target.path, out, only=only))
+            written = trainhooks.export_safetensors(target.path, out, only=only)
     except (trainhooks.StateMismatchError, ValueError) as exc:  # --only names no entry
         raise CliError(str(exc), EXIT_USAGE) from None
-    nbytes = os.stat(written).st_size
+    nbytes = size_of(written)
     if as_json:
         emit_json(
             {

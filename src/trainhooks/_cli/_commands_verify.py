@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -34,6 +33,7 @@ from trainhooks._cli._errors import (
     CliError,
     error_line,
 )
+from trainhooks._cli._places import Place, absolute, exists, is_file, resolved
 from trainhooks._cli._render import (
     emit_json,
     human_bytes,
@@ -58,7 +58,7 @@ from trainhooks._cli._resolve import (
 class Outcome:
     """The verification result of one checkpoint directory."""
 
-    path: Path
+    path: Place
     step: int | None
     info: Any  # CheckpointInfo when intact
     error: trainhooks.CheckpointError | None
@@ -67,7 +67,7 @@ class Outcome:
         obj: dict[str, Any] = (
             info_json(self.info)
             if self.info is not None
-            else {"step": self.step, "path": str(self.path.absolute())}
+            else {"step": self.step, "path": str(absolute(self.path))}
         )
         obj["ok"] = self.error is None
         if self.error is not None:
@@ -112,14 +112,14 @@ def verify(target: str, as_json: bool) -> int:
     return EXIT_CORRUPT if failures else EXIT_OK
 
 
-def _plan(target: str) -> list[Path]:
+def _plan(target: str) -> list[Place]:
     """The checkpoint directories to verify for a command-line path."""
     path = existing_path(target)
-    if path.is_file():  # a file inside a checkpoint: verify that checkpoint
-        path = path.resolve().parent
+    if is_file(path):  # a file inside a checkpoint: verify that checkpoint
+        path = resolved(path).parent
         if committed_basename(path.name) is None and listing_entry(path) is None:
             raise CliError(f"{target} is a file, not a checkpoint or a directory of checkpoints")
-    if committed_basename(path.resolve().name) is not None:
+    if committed_basename(resolved(path).name) is not None:
         return [path]
     # every directory named like a checkpoint, listed (valid) or damaged alike
     every = candidates_in(path).get(basename_for(path), [])
@@ -128,7 +128,7 @@ def _plan(target: str) -> list[Path]:
     return sorted(every, key=lambda p: p.name)
 
 
-def _run(paths: list[Path], on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+def _run(paths: list[Place], on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
     """Verify each path in turn under one progress bar (stderr, terminals only).
 
     Results are handed to ``on_outcome`` as they come, so a long directory scan shows
@@ -156,7 +156,7 @@ def _run(paths: list[Path], on_outcome: Callable[[Outcome], None]) -> list[Outco
     return outcomes
 
 
-def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -> Outcome | None:
+def _verify_one(path: Place, progress: Progress, task: TaskID, *, single: bool) -> Outcome | None:
     """The verdict on one checkpoint; None if retention removed it while we were looking."""
 
     def report(done: int, total: int) -> None:
@@ -165,7 +165,7 @@ def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -
     try:
         info = trainhooks.verify_checkpoint(path, progress=report)
     except (trainhooks.CheckpointCorruptError, trainhooks.CheckpointFormatError) as exc:
-        if not single and not path.exists():
+        if not single and not exists(path):
             _vanished(path)
             return None
         return Outcome(path, exc.step if exc.step is not None else _step_of(path), None, exc)
@@ -180,12 +180,12 @@ def _verify_one(path: Path, progress: Progress, task: TaskID, *, single: bool) -
     return Outcome(path, info.step, info, None)
 
 
-def _vanished(path: Path) -> None:
+def _vanished(path: Place) -> None:
     note(f"{path.name} was removed while verifying (a running job's retention); skipped")
 
 
-def _step_of(path: Path) -> int | None:
-    name = path.resolve().name
+def _step_of(path: Place) -> int | None:
+    name = resolved(path).name
     return int(name.rsplit("-", 1)[1]) if committed_basename(name) is not None else None
 
 

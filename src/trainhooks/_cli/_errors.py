@@ -15,7 +15,10 @@ change meaning:
 ====  ==================================================================================
 
 Every failure prints exactly one line, ``trainhooks: error: ...``, on stderr; never a
-traceback (the store's exceptions already name the path, step and cause).
+traceback (the store's exceptions already name the path, step and cause). A failure of an
+object-storage service (credentials, endpoint, permissions) is exit 3, like an I/O error;
+the values of the credential variables are masked in every line, should a service's
+message ever quote one.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_CORRUPT
     if isinstance(exc, CheckpointNotFoundError):
         return EXIT_USAGE
-    if isinstance(exc, (CheckpointLockedError, CheckpointError, OSError)):
+    if isinstance(exc, (CheckpointLockedError, CheckpointError, OSError)) or _from_service(exc):
         return EXIT_FAILED
     if isinstance(exc, TrainhooksError):
         return EXIT_USAGE
@@ -88,6 +91,8 @@ def error_line(exc: BaseException) -> str:
         text = "interrupted"
     elif isinstance(exc, OSError) and not str(exc).strip():
         text = f"{type(exc).__name__} on {exc.filename!r}"
+    elif _from_service(exc):
+        text = f"{type(exc).__name__}: {exc}"
     elif isinstance(exc, (TrainhooksError, CliError, OSError)):
         text = str(exc)
         if isinstance(exc, CheckpointCorruptError):
@@ -99,4 +104,28 @@ def error_line(exc: BaseException) -> str:
         if not os.environ.get("TRAINHOOKS_DEBUG"):
             text += " (rerun with TRAINHOOKS_DEBUG=1 for the traceback; please report it)"
     text = " ".join(text.split())  # one line, whatever the message contained
-    return f"trainhooks: error: {text}"
+    return f"trainhooks: error: {mask_secrets(text)}"
+
+
+# the client libraries of the object stores fsspec reaches; their errors are not our bugs
+_SERVICE_PACKAGES = {"botocore", "aiobotocore", "s3fs", "fsspec", "gcsfs", "google", "adlfs"}
+_SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+def _from_service(exc: BaseException) -> bool:
+    return type(exc).__module__.partition(".")[0] in _SERVICE_PACKAGES
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the value of every credential variable set here replaced by ``***``."""
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= 8:  # a short value would mask ordinary words (real keys: 20+)
+            text = text.replace(value, "***")
+    return text

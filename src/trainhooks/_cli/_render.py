@@ -13,12 +13,13 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
 from rich.console import Console, JustifyMethod
 from rich.table import Table
+
+from trainhooks._cli._places import absolute
 
 if TYPE_CHECKING:
     from trainhooks import CheckpointInfo
@@ -107,7 +108,7 @@ def info_json(info: CheckpointInfo, *, newest: bool | None = None) -> dict[str, 
     """A checkpoint's public facts as a JSON object (the shape ``ls --json`` promises)."""
     obj: dict[str, Any] = {
         "step": info.step,
-        "path": str(Path(info.path).absolute()),
+        "path": str(absolute(info.path)),  # a URL as it is
         "time": info.time,
         "time_iso": iso_utc(info.time),
         "nbytes": info.nbytes,

@@ -15,11 +15,13 @@ that trains or restores names checkpoints through ``Saver`` and ``CheckpointInfo
 never parses a directory name; a public parser would be a second, code-level promise of
 what the format document already fixes, and would grow the API for one internal caller.
 The CLI ships and is versioned with the store, so it may follow the rule where it lives.
+
+Every argument may also be a URL (``s3://bucket/prefix``): ``_places`` answers the same
+questions of it through one listing each, so the rules above hold on object storage too.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,17 @@ import click
 
 import trainhooks
 from trainhooks._cli._errors import EXIT_CORRUPT, EXIT_USAGE, CliError
+from trainhooks._cli._places import (
+    Place,
+    absolute,
+    candidate_dirs,
+    exists,
+    is_dir,
+    is_file,
+    place_of,
+    resolved,
+    subdirectories,
+)
 from trainhooks._cli._render import info_json, note, plural
 from trainhooks._store._layout import DEFAULT_BASENAME, split_committed
 
@@ -45,12 +58,12 @@ class Resolved:
     foreign directory): the store decides, when it reads it, what is wrong with it.
     """
 
-    path: Path
+    path: Place
     info: CheckpointInfo | None
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint a result is about, as JSON (only its path if it is not listed)."""
-        return {"path": str(self.path.absolute())} if self.info is None else info_json(self.info)
+        return {"path": str(absolute(self.path))} if self.info is None else info_json(self.info)
 
 
 def committed_basename(name: str) -> str | None:
@@ -59,15 +72,17 @@ def committed_basename(name: str) -> str | None:
     return parsed[0] if parsed else None
 
 
-def existing_path(arg: str) -> Path:
-    """``arg`` as a Path, or a one-line usage error if nothing is there."""
-    path = Path(arg).expanduser()
-    if not path.exists():
-        raise CliError(f"no such file or directory: {arg}", EXIT_USAGE)
+def existing_path(arg: str) -> Place:
+    """``arg`` as a place, or a one-line usage error if nothing is there."""
+    path = place_of(arg)
+    if not exists(path):
+        if isinstance(path, Path):
+            raise CliError(f"no such file or directory: {arg}", EXIT_USAGE)
+        raise CliError(f"nothing at {arg}: no such bucket, or no object under it", EXIT_USAGE)
     return path
 
 
-def basename_for(directory: Path) -> str:
+def basename_for(directory: Place) -> str:
     """The checkpoint basename in ``directory``: ``--basename``, else detected.
 
     ``ckpt`` (the Saver's default) when any ``ckpt-*`` entry exists; otherwise the single
@@ -90,32 +105,28 @@ def basename_for(directory: Path) -> str:
     )
 
 
-def candidates_in(directory: Path) -> dict[str, list[Path]]:
+def candidates_in(directory: Place) -> dict[str, list[Place]]:
     """Sub-directories named like committed checkpoints, by basename (listed or not)."""
-    found: dict[str, list[Path]] = {}
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for entry in entries:
+    found: dict[str, list[Place]] = {}
+    for entry in candidate_dirs(directory):
         base = committed_basename(entry.name)
-        if base is not None and entry.is_dir(follow_symlinks=False):
-            found.setdefault(base, []).append(Path(entry.path))
+        if base is not None:
+            found.setdefault(base, []).append(entry)
     return found
 
 
-def checkpoints_in(directory: Path) -> list[CheckpointInfo]:
+def checkpoints_in(directory: Place) -> list[CheckpointInfo]:
     """The committed, structurally valid checkpoints directly inside ``directory``."""
-    if not directory.is_dir():
+    if not is_dir(directory):
         return []
     return list(trainhooks.list_checkpoints(directory, basename=basename_for(directory)))
 
 
-def listing_entry(path: Path) -> CheckpointInfo | None:
+def listing_entry(path: Place) -> CheckpointInfo | None:
     """The parent's listing entry for the checkpoint directory ``path``, if it has one
     (named like a committed checkpoint and structurally valid)."""
-    target = path.resolve()
-    if committed_basename(target.name) is None or not target.is_dir():
+    target = resolved(path)
+    if committed_basename(target.name) is None or not is_dir(target):
         return None
     try:
         return trainhooks.checkpoint_info(target)
@@ -123,7 +134,7 @@ def listing_entry(path: Path) -> CheckpointInfo | None:
         return None
 
 
-def newest_in(directory: Path, infos: list[CheckpointInfo]) -> CheckpointInfo:
+def newest_in(directory: Place, infos: list[CheckpointInfo]) -> CheckpointInfo:
     """The newest (last committed) valid checkpoint of the store's listing ``infos``: after
     a rollback not the highest step, as ``Saver.restore()`` would resume."""
     return max(infos, key=lambda info: info.commit_order)
@@ -132,8 +143,8 @@ def newest_in(directory: Path, infos: list[CheckpointInfo]) -> CheckpointInfo:
 def resolve_checkpoint(arg: str) -> Resolved:
     """One checkpoint from a checkpoint path, a file inside one, or a run directory."""
     path = existing_path(arg)
-    if path.is_file():
-        parent = path.resolve().parent
+    if is_file(path):
+        parent = resolved(path).parent
         if committed_basename(parent.name) is None:
             raise CliError(
                 f"{arg} is a file, not a checkpoint: pass a checkpoint directory "
@@ -143,7 +154,7 @@ def resolve_checkpoint(arg: str) -> Resolved:
         note(f"{arg} is a file inside a checkpoint; using the checkpoint {parent}")
         return Resolved(parent, listing_entry(parent))
     info = listing_entry(path)
-    if info is not None or committed_basename(path.resolve().name) is not None:
+    if info is not None or committed_basename(resolved(path).name) is not None:
         return Resolved(path, info)  # unlisted: damaged; reading it names the damage
     infos = checkpoints_in(path)
     if not infos:
@@ -151,24 +162,24 @@ def resolve_checkpoint(arg: str) -> Resolved:
             raise no_checkpoints_error(arg)
         return Resolved(path, None)  # perhaps a checkpoint under a foreign name
     newest = newest_in(path, infos)
-    listed = {Path(info.path).name for info in infos}
+    listed = {info.path.name for info in infos}
     skipped = [
         p.name
         for p in candidates_in(path).get(basename_for(path), [])
-        if p.name not in listed and p.name > Path(newest.path).name
+        if p.name not in listed and p.name > newest.path.name
     ]
     damaged = f" (newer but damaged: {', '.join(skipped)})" if skipped else ""
     note(f"{arg} is a directory of checkpoints; using the newest, step {newest.step}{damaged}")
-    return Resolved(Path(newest.path), newest)
+    return Resolved(newest.path, newest)
 
 
-def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
+def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Place:
     """A directory of checkpoints; a checkpoint path means its parent where allowed."""
     path = existing_path(arg)
-    if not path.is_dir():
+    if not is_dir(path):
         raise CliError(f"{arg} is not a directory", EXIT_USAGE)
-    if committed_basename(path.resolve().name) is not None and listing_entry(path) is not None:
-        parent = path.resolve().parent
+    if committed_basename(resolved(path).name) is not None and listing_entry(path) is not None:
+        parent = resolved(path).parent
         if not allow_checkpoint:
             raise CliError(
                 f"{arg} is a single checkpoint, not a directory of checkpoints; "
@@ -182,7 +193,7 @@ def resolve_run_directory(arg: str, *, allow_checkpoint: bool) -> Path:
 
 def no_checkpoints_error(arg: str) -> CliError:
     """The error for a directory without a valid checkpoint, saying which case it is."""
-    path = Path(arg).expanduser()
+    path = place_of(arg)
     damaged = candidates_in(path)
     if damaged:
         count = sum(len(paths) for paths in damaged.values())
@@ -195,28 +206,27 @@ def no_checkpoints_error(arg: str) -> CliError:
     return CliError(f"no checkpoints in {arg}{_nested_hint(path)}", EXIT_USAGE)
 
 
-def _nested_hint(path: Path, limit: int = 5) -> str:
+def _nested_hint(path: Place, limit: int = 5) -> str:
     """``; sub-directories with checkpoints: A, B`` when the user pointed one level too high."""
     try:
-        subdirs = [e for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+        subdirs = [e for e in subdirectories(path, follow_symlinks=True) if e.name[:1] != "."]
     except OSError:
         return ""
-    subdirs.sort(key=lambda e: e.name)
-    runs = [Path(e.path) for e in subdirs if candidates_in(Path(e.path))]
+    runs = [sub for sub in subdirs if candidates_in(sub)]
     if not runs:
         return ""
     shown = ", ".join(str(run) for run in runs[:limit]) + (", ..." if len(runs) > limit else "")
     return f"; sub-directories with checkpoints: {shown}"
 
 
-def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:
+def not_a_checkpoint(path: Place, exc: BaseException) -> CliError | None:
     """A usage error if ``exc`` (from reading ``path``) means it was never a checkpoint.
 
     The store reports a directory that is not named like a checkpoint and has no manifest
     as not found: that is a usage error (exit 2), while a ``ckpt-000000000100`` without a
     readable manifest is corrupt (exit 1).
     """
-    if not isinstance(exc, trainhooks.CheckpointNotFoundError) or not path.is_dir():
+    if not isinstance(exc, trainhooks.CheckpointNotFoundError) or not is_dir(path):
         return None
     return CliError(
         f"{path} is neither a checkpoint nor a directory of checkpoints{_nested_hint(path)}",
@@ -225,7 +235,7 @@ def not_a_checkpoint(path: Path, exc: BaseException) -> CliError | None:
 
 
 @contextmanager
-def reading(path: Path) -> Iterator[None]:
+def reading(path: Place) -> Iterator[None]:
     """Around a store call on ``path``: turn "no manifest in a foreign directory" into exit 2."""
     try:
         yield

@@ -14,8 +14,9 @@ from trainhooks._listeners._evaluation import EvaluationListener
 from trainhooks._listeners._metric import MetricFn, MetricReader, check_mode, improves
 from trainhooks._session._hook import HookSession
 from trainhooks._state._subtree import select_entry
-from trainhooks._store._export import ExportDirectory, StoredExport
-from trainhooks._store._layout import DEFAULT_BASENAME, committed_path
+from trainhooks._store._export import StoredExport, open_export_directory
+from trainhooks._store._layout import DEFAULT_BASENAME, committed_name
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 __all__ = ["BestCheckpointExporter", "BestExport"]
 
@@ -24,12 +25,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BestExport:
-    """One kept export: ``path`` (the safetensors file) and ``metadata_path`` (its JSON)."""
+    """One kept export: ``path`` (the safetensors file) and ``metadata_path`` (its JSON);
+    ``ObjectPath``s (``str`` is the URL) when ``export_dir`` is in object storage."""
 
     step: int
     value: float
-    path: Path
-    metadata_path: Path
+    path: Path | ObjectPath
+    metadata_path: Path | ObjectPath
 
 
 class BestCheckpointExporter(CheckpointSaverListener):
@@ -57,6 +59,10 @@ class BestCheckpointExporter(CheckpointSaverListener):
     RNG states), its tensors named as the model's ``state_dict()`` names them, so
     ``model.load_state_dict(safetensors.torch.load_file(export.path))`` loads it
     (``trainhooks.export_safetensors(..., only=...)``).
+
+    ``export_dir`` and ``checkpoint_dir`` may be URLs (``s3://bucket/prefix``): in object
+    storage the JSON is created last and exclusively, and removed first, with the same
+    promises (docs/object-storage.md).
     """
 
     def __init__(
@@ -77,9 +83,11 @@ class BestCheckpointExporter(CheckpointSaverListener):
         self.metric = metric
         self.mode = check_mode("BestCheckpointExporter", mode)
         self.keep = keep
-        self.export_dir = Path(export_dir)
-        self._store = ExportDirectory(self.export_dir)
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.export_dir = checkpoint_location(export_dir)
+        self._store = open_export_directory(self.export_dir)
+        self.checkpoint_dir = (
+            checkpoint_location(checkpoint_dir) if checkpoint_dir is not None else None
+        )
         self.basename = basename
         self.only = only
         self._read = MetricReader("BestCheckpointExporter", metric, source, metric_fn)
@@ -129,14 +137,14 @@ class BestCheckpointExporter(CheckpointSaverListener):
         # best first; among equals the earlier step first (it was there before)
         return (-export.value if self.mode == "max" else export.value, export.step)
 
-    def _checkpoint_path(self, session: HookSession, step: int) -> Path:
+    def _checkpoint_path(self, session: HookSession, step: int) -> Path | ObjectPath:
         directory = self.checkpoint_dir or session.checkpoint_dir
         if directory is None:
             raise ValueError(
                 "BestCheckpointExporter: the session has no checkpoint_dir; pass "
                 "checkpoint_dir=... to the exporter"
             )
-        return committed_path(Path(directory), self.basename, step)
+        return checkpoint_location(directory) / committed_name(self.basename, step)
 
     def _export(self, session: HookSession, step: int, value: float) -> BestExport:
         metadata = {"metric": self.metric, "value": value, "mode": self.mode, "only": self.only}

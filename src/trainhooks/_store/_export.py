@@ -12,6 +12,11 @@ committed by a JSON file beside it (``best-<step>.json``), written after the ten
 removed before them. After a crash at any moment the directory therefore holds complete
 exports plus leftovers that :meth:`ExportDirectory.open` recognises and removes; which
 exports to keep is the caller's choice (``BestCheckpointExporter`` ranks them by a metric).
+
+Checkpoints and exports may both be in object storage (URLs): the checkpoint is then read
+through range reads, and an export directory at a URL keeps the same promises with
+objects (``_remote/_exports.py``): the tensor object first, its JSON created last and
+exclusively, the JSON removed first.
 """
 
 from __future__ import annotations
@@ -24,21 +29,31 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainhooks._exceptions import CheckpointWriteError
 from trainhooks._store._durable import fsync_directory, write_file_atomically
 from trainhooks._store._faults import fault_point
 from trainhooks._store._reader import CheckpointReader
+from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._safetensors import build_header
+
+if TYPE_CHECKING:
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
 
 __all__ = [
     "EXPORT_FORMAT",
     "ExportDirectory",
     "ExportSelection",
+    "ExportStore",
     "SelectTensors",
     "StoredExport",
     "export_checkpoint",
+    "export_names",
+    "export_record",
+    "match_export_name",
+    "open_export_directory",
+    "parse_export",
 ]
 
 _LOG = logging.getLogger("trainhooks")
@@ -71,18 +86,29 @@ def export_checkpoint(
     out_path: str | os.PathLike[str],
     *,
     select: SelectTensors | None = None,
-) -> Path:
+) -> Path | ObjectPath:
     """Write ``checkpoint_path``'s tensors (all, or the part ``select`` picks from its tree)
-    to ``out_path`` as one verified safetensors file.
+    to ``out_path`` as one verified safetensors file; either may be a URL.
 
     Without ``select`` tensor names are the checkpoint's (e.g. ``model/fc1.weight``);
     ``__metadata__`` holds ``trainhooks_step`` and ``trainhooks_tree`` (the JSON state tree).
     """
-    with CheckpointReader(checkpoint_path) as reader:
-        return _export(reader, Path(out_path), select)
+    source = as_url(checkpoint_path)
+    if source is None:
+        with CheckpointReader(local_path(checkpoint_path)) as reader:
+            return _export(reader, out_path, select)
+    from trainhooks._store._remote._reader import RemoteCheckpointReader
+
+    with RemoteCheckpointReader(source) as remote:
+        return _export(remote, out_path, select)
 
 
-def _export(reader: CheckpointReader, out_path: Path, select: SelectTensors | None) -> Path:
+def _export(
+    reader: CheckpointReader | RemoteCheckpointReader,
+    out_path: str | os.PathLike[str],
+    select: SelectTensors | None,
+) -> Path | ObjectPath:
+    """Export through ``reader`` (a local or a remote checkpoint reader: the same methods)."""
     tree = reader.manifest.tree
     chosen = [(r, r.name) for r in reader.manifest.tensors]
     extra: dict[str, str] = {}
@@ -107,7 +133,11 @@ def _export(reader: CheckpointReader, out_path: Path, select: SelectTensors | No
         for record in records:
             yield reader.mapped_view(record)  # verified whole before any byte is written
 
-    out = out_path.absolute()
+    if (url := as_url(out_path)) is not None:
+        from trainhooks._store._remote._exports import upload_export
+
+        return upload_export(url, parts(), source=reader.path, step=reader.step)
+    out = local_path(out_path).absolute()
     try:
         write_file_atomically(out, parts())
     except OSError as exc:
@@ -125,9 +155,80 @@ class StoredExport:
     """One committed export: its tensor file, its commit mark and the mark's JSON."""
 
     step: int
-    path: Path
-    metadata_path: Path
+    path: Path | ObjectPath
+    metadata_path: Path | ObjectPath
     metadata: dict[str, Any]
+
+
+class ExportStore(Protocol):
+    """A directory of exports, local (:class:`ExportDirectory`) or in object storage."""
+
+    def open(self) -> list[StoredExport]:
+        """Remove an interrupted export's leftovers; the committed exports, by step."""
+
+    def add(
+        self,
+        step: int,
+        checkpoint_path: Path | ObjectPath,
+        metadata: Mapping[str, Any],
+        *,
+        select: SelectTensors | None = None,
+    ) -> StoredExport:
+        """Export a checkpoint as the export of ``step``, committed by its JSON."""
+
+    def remove(self, step: int) -> None:
+        """Remove the export of ``step``: its JSON first, then its tensors."""
+
+
+def open_export_directory(location: str | os.PathLike[str]) -> ExportStore:
+    """The export directory at ``location``: a local path, or a URL (``s3://...``)."""
+    if (url := as_url(location)) is not None:
+        from trainhooks._store._remote._exports import RemoteExportDirectory
+
+        return RemoteExportDirectory(url)
+    return ExportDirectory(local_path(location))
+
+
+def export_names(step: int) -> tuple[str, str]:
+    """``(JSON commit mark, tensor file)`` names of the export of ``step``."""
+    stem = f"best-{step:012d}"
+    return f"{stem}.json", f"{stem}.safetensors"
+
+
+def match_export_name(name: str) -> tuple[int, str] | None:
+    """``(step, "json" | "safetensors")`` of a name an export directory holds, else None."""
+    match = _NAME.match(name)
+    return None if match is None else (int(match.group(1)), match.group(2))
+
+
+def export_record(
+    step: int, checkpoint_path: Path | ObjectPath, file_name: str, metadata: Mapping[str, Any]
+) -> bytes:
+    """The JSON that commits the export of ``step`` (the caller's ``metadata`` plus the
+    format, step, source checkpoint and tensor file name)."""
+    record = {
+        **metadata,
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "step": step,
+        "checkpoint": str(checkpoint_path),
+        "safetensors": file_name,
+        "exported_at": time.time(),
+    }
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def parse_export(data: bytes, where: object) -> dict[str, Any] | None:
+    """An export's JSON, or None when it is not one of ours (or is damaged: a warning)."""
+    try:
+        meta = json.loads(data.decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+            return None  # not an export: not ours to rank or delete
+        int(meta["step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        _LOG.warning("Ignoring unreadable export metadata %s: %s", where, exc)
+        return None
+    return meta
 
 
 class ExportDirectory:
@@ -147,14 +248,14 @@ class ExportDirectory:
         exports: list[StoredExport] = []
         names = set(os.listdir(self.directory))
         for name in sorted(names):
-            match = _NAME.match(name)
+            match = match_export_name(name)
             path = self.directory / name
             if match is None:
                 if name.startswith(".best-") and _TEMP_MARK in name:
                     path.unlink(missing_ok=True)  # a temporary file of an interrupted write
                 continue
-            metadata_path, tensor_path = self._paths(int(match.group(1)))
-            if match.group(2) == "safetensors":
+            metadata_path, tensor_path = self._paths(match[0])
+            if match[1] == "safetensors":
                 if metadata_path.name not in names:
                     path.unlink(missing_ok=True)  # exported, never committed by its JSON
                 continue
@@ -166,7 +267,7 @@ class ExportDirectory:
     def add(
         self,
         step: int,
-        checkpoint_path: Path,
+        checkpoint_path: Path | ObjectPath,
         metadata: Mapping[str, Any],
         *,
         select: SelectTensors | None = None,
@@ -177,18 +278,9 @@ class ExportDirectory:
         metadata_path, path = self._paths(step)
         export_checkpoint(checkpoint_path, path, select=select)
         fault_point("listener_export_before_metadata")
-        record = {
-            **metadata,
-            "format": EXPORT_FORMAT,
-            "version": 1,
-            "step": step,
-            "checkpoint": str(checkpoint_path),
-            "safetensors": path.name,
-            "exported_at": time.time(),
-        }
-        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-        write_file_atomically(metadata_path, text.encode("utf-8"))
-        return StoredExport(step, path, metadata_path, record)
+        data = export_record(step, checkpoint_path, path.name, metadata)
+        write_file_atomically(metadata_path, data)
+        return StoredExport(step, path, metadata_path, json.loads(data))
 
     def remove(self, step: int) -> None:
         """Remove the export of ``step`` crash-safely: its commit mark first, then its tensor
@@ -202,21 +294,20 @@ class ExportDirectory:
 
     def _paths(self, step: int) -> tuple[Path, Path]:
         """``(JSON commit mark, tensor file)`` of the export of ``step``."""
-        stem = f"best-{step:012d}"
-        return self.directory / f"{stem}.json", self.directory / f"{stem}.safetensors"
+        json_name, tensor_name = export_names(step)
+        return self.directory / json_name, self.directory / tensor_name
 
 
 def _read_export(metadata_path: Path, path: Path) -> StoredExport | None:
     """The export ``metadata_path`` commits, or None (with a warning if it is damaged)."""
     try:
-        meta = json.loads(metadata_path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-            return None  # not an export: not ours to rank or delete
-        step = int(meta["step"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        meta = parse_export(metadata_path.read_bytes(), metadata_path)
+    except OSError as exc:
         _LOG.warning("Ignoring unreadable export metadata %s: %s", metadata_path, exc)
+        return None
+    if meta is None:
         return None
     if not path.is_file():
         _LOG.warning("Ignoring %s: its tensor file %s is missing", metadata_path, path)
         return None
-    return StoredExport(step, path, metadata_path, meta)
+    return StoredExport(int(meta["step"]), path, metadata_path, meta)

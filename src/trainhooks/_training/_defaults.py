@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from trainhooks._hooks._checkpoint_saver import CheckpointSaverHook
 from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._hooks._step_counter import StepCounterHook
+from trainhooks._store._remote._url import as_url
 
 __all__ = ["UseDefault", "default_is_chief", "resolve_default", "training_hooks"]
 
@@ -72,11 +73,12 @@ def training_hooks(
     result = list(chief_only_hooks)
     output_dir = summary_dir if summary_dir is not None else checkpoint_dir
     if output_dir is not None:
+        events_dir = _local_events_dir(output_dir)
         every_n_steps = _positive(log_step_count_steps)
         if every_n_steps is not None:
-            result.append(StepCounterHook(every_n_steps=int(every_n_steps), output_dir=output_dir))
+            result.append(StepCounterHook(every_n_steps=int(every_n_steps), output_dir=events_dir))
         steps, secs = _positive(save_summaries_steps), _positive(save_summaries_secs)
-        if steps is not None or secs is not None:
+        if events_dir is not None and (steps is not None or secs is not None):
             summary_hook = _summary_saver_hook(
                 save_steps=steps, save_secs=secs, output_dir=output_dir
             )
@@ -107,6 +109,19 @@ def training_hooks(
         result.extend(_resume_check(resume_check, saver_hook, given))
     result.extend(hooks)
     return result
+
+
+def _local_events_dir(output_dir: str | os.PathLike[str]) -> str | os.PathLike[str] | None:
+    """Where event files go: they are local files, so a ``checkpoint_dir`` (or a
+    ``summary_dir``) in object storage gets none; steps/sec is still logged."""
+    if as_url(output_dir) is None:
+        return output_dir
+    _LOG.info(
+        "no summaries are written to %s (event files are local): pass a local "
+        "summary_dir=... to MonitoredTrainingSession to write them",
+        output_dir,
+    )
+    return None
 
 
 def _saver_for(
