@@ -49,7 +49,7 @@ from trainhooks._store._layout import (
     check_basename,
     committed_name,
 )
-from trainhooks._store._listing import commits_newest_first
+from trainhooks._store._listing import ordered_commits
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._sharing import WriterLease, open_writer
@@ -247,7 +247,8 @@ class Saver:
         warned: set[str] = set()
         for _ in range(_RESCANS):  # a live writer's retention may delete what we picked
             failures: list[CheckpointError] = []
-            for path in self._committed(directory):  # the last committed first
+            paths, vanished = self._committed(directory)
+            for path in paths:  # the last committed first
                 try:
                     info = self._restore_from(path, state, cast, strict)
                 except CheckpointNotFoundError:
@@ -258,6 +259,8 @@ class Saver:
                 _warn_skipped(warned, failures, info)
                 return info
             else:
+                if vanished:  # some were deleted while listed: newer ones may exist
+                    continue
                 if not failures:
                     raise CheckpointNotFoundError(
                         f"no checkpoint to restore in {directory}", path=directory
@@ -273,13 +276,15 @@ class Saver:
             path=directory,
         )
 
-    def _committed(self, directory: Path | ObjectPath) -> list[Path | ObjectPath]:
+    def _committed(self, directory: Path | ObjectPath) -> tuple[list[Path | ObjectPath], bool]:
+        """The candidates, the last committed first, and whether one vanished meanwhile."""
         if isinstance(directory, Path):
-            return list(commits_newest_first(directory, self.basename))
+            paths, vanished = ordered_commits(directory, self.basename)
+            return list(paths), vanished
         from trainhooks._store._remote._api import committed_names
 
         names = committed_names(str(directory), self.basename, self.storage_options)
-        return [directory / name for name in names]
+        return [directory / name for name in names], False
 
     def _restore_from(
         self, path: Path | ObjectPath, state: MutableMapping[str, Any], cast: bool, strict: bool

@@ -26,6 +26,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "next_sequence",
+    "ordered_commits",
     "scan_checkpoints",
 ]
 
@@ -61,10 +62,10 @@ def commits_newest_first(
     reader that needs the newest should try it, fail, and say so. One deleted meanwhile
     is left out.
     """
-    return _ordered_commits(directory, basename)[0]
+    return ordered_commits(directory, basename)[0]
 
 
-def _ordered_commits(directory: str | os.PathLike[str], basename: str) -> tuple[list[Path], bool]:
+def ordered_commits(directory: str | os.PathLike[str], basename: str) -> tuple[list[Path], bool]:
     """:func:`commits_newest_first`, and whether an entry vanished while its manifest was
     read (a writer's retention deleting it): then an empty list does not mean "none"."""
     ordered: list[tuple[tuple[int, int, int], Path]] = []
@@ -145,7 +146,7 @@ def latest_checkpoint(
     # (it commits newer ones first), so a listing whose entries vanished is taken again;
     # only a listing with nothing deleted under it can answer None.
     while True:
-        paths, vanished = _ordered_commits(directory, basename)
+        paths, vanished = ordered_commits(directory, basename)
         for path in paths:
             try:
                 with CheckpointReader(path, follow_symlinks=False) as reader:
