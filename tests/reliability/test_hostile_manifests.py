@@ -141,12 +141,10 @@ def set_retention_time(body: dict[str, Any], value: Any) -> None:
 
 
 def fraction_digit_to_e(match: re.Match[str]) -> str:
-    """``1764072345.123456`` -> ``1764072345.1e3456``: a float too large for a double."""
-    whole, fraction = match.group(1), match.group(2)
-    for at in range(1, len(fraction) - 2):
-        if int(fraction[at + 1 :]) >= 400:
-            return f'"time":{whole}.{fraction[:at]}e{fraction[at + 1 :]}'
-    raise AssertionError(f"no digit of {whole}.{fraction} makes an overflow")
+    """``1764072345.123456`` -> ``1e99999999999999``: a float too large for a double, in the
+    same number of bytes (whatever digits the save's clock gave)."""
+    value = f"{match.group(1)}.{match.group(2)}"
+    return f'"time":1e{"9" * (len(value) - 2)}'
 
 
 @dataclass(frozen=True)
