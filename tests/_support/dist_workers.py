@@ -21,7 +21,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 import trainhooks
-from trainhooks.distributed import ShardedReader, ShardedWriter, save_sharded
+from trainhooks.distributed import ShardedReader, ShardedWriter
 
 
 def init(rank: int, world: int, port: int) -> None:
@@ -171,20 +171,3 @@ def flat_arrays(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
     elif isinstance(tree, np.ndarray):
         out[prefix.rstrip("/")] = tree
     return out
-
-
-def killed_mid_save(rank: int, world: int, port: int, root: str) -> None:
-    """Launch C (2 ranks): step 1 commits; in the save of step 2, rank 1 is SIGKILLed after
-    its shard is fsynced (the launcher then ends rank 0)."""
-    from trainhooks._store import _faults
-
-    init(rank, world, port)
-    model = fsdp_model(world)
-    optim = torch.optim.Adam(model.parameters(), lr=0.01)
-    train(model, optim, 1)
-    save_sharded(state(model, optim), Path(root) / "killed", 1)
-    train(model, optim, 1)
-    if rank == 1:
-        _faults.configure("after_shard_fsync=kill")
-    save_sharded(state(model, optim), Path(root) / "killed", 2)
-    raise AssertionError("the save of step 2 was expected to fail")

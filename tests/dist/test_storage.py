@@ -105,20 +105,3 @@ def test_corrupt_shard_is_a_typed_error(launched: Path, tmp_path: Path) -> None:
     w.train(model, optim, 1)
     with pytest.raises(CheckpointCorruptError):
         load_sharded(w.state(model, optim), copy)
-
-
-def test_rank_killed_mid_save_leaves_previous_checkpoint_newest(tmp_path: Path) -> None:
-    with pytest.raises(mp.ProcessExitedException):
-        _spawn(w.killed_mid_save, 2, tmp_path)
-    directory = tmp_path / "killed"
-    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1]
-    trainhooks.verify_checkpoint(directory / "ckpt-000000000001")
-    leftovers = [p.name for p in directory.iterdir() if ".tmp-" in p.name]
-    assert len(leftovers) == 1  # the staged save, ignored by readers
-    # The next save (here from one process) cleans it and commits.
-    model = w.make_model()
-    optim = torch.optim.Adam(model.parameters(), lr=0.01)
-    w.train(model, optim, 1)
-    save_sharded(w.state(model, optim), directory, 3)
-    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1, 3]
-    assert not [p.name for p in directory.iterdir() if ".tmp-" in p.name]
