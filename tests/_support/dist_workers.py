@@ -21,7 +21,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 import trainhooks
-from trainhooks.distributed import ShardedReader, ShardedWriter
+from trainhooks.distributed import ShardedReader, ShardedWriter, save_sharded
 
 
 def init(rank: int, world: int, port: int) -> None:
@@ -109,6 +109,10 @@ def save_and_reload_2(rank: int, world: int, port: int, root: str) -> None:
     target = state(model, optim)
     dcp.load(target, storage_reader=ShardedReader(base / "rep" / "ckpt-000000000002"))
     assert_same(full(target), expected, "replicated")
+    # Retention: rank 0 keeps the newest two of four collective saves.
+    for step in range(1, 5):
+        info = save_sharded(saved, base / "keep", step, max_to_keep=2)
+        assert info.step == step and info.sequence == step, info
     # FSDP2 (parameters and Adam moments sharded along dim 0).
     model = fsdp_model(world)
     optim = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -105,3 +105,21 @@ def test_corrupt_shard_is_a_typed_error(launched: Path, tmp_path: Path) -> None:
     w.train(model, optim, 1)
     with pytest.raises(CheckpointCorruptError):
         load_sharded(w.state(model, optim), copy)
+
+
+def test_retention_keeps_the_newest_max_to_keep(launched: Path, tmp_path: Path) -> None:
+    # Four 2-rank saves with max_to_keep=2: rank 0 deleted steps 1 and 2 once 3 and 4 were
+    # durable; the plan is in the manifest, so a new writer continues it (here: one process).
+    directory = launched / "keep"
+    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [3, 4]
+    manifest = json.loads((directory / "ckpt-000000000004" / "manifest.json").read_bytes())
+    assert [step for step, _ in manifest["retention"]["managed"]] == [3, 4]
+    copy = tmp_path / "keep"
+    shutil.copytree(directory, copy)
+    model = w.make_model()
+    optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    save_sharded(w.state(model, optim), copy, 5, max_to_keep=2)
+    assert [i.step for i in trainhooks.list_checkpoints(copy)] == [4, 5]
+    assert trainhooks.checkpoint_info(copy / "ckpt-000000000005").sequence == 5
+    save_sharded(w.state(model, optim), copy, 6)  # max_to_keep=None keeps every checkpoint
+    assert [i.step for i in trainhooks.list_checkpoints(copy)] == [4, 5, 6]
