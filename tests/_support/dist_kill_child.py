@@ -10,6 +10,7 @@ its exit status is recorded by the zygote in ``exits.json``; a rank stalled on p
 SIGKILLed once the other rank has written its result. The plan:
 
 ``{"phase": "crash", "jobs": [{"dir", "port", "point", "rank", "action", "timeout"}]}``
+(a job with ``"load": true`` stalls a load instead of a save)
 ``{"phase": "resume", "port", "dirs": [...]}``
 """
 
@@ -58,6 +59,9 @@ def crash_rank(rank: int, job: dict[str, Any]) -> None:
     _init(rank, job["port"])
     model = w.fsdp_model(WORLD)
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    if job.get("load"):
+        _stalled_load(rank, job, model, optim)
+        return
     for step in (1, 2):
         w.train(model, optim, 1, seed=step)
         expected = w.flat_arrays(w.full(w.state(model, optim)))  # a collective: every rank
@@ -69,19 +73,40 @@ def crash_rank(rank: int, job: dict[str, Any]) -> None:
             info = save_sharded(w.state(model, optim), directory, step, timeout=job["timeout"])
             outcome: dict[str, Any] = {"returned": info.step}
         except trainhooks.CheckpointError as exc:
-            outcome = {
-                "error": type(exc).__name__,
-                "message": str(exc),
-                "rank": getattr(exc, "rank", None),
-                "collective": getattr(exc, "collective", None),
-                "committed": getattr(exc, "committed", None),
-                "step": exc.step,
-                "path": exc.path,
-            }
+            outcome = _describe(exc)
         if step == 2:
             _write(directory / f"result-{rank}.json", outcome)
         elif "returned" not in outcome:
             raise AssertionError(f"the save of step 1 failed: {outcome}")
+
+
+def _stalled_load(rank: int, job: dict[str, Any], model: Any, optim: Any) -> None:
+    """A committed save, then a load in which rank ``job["rank"]`` stalls at ``job["point"]``."""
+    from trainhooks._store import _faults
+
+    directory = Path(job["dir"])
+    w.train(model, optim, 1)
+    info = save_sharded(w.state(model, optim), directory, 1)
+    if rank == job["rank"]:
+        _faults.configure(f"{job['point']}={job['action']}")
+    try:
+        load_sharded(w.state(model, optim), info.path, timeout=job["timeout"])
+        outcome: dict[str, Any] = {"returned": True}
+    except trainhooks.CheckpointError as exc:
+        outcome = _describe(exc)
+    _write(directory / f"result-{rank}.json", outcome)
+
+
+def _describe(exc: trainhooks.CheckpointError) -> dict[str, Any]:
+    return {
+        "error": type(exc).__name__,
+        "message": str(exc),
+        "rank": getattr(exc, "rank", None),
+        "collective": getattr(exc, "collective", None),
+        "committed": getattr(exc, "committed", None),
+        "step": exc.step,
+        "path": exc.path,
+    }
 
 
 def resume_rank(rank: int, plan: dict[str, Any]) -> None:

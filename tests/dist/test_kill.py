@@ -32,6 +32,7 @@ POINTS = [
     ("after_rename", 0, "kill", True),
     ("before_shard_fsync", 1, "block", False),  # a stalled rank: the timeout ends the save
 ]
+LOAD_STALL = "load-before_shard_read-block"
 STALL_TIMEOUT = 3.0
 KILL_TIMEOUT = 120.0  # a killed peer closes its connections: this bound is never reached
 
@@ -78,9 +79,18 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         }
         for point, rank, action, _ in POINTS
     ]
-    run = _run_zygote({"phase": "crash", "jobs": jobs}, root)
+    load_job = {
+        "dir": str(root / LOAD_STALL),
+        "port": _free_port(),
+        "point": "before_shard_read",
+        "rank": 1,
+        "action": "block",
+        "timeout": STALL_TIMEOUT,
+        "load": True,
+    }
+    run = _run_zygote({"phase": "crash", "jobs": [*jobs, load_job]}, root)
     seen: dict[str, Any] = {"root": root, "exits": run["exits"], "stderr": run["stderr"]}
-    for job in jobs:
+    for job in [*jobs, load_job]:
         directory = Path(job["dir"])
         listed = trainhooks.list_checkpoints(directory)
         seen[job["dir"]] = {
@@ -131,6 +141,16 @@ def test_killed_rank_leaves_newest_valid_and_survivor_gets_typed_error(
         assert len(seen["leftovers"]) == (0 if commits else 1)  # the staged save
     if action == "block":
         assert f"{STALL_TIMEOUT:g} s" in result["message"]
+
+
+def test_rank_stalled_in_a_load_gives_typed_error_on_the_other(crashed: dict[str, Any]) -> None:
+    directory = str(crashed["root"] / LOAD_STALL)
+    assert crashed["exits"][directory] == {"0": 0, "1": -9}, crashed["stderr"][-3000:]
+    result = crashed[directory]["results"][0]
+    assert result["error"] == "CheckpointTimeoutError" and result["rank"] == 0, result
+    assert result["collective"] == "the exchange confirming every rank read its chunks"
+    assert f"{STALL_TIMEOUT:g} s" in result["message"]
+    assert crashed[directory]["steps"] == [1]
 
 
 @pytest.mark.parametrize(("point", "rank", "action", "commits"), POINTS)

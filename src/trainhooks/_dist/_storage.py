@@ -43,6 +43,7 @@ from trainhooks._state._adapters._torch import ADAPTER, TORCH_BY_CODE
 from trainhooks._state._decode import decode_tree
 from trainhooks._state._encode import encode_state
 from trainhooks._store._commit import TensorSource
+from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename
 from trainhooks._store._manifest import TensorRecord
@@ -292,6 +293,7 @@ class ShardedReader(StorageReader):
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id is not None:
             self.path = Path(checkpoint_id)
+        self._read = False
         self.close()
 
     @classmethod
@@ -322,6 +324,7 @@ class ShardedReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        fault_point("before_shard_read")
         reader = self._open()
         records = {record.name: record for record in reader.manifest.tensors}
         for item in plan.items:
