@@ -33,6 +33,7 @@ POINTS = [
     ("before_shard_fsync", 1, "block", False),  # a stalled rank: the timeout ends the save
 ]
 LOAD_STALL = "load-before_shard_read-block"
+EIO = "before_shard_fsync-eio"
 STALL_TIMEOUT = 3.0
 KILL_TIMEOUT = 120.0  # a killed peer closes its connections: this bound is never reached
 
@@ -88,9 +89,10 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "timeout": STALL_TIMEOUT,
         "load": True,
     }
-    run = _run_zygote({"phase": "crash", "jobs": [*jobs, load_job]}, root)
+    eio_job = {**jobs[0], "dir": str(root / EIO), "port": _free_port(), "action": "eio"}
+    run = _run_zygote({"phase": "crash", "jobs": [*jobs, load_job, eio_job]}, root)
     seen: dict[str, Any] = {"root": root, "exits": run["exits"], "stderr": run["stderr"]}
-    for job in [*jobs, load_job]:
+    for job in [*jobs, load_job, eio_job]:
         directory = Path(job["dir"])
         listed = trainhooks.list_checkpoints(directory)
         seen[job["dir"]] = {
@@ -151,6 +153,22 @@ def test_rank_stalled_in_a_load_gives_typed_error_on_the_other(crashed: dict[str
     assert result["collective"] == "the exchange confirming every rank read its chunks"
     assert f"{STALL_TIMEOUT:g} s" in result["message"]
     assert crashed[directory]["steps"] == [1]
+
+
+def test_io_error_on_one_rank_is_the_same_typed_error_on_every_rank(
+    crashed: dict[str, Any],
+) -> None:
+    # No rank is lost: DCP carries the failure to every rank, which raise the store's own
+    # error; the coordinator removed the staging directory and the retry commits.
+    directory = str(crashed["root"] / EIO)
+    assert crashed["exits"][directory] == {"0": 0, "1": 0}, crashed["stderr"][-3000:]
+    for rank in (0, 1):
+        result = crashed[directory]["results"][rank]
+        assert result["error"] == "CheckpointWriteError", result
+        assert "injected I/O error" in result["message"] and result["step"] == 2
+        assert result["retried"] == 2
+    assert crashed[directory]["steps"] == [1, 2]
+    assert crashed[directory]["leftovers"] == set()
 
 
 @pytest.mark.parametrize(("point", "rank", "action", "commits"), POINTS)

@@ -65,6 +65,7 @@ def save_sharded(
         writer.stage = "info"
         info = _broadcast_info(writer.info, group)
     except CheckpointException as exc:
+        writer.abandon()  # a rank failed before the commit: its staging goes now
         raise typed_error(exc, f"the save of step {step} in {directory}") from exc
     except RuntimeError as exc:  # from a collective: DCP wraps every other failure
         if not dist.is_initialized():
