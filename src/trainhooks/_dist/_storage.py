@@ -57,7 +57,7 @@ from trainhooks._store._sharded import (
     write_shard,
 )
 from trainhooks._store._sharing import WriterLease, open_writer
-from trainhooks._store._writer import RetentionRecord, clean_leftovers, retention_policy
+from trainhooks._store._writer import RetentionRecord, retention_policy
 
 __all__ = ["ShardedReader", "ShardedWriter"]
 
@@ -132,8 +132,9 @@ class ShardedWriter(StorageWriter):
         """On the coordinator: become the directory's writer (lock, crashed saves' leftovers
         cleared, retention recovered), stage."""
         if self._lock_wanted and self._lease is None:
+            # Opening the writer cleans the leftovers; a writer this process already holds
+            # did so when it opened (and may have a background save staged right now).
             self._lease = open_writer(self.directory, self.basename, self.policy, self.step)
-            clean_leftovers(self.directory, self.basename)
         self._staging = stage(self.directory, self.basename, self.step)
         world = len(plans)
         return [
