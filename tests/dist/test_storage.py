@@ -6,6 +6,7 @@ the one-process end (a 1-rank save, a 4 -> 1 load, ``trainhooks.load``, ``verify
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import socket
@@ -123,3 +124,12 @@ def test_retention_keeps_the_newest_max_to_keep(launched: Path, tmp_path: Path) 
     assert trainhooks.checkpoint_info(copy / "ckpt-000000000005").sequence == 5
     save_sharded(w.state(model, optim), copy, 6)  # max_to_keep=None keeps every checkpoint
     assert [i.step for i in trainhooks.list_checkpoints(copy)] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, datetime.timedelta(0)])
+def test_timeout_must_be_positive(tmp_path: Path, timeout: object) -> None:
+    model = w.make_model()
+    optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        save_sharded(w.state(model, optim), tmp_path, 1, timeout=timeout)  # type: ignore[arg-type]
+    assert trainhooks.list_checkpoints(tmp_path) == []
