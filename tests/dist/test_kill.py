@@ -189,12 +189,17 @@ def test_relaunch_resumes_bit_exact_and_next_save_cleans_leftovers(
 @pytest.mark.long
 @pytest.mark.timeout(7200)
 def test_many_kills_at_random_points(tmp_path: Path) -> None:
-    """Long mode: rounds of every kill point on its N-th hit (a few saves in), each round's
-    survivors typed and the newest checkpoint valid, then a resume of every directory."""
+    """Long mode: rounds of four jobs, each killing a random rank at a random point of the
+    collective save (any rank at a shard point, the coordinator at a commit point); the
+    survivor ends by itself, everything listed verifies, and every directory resumes."""
     import random
 
     generator = random.Random(13)
-    points = [p for p in POINTS if p[2] == "kill"]
+    shard_points = ["before_shard_write", "before_shard_fsync", "after_shard_fsync"]
+    commit_points = ["before_manifest", "before_dir_fsync", "before_rename", "after_rename"]
+    # Every rank writes a shard (the coordinator too); only the coordinator commits.
+    points = [(p, r, "kill", None) for p in shard_points for r in (0, 1)]
+    points += [(p, 0, "kill", None) for p in commit_points]
     for round_index in range(int(os.environ.get("TRAINHOOKS_KILL_ROUNDS", "10"))):
         root = tmp_path / f"round-{round_index}"
         root.mkdir()
