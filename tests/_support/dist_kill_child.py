@@ -70,7 +70,10 @@ def crash_rank(rank: int, job: dict[str, Any]) -> None:
         if step == 2 and rank == job["rank"]:
             _faults.configure(f"{job['point']}={job['action']}")
         try:
-            info = save_sharded(w.state(model, optim), directory, step, timeout=job["timeout"])
+            # Step 1 under the process group's own timeout: a rank slowed down by a busy
+            # machine must not time out a save that is meant to succeed.
+            timeout = job["timeout"] if step == 2 else None
+            info = save_sharded(w.state(model, optim), directory, step, timeout=timeout)
             outcome: dict[str, Any] = {"returned": info.step}
         except trainhooks.CheckpointError as exc:
             outcome = _describe(exc)
