@@ -22,6 +22,7 @@ EXPECTED_PUBLIC_NAMES = {
     "CheckpointNotFoundError",
     "CheckpointLockedError",
     "CheckpointFormatError",
+    "CheckpointTimeoutError",
     "StateMismatchError",
     "NanLossDuringTrainingError",
     "ResumeDivergenceError",

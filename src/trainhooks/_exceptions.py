@@ -9,6 +9,8 @@ Every error the library raises on purpose derives from :class:`TrainhooksError`:
     │   ├── CheckpointNotFoundError      no (valid) checkpoint where one was asked for
     │   ├── CheckpointLockedError        another writer holds the directory
     │   ├── CheckpointFormatError        an unsupported format version or value type
+    │   ├── CheckpointTimeoutError       a collective save or load lost a peer (died or
+    │   │                                stalled past the timeout); names rank and collective
     │   └── StateMismatchError           checkpoint and target state disagree (shape, dtype, keys)
     ├── NanLossDuringTrainingError       raised by ``NanTensorHook`` (also when it gives up
     │                                    rolling back: ``steps`` names the bad steps)
@@ -38,6 +40,7 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointLockedError",
     "CheckpointNotFoundError",
+    "CheckpointTimeoutError",
     "CheckpointWriteError",
     "NanLossDuringTrainingError",
     "Preempted",
@@ -128,6 +131,36 @@ class CheckpointLockedError(CheckpointError):
 
 class CheckpointFormatError(CheckpointError):
     """A value cannot be stored, or a checkpoint uses a format this version does not know."""
+
+
+class CheckpointTimeoutError(CheckpointError):
+    """A collective save or load could not finish on every rank: a peer process died (its
+    connection closed) or did not reach the collective within ``timeout`` seconds.
+
+    Raised on every surviving rank instead of waiting forever. ``rank`` is the rank that
+    raised it, ``collective`` the exchange it was in (``"plan"``, ``"write"``, ...).
+    ``committed`` says whether the save's checkpoint reached its commit point: True or
+    False where this rank knows it (the coordinator), None where it cannot (the checkpoint
+    may or may not be committed: ``latest_checkpoint`` tells once the job is restarted).
+    The process group is unusable afterwards: end the job and relaunch it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        step: int | None = None,
+        rank: int | None = None,
+        collective: str | None = None,
+        timeout: float | None = None,
+        committed: bool | None = None,
+    ) -> None:
+        super().__init__(message, path=path, step=step)
+        self.rank = rank
+        self.collective = collective
+        self.timeout = timeout
+        self.committed = committed
 
 
 class StateMismatchError(CheckpointError):

@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import threading
-import time
 import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -53,7 +52,7 @@ from trainhooks._store._listing import ordered_commits
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._sharing import WriterLease, open_writer
-from trainhooks._store._writer import RetentionPolicy
+from trainhooks._store._writer import retention_policy
 
 if TYPE_CHECKING:
     from trainhooks._store._remote._reader import RemoteCheckpointReader
@@ -97,20 +96,11 @@ class Saver:
         storage_options: Mapping[str, Any] | None = None,
         max_pending: int = 1,
     ) -> None:
-        if max_to_keep is not None and max_to_keep < 0:
-            raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
-        if keep_checkpoint_every_n_hours <= 0:
-            raise ValueError("keep_checkpoint_every_n_hours must be positive")
-        self.max_to_keep = max_to_keep or None
+        self._retention = retention_policy(max_to_keep, keep_checkpoint_every_n_hours)
+        self.max_to_keep = self._retention.max_to_keep
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.basename = check_basename(basename)
         self.verify_on_restore = verify_on_restore
-        keep_every = keep_checkpoint_every_n_hours * 3600.0
-        self._retention = RetentionPolicy(
-            self.max_to_keep,
-            keep_every,
-            first_keep_time=time.time() + keep_every,  # TF: from the saver's creation
-        )
         self.storage_options = dict(storage_options) if storage_options else None
         self._writers: dict[Path | str, WriterLease | RemoteWriter] = {}
         self._background = BackgroundWriter(max_pending)  # starts no thread until used

@@ -109,6 +109,10 @@ def save_and_reload_2(rank: int, world: int, port: int, root: str) -> None:
     target = state(model, optim)
     dcp.load(target, storage_reader=ShardedReader(base / "rep" / "ckpt-000000000002"))
     assert_same(full(target), expected, "replicated")
+    # Retention: rank 0 keeps the newest two of four collective saves.
+    for step in range(1, 5):
+        info = save_sharded(saved, base / "keep", step, max_to_keep=2)
+        assert info.step == step and info.sequence == step, info
     # FSDP2 (parameters and Adam moments sharded along dim 0).
     model = fsdp_model(world)
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -171,20 +175,3 @@ def flat_arrays(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
     elif isinstance(tree, np.ndarray):
         out[prefix.rstrip("/")] = tree
     return out
-
-
-def killed_mid_save(rank: int, world: int, port: int, root: str) -> None:
-    """Launch C (2 ranks): step 1 commits; in the save of step 2, rank 1 is SIGKILLed after
-    its shard is fsynced (the launcher then ends rank 0)."""
-    from trainhooks._store import _faults
-
-    init(rank, world, port)
-    model = fsdp_model(world)
-    optim = torch.optim.Adam(model.parameters(), lr=0.01)
-    train(model, optim, 1)
-    save_sharded(state(model, optim), Path(root) / "killed", 1)
-    train(model, optim, 1)
-    if rank == 1:
-        _faults.configure("after_shard_fsync=kill")
-    save_sharded(state(model, optim), Path(root) / "killed", 2)
-    raise AssertionError("the save of step 2 was expected to fail")

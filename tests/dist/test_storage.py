@@ -6,6 +6,7 @@ the one-process end (a 1-rank save, a 4 -> 1 load, ``trainhooks.load``, ``verify
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import socket
@@ -107,18 +108,28 @@ def test_corrupt_shard_is_a_typed_error(launched: Path, tmp_path: Path) -> None:
         load_sharded(w.state(model, optim), copy)
 
 
-def test_rank_killed_mid_save_leaves_previous_checkpoint_newest(tmp_path: Path) -> None:
-    with pytest.raises(mp.ProcessExitedException):
-        _spawn(w.killed_mid_save, 2, tmp_path)
-    directory = tmp_path / "killed"
-    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1]
-    trainhooks.verify_checkpoint(directory / "ckpt-000000000001")
-    leftovers = [p.name for p in directory.iterdir() if ".tmp-" in p.name]
-    assert len(leftovers) == 1  # the staged save, ignored by readers
-    # The next save (here from one process) cleans it and commits.
+def test_retention_keeps_the_newest_max_to_keep(launched: Path, tmp_path: Path) -> None:
+    # Four 2-rank saves with max_to_keep=2: rank 0 deleted steps 1 and 2 once 3 and 4 were
+    # durable; the plan is in the manifest, so a new writer continues it (here: one process).
+    directory = launched / "keep"
+    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [3, 4]
+    manifest = json.loads((directory / "ckpt-000000000004" / "manifest.json").read_bytes())
+    assert [step for step, _ in manifest["retention"]["managed"]] == [3, 4]
+    copy = tmp_path / "keep"
+    shutil.copytree(directory, copy)
     model = w.make_model()
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
-    w.train(model, optim, 1)
-    save_sharded(w.state(model, optim), directory, 3)
-    assert [i.step for i in trainhooks.list_checkpoints(directory)] == [1, 3]
-    assert not [p.name for p in directory.iterdir() if ".tmp-" in p.name]
+    save_sharded(w.state(model, optim), copy, 5, max_to_keep=2)
+    assert [i.step for i in trainhooks.list_checkpoints(copy)] == [4, 5]
+    assert trainhooks.checkpoint_info(copy / "ckpt-000000000005").sequence == 5
+    save_sharded(w.state(model, optim), copy, 6)  # max_to_keep=None keeps every checkpoint
+    assert [i.step for i in trainhooks.list_checkpoints(copy)] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, datetime.timedelta(0)])
+def test_timeout_must_be_positive(tmp_path: Path, timeout: object) -> None:
+    model = w.make_model()
+    optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        save_sharded(w.state(model, optim), tmp_path, 1, timeout=timeout)  # type: ignore[arg-type]
+    assert trainhooks.list_checkpoints(tmp_path) == []

@@ -43,7 +43,7 @@ from trainhooks._state._adapters._torch import ADAPTER, TORCH_BY_CODE
 from trainhooks._state._decode import decode_tree
 from trainhooks._state._encode import encode_state
 from trainhooks._store._commit import TensorSource
-from trainhooks._store._durable import DirectoryLock
+from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename
 from trainhooks._store._manifest import TensorRecord
@@ -56,7 +56,8 @@ from trainhooks._store._sharded import (
     stage,
     write_shard,
 )
-from trainhooks._store._writer import clean_leftovers
+from trainhooks._store._sharing import WriterLease, open_writer
+from trainhooks._store._writer import RetentionRecord, retention_policy
 
 __all__ = ["ShardedReader", "ShardedWriter"]
 
@@ -73,9 +74,13 @@ class ShardedWriter(StorageWriter):
     """Write a DCP save as the committed checkpoint of ``step`` in ``directory``.
 
     Every rank passes an equal writer to ``torch.distributed.checkpoint.save``; the
-    coordinator (rank 0) holds the directory's writer lock for the save, unless ``lock`` is
-    False because its caller already holds it. The committed checkpoint's facts are in
-    :attr:`info` on the coordinator once ``save`` returns.
+    coordinator (rank 0) is the directory's writer for the save (its lock, shared with the
+    process's ``Saver``s of that directory, and its retention: ``max_to_keep`` and
+    ``keep_checkpoint_every_n_hours`` as in ``Saver``, victims deleted once the new
+    checkpoint is durable), unless ``lock`` is False because its caller already holds the
+    lock (``retention`` is then the record to store as given). The committed checkpoint's
+    facts are in :attr:`info` on the coordinator once ``save`` returns; :attr:`stage` says
+    how far this rank got (``"plan"``, ``"written"``, ``"committed"``).
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class ShardedWriter(StorageWriter):
         metadata: dict[str, Any] | None = None,
         lock: bool = True,
         retention: dict[str, Any] | None = None,
+        max_to_keep: int | None = None,
+        keep_checkpoint_every_n_hours: float = 10000.0,
     ) -> None:
         super().__init__()
         self.directory = Path(directory)
@@ -94,9 +101,11 @@ class ShardedWriter(StorageWriter):
         self.basename = check_basename(basename)
         self.metadata = dict(metadata or {})
         self.retention = retention
+        self.policy = retention_policy(max_to_keep, keep_checkpoint_every_n_hours)
         self.info: CheckpointInfo | None = None
+        self.stage = "plan"
         self._lock_wanted = lock
-        self._lock: DirectoryLock | None = None
+        self._lease: WriterLease | None = None
         self._staging: Path | None = None
         self._assignment: _Assignment | None = None
         self._rank = 0
@@ -105,6 +114,7 @@ class ShardedWriter(StorageWriter):
         if checkpoint_id is not None:
             self.directory = Path(checkpoint_id)
         self.info = None
+        self.stage = "plan"
         self._assignment = None
 
     @classmethod
@@ -119,12 +129,12 @@ class ShardedWriter(StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        """On the coordinator: lock the directory, clear crashed saves' leftovers, stage."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self._lock_wanted and self._lock is None:
-            self._lock = DirectoryLock(self.directory)
-            self._lock.acquire()
-            clean_leftovers(self.directory, self.basename)
+        """On the coordinator: become the directory's writer (lock, crashed saves' leftovers
+        cleared, retention recovered), stage."""
+        if self._lock_wanted and self._lease is None:
+            # Opening the writer cleans the leftovers; a writer this process already holds
+            # did so when it opened (and may have a background save staged right now).
+            self._lease = open_writer(self.directory, self.basename, self.policy, self.step)
         self._staging = stage(self.directory, self.basename, self.step)
         world = len(plans)
         return [
@@ -152,6 +162,7 @@ class ShardedWriter(StorageWriter):
             code, shape, view = ADAPTER.array_bytes(tensor, name)
             sources.append(TensorSource(name, code, shape, view))
         shard = write_shard(Path(assignment.staging), assignment.file, self.step, sources)
+        self.stage = "written"
         by_name = {record.name: record for record in shard.records}
         results = []
         for position, item in enumerate(plan.items):
@@ -173,31 +184,49 @@ class ShardedWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """On the coordinator: write the manifest of every shard and commit."""
-        assert self._staging is not None
+        staging = self._staging
+        assert staging is not None
         try:
             shards, values = _gather(results)
             tree = tree_from_metadata(metadata, values)
-            self.info = commit_staged(
-                self.directory,
-                self.basename,
-                self.step,
-                self._staging,
-                shards,
-                tree,
-                self.metadata,
-                retention=self.retention,
-            )
+
+            def write(plan: RetentionRecord | None, when: float | None) -> CheckpointInfo:
+                return commit_staged(
+                    self.directory,
+                    self.basename,
+                    self.step,
+                    staging,
+                    shards,
+                    tree,
+                    self.metadata,
+                    retention=self.retention if plan is None else plan.to_json(),
+                    sequence=None if plan is None else plan.sequence,
+                    when=when,
+                )
+
+            if self._lease is None:
+                self.info = write(None, None)
+            else:
+                self.info = self._lease.commit_with(self.step, write)
+            self.stage = "committed"
         except BaseException:
-            discard_staging(self._staging)
+            discard_staging(staging)
             raise
         finally:
             self.release()
 
+    def abandon(self) -> None:
+        """After a failed collective: on the coordinator, remove the staging directory of a
+        save that did not commit and give the directory back. Safe on every rank."""
+        if self._staging is not None and self.info is None:
+            discard_staging(self._staging)
+        self.release()
+
     def release(self) -> None:
-        """Drop the directory lock (also done by ``finish``); safe to call twice."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Give the directory's writer back (also done by ``finish``); safe to call twice."""
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
 
     def storage_meta(self) -> Any:
         return None
@@ -253,10 +282,19 @@ class ShardedReader(StorageReader):
         self._reader: CheckpointReader | None = None
         self._values: dict[str, dict[str, Any]] = {}
         self._verified: set[str] = set()
+        self._read = False
+
+    @property
+    def collective(self) -> str:
+        """The exchange this rank is in or was last in (named by a collective's failure)."""
+        if self._read:
+            return "the exchange confirming every rank read its chunks"
+        return "the exchange of load plans (before any chunk was read)"
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id is not None:
             self.path = Path(checkpoint_id)
+        self._read = False
         self.close()
 
     @classmethod
@@ -287,6 +325,7 @@ class ShardedReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        fault_point("before_shard_read")
         reader = self._open()
         records = {record.name: record for record in reader.manifest.tensors}
         for item in plan.items:
@@ -307,6 +346,7 @@ class ShardedReader(StorageReader):
                 )
             target.copy_(source)
             planner.commit_tensor(item, target)
+        self._read = True
         future: Future[None] = Future()
         future.set_result(None)
         return future

@@ -82,15 +82,22 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
 
 
 def write_new_file(
-    path: str | os.PathLike[str], parts: Iterable[memoryview], chunk: int = CHUNK
+    path: str | os.PathLike[str],
+    parts: Iterable[memoryview],
+    chunk: int = CHUNK,
+    *,
+    before_fsync: str | None = None,
 ) -> None:
     """Create ``path`` (it must not exist), write ``parts`` in order (in calls of at most
     ``chunk`` bytes), fsync and close it, every result checked. On failure the file is
-    left for the caller to remove (it knows whether a staging directory goes with it)."""
+    left for the caller to remove (it knows whether a staging directory goes with it).
+    ``before_fsync`` names a fault point hit between the last write and the fsync."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         for part in parts:
             write_all(fd, part, chunk)
+        if before_fsync is not None:
+            fault_point(before_fsync)
         fsync_fd(fd)
     finally:
         os.close(fd)

@@ -102,7 +102,11 @@ def write_shard(staging: Path, name: str, step: int, tensors: Sequence[TensorSou
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
             checksums = [pool.submit(crc32c.crc32c, tensor.data) for tensor in tensors]
             try:
-                write_new_file(staging / name, [memoryview(header), *(t.data for t in tensors)])
+                write_new_file(
+                    staging / name,
+                    [memoryview(header), *(t.data for t in tensors)],
+                    before_fsync="before_shard_fsync",
+                )
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 raise
@@ -130,12 +134,14 @@ def commit_staged(
     *,
     retention: dict[str, Any] | None = None,
     sequence: int | None = None,
+    when: float | None = None,
 ) -> CheckpointInfo:
     """Write the manifest of every shard last, fsync the staging directory, rename it into
     place (the commit point) and fsync ``directory``. On an error before the commit point
     (a checkpoint past the format's limits included) the staging directory is removed and
     committed checkpoints are untouched. ``sequence`` is the commit's number in the
-    directory; by default the one after the highest there (the caller holds the lock)."""
+    directory; by default the one after the highest there (the caller holds the lock);
+    ``when`` the manifest's time (by default now)."""
     final = committed_path(directory, basename, step)
     records = [record for shard in shards for record in shard.records]
     replaced: Path | None = None
@@ -148,7 +154,7 @@ def commit_staged(
         admit_sequence(number)
         manifest = Manifest(
             step,
-            time.time(),
+            time.time() if when is None else when,
             {s.name: s.info for s in shards},
             records,
             tree,

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._writer import DirectoryWriter, RetentionPolicy
+from trainhooks._store._writer import DirectoryWriter, RetentionPolicy, RetentionRecord
 
 __all__ = ["WriterLease", "open_writer"]
 
@@ -60,6 +60,12 @@ class WriterLease:
         """:meth:`DirectoryWriter.commit` on the shared writer (a background save passes
         its ``cancel`` event)."""
         return self.writer.commit(step, tensors, tree, metadata, cancel=cancel)
+
+    def commit_with(
+        self, step: int, write: Callable[[RetentionRecord, float], CheckpointInfo]
+    ) -> CheckpointInfo:
+        """:meth:`DirectoryWriter.commit_with` on the shared writer (a sharded save)."""
+        return self.writer.commit_with(step, write)
 
     def close(self) -> None:
         """Give the share back; the last one closes the writer (its lock). Idempotent."""

@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ __all__ = [
     "RetentionRecord",
     "plan_retention",
     "prune_checkpoints",
+    "retention_policy",
 ]
 
 
@@ -63,6 +64,20 @@ class RetentionPolicy:
     max_to_keep: int | None
     keep_every: float
     first_keep_time: float
+
+
+def retention_policy(
+    max_to_keep: int | None, keep_checkpoint_every_n_hours: float
+) -> RetentionPolicy:
+    """The policy of TF's ``Saver`` arguments (``max_to_keep`` None or 0 keeps all), counted
+    from now, refusing values TF would not accept."""
+    if max_to_keep is not None and max_to_keep < 0:
+        raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
+    if keep_checkpoint_every_n_hours <= 0:
+        raise ValueError("keep_checkpoint_every_n_hours must be positive")
+    keep_every = keep_checkpoint_every_n_hours * 3600.0
+    # TF counts the first keep from the saver's creation.
+    return RetentionPolicy(max_to_keep or None, keep_every, time.time() + keep_every)
 
 
 @dataclass(frozen=True)
@@ -228,22 +243,9 @@ class DirectoryWriter:
         """Durably commit a checkpoint at ``step`` carrying the retention plan, then delete
         the plan's victims. Returns only once the checkpoint survives a crash. Setting
         ``cancel`` stops the save before its commit point (see ``commit_checkpoint``)."""
-        with self._commit_lock:
-            return self._commit(step, tensors, tree, metadata, cancel)
 
-    def _commit(
-        self,
-        step: int,
-        tensors: Sequence[TensorSource],
-        tree: Any,
-        metadata: dict[str, Any],
-        cancel: threading.Event | None,
-    ) -> CheckpointInfo:
-        self._check_in_place(step)
-        when = time.time()
-        plan = plan_retention(self.record, step, when, self.policy)
-        try:
-            info = commit_checkpoint(
+        def write(plan: RetentionRecord, when: float) -> CheckpointInfo:
+            return commit_checkpoint(
                 self.directory,
                 self.basename,
                 step,
@@ -255,13 +257,28 @@ class DirectoryWriter:
                 sequence=plan.sequence,
                 cancel=cancel,
             )
-        except CheckpointWriteError as exc:
-            if exc.committed:  # on disk and in retention's care, though not yet durable
-                self.record = plan
-            raise
-        self.record = plan
-        self._delete_victims()  # only now that the new checkpoint is durable
-        return info
+
+        return self.commit_with(step, write)
+
+    def commit_with(
+        self, step: int, write: Callable[[RetentionRecord, float], CheckpointInfo]
+    ) -> CheckpointInfo:
+        """Plan retention for a commit at ``step``, let ``write(plan, when)`` commit a
+        checkpoint carrying that plan (a single-process save, or a sharded one whose shards
+        other processes wrote), then delete the plan's victims once it is durable."""
+        with self._commit_lock:
+            self._check_in_place(step)
+            when = time.time()
+            plan = plan_retention(self.record, step, when, self.policy)
+            try:
+                info = write(plan, when)
+            except CheckpointWriteError as exc:
+                if exc.committed:  # on disk and in retention's care, though not yet durable
+                    self.record = plan
+                raise
+            self.record = plan
+            self._delete_victims()  # only now that the new checkpoint is durable
+            return info
 
     @property
     def closed(self) -> bool:
