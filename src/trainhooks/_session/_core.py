@@ -23,9 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from trainhooks._exceptions import (
     EXIT_PREEMPTED,
-    CheckpointNotFoundError,
     Preempted,
     RollbackRequested,
+)
+from trainhooks._session._collective import (
+    DEFAULT_SYNC_EVERY_STEPS,
+    DistributedSession,
+    SyncedCoordinator,
+    detect,
 )
 from trainhooks._session._dispatch import (
     Coordinator,
@@ -39,6 +44,7 @@ from trainhooks._session._dispatch import (
 from trainhooks._session._hook import SessionRunArgs, SessionRunContext
 from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
 from trainhooks._session._preemption import PreemptionSignals, signal_name
+from trainhooks._session._restore import refuse_uncoordinated, restore_latest
 from trainhooks._session._step_context import StepContext, StopRequested
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
@@ -91,6 +97,7 @@ class MonitoredSession:
         steps_per_run: int = 1,
         recoverable_errors: Iterable[type[BaseException]] = (),
         preemption_signals: Iterable[int] = (),
+        sync_every_steps: int = DEFAULT_SYNC_EVERY_STEPS,
     ) -> None:
         if session_creator is not None:
             raise TypeError(
@@ -111,7 +118,11 @@ class MonitoredSession:
         self._hook_states = SessionHookStates(self._hooks)
         self._calls = HookCalls.build(self._hooks)
         self._after_run = tuple(call for _, call in self._calls.after_run)
-        self._coord = Coordinator()
+        self._sync = detect(sync_every_steps)  # None unless torch.distributed, world > 1
+        self._coord = Coordinator() if self._sync is None else SyncedCoordinator()
+        if self._sync is not None:
+            refuse_uncoordinated(self._recoverable)
+            self._sync.attach(self._hooks)
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any
         self._state_changed = False  # a step ran since the last restore/creation
@@ -145,6 +156,13 @@ class MonitoredSession:
         """What a checkpoint holds: ``state`` plus the hooks' and listeners' own states
         (one reserved entry, ``"__trainhooks__"``; see ``_hook_state.py``)."""
         return self._hook_states.around(self.state)
+
+    @property
+    def distributed(self) -> DistributedSession | None:
+        """This rank's place in a ``torch.distributed`` job (None in one process): ``rank``,
+        ``world_size``, ``is_chief``, ``sync_every_steps``, and ``save``, the collective
+        save a chief's saver hook calls (see docs/distributed.md)."""
+        return self._sync
 
     @property
     def restored_checkpoint(self) -> CheckpointInfo | None:
@@ -269,6 +287,9 @@ class MonitoredSession:
             result = fn(*args, **kwargs)
             self.global_step += self.steps_per_run
             self._state_changed = True
+            sync = self._sync
+            if sync is not None and self.global_step >= sync.next_step:
+                sync.at_step(self, self.global_step)  # may join the chief's save
             try:
                 if requests:
                     call_after_run_with_results(self._calls, context, requests, result)
@@ -284,6 +305,8 @@ class MonitoredSession:
             self._roll_back(rollback)
         elif context._stop_requested:
             self._coord.stop = True
+        if sync is not None and sync.saved_at is not None:
+            sync.after_save(self)  # its listeners may have asked to stop
         if self._preempted:  # the step boundary: save, end, raise Preempted
             self._end_preempted()
         return result
@@ -321,33 +344,24 @@ class MonitoredSession:
         """Restore (the latest checkpoint, or ``step``'s) and call ``after_create_session``."""
         self._coord.clear_stop()
         if self._preempted:
-            self._coord.stop = True
+            self._coord.halt()
         if self._checkpoint_dir is not None:
             self._restore(self._checkpoint_dir, step)
         self._state_changed = False
         self._busy = "a hook's after_create_session or a listener it calls"
         try:
+            if self._sync is not None:
+                self._sync.at_creation(self)
             for after_create_session in self._calls.after_create_session:
                 after_create_session(self, self._coord)
+            if self._sync is not None:
+                self._sync.after_creation(self)
         finally:
             self._busy = None
 
     def _restore(self, directory: Path | ObjectPath, step: int | None) -> None:
-        from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
-
-        try:
-            with Saver(max_to_keep=None) as saver:
-                info = saver.restore(self.checkpoint_state, directory, step)
-        except CheckpointNotFoundError:
-            if step is not None:
-                raise
-            # WARNING, not INFO: a mistyped checkpoint_dir looks exactly like a new run
-            _LOG.warning(
-                "no checkpoint found in %s; starting at step %d (expected for a new run; "
-                "to resume, check checkpoint_dir)",
-                directory if isinstance(directory, ObjectPath) else directory.absolute(),
-                self.global_step,
-            )
+        info = restore_latest(self, directory, step)
+        if info is None:
             return
         self.global_step = info.step
         self._restored = info
@@ -360,6 +374,12 @@ class MonitoredSession:
 
     def _roll_back(self, request: RollbackRequested) -> None:
         """Undo the step just run: restore ``request.step``'s checkpoint, skip its data."""
+        if self._sync is not None:
+            raise RuntimeError(
+                f"a hook asked to roll back step {self.global_step} ({request.reason}) in a "
+                "torch.distributed job; rollbacks are not coordinated across ranks yet: use "
+                "NanTensorHook(fail_on_nan_loss=True) there (docs/distributed.md)"
+            ) from request
         if self._checkpoint_dir is None:
             raise RuntimeError(
                 f"a hook asked to roll back step {self.global_step} ({request.reason}), but "
@@ -389,10 +409,18 @@ class MonitoredSession:
 
     def _on_preemption(self, signum: int | None) -> None:
         """The signal handler's whole work: note the request (no I/O, no logging)."""
+        if self._sync is not None:  # every rank acts on it at the next sync point
+            self._sync.note_preemption(signum)
+            return
+        self._agree_preemption(signum)
+
+    def _agree_preemption(self, signum: int | None) -> None:
+        """Act on a preemption request at the next step boundary (at once in one process;
+        under torch.distributed once the ranks agreed on it)."""
         if not self._preempted:
             self._preempt_signal = signum
             self._preempted = True
-        self._coord.stop = True
+        self._coord.halt()
 
     def _recover(self, exc: BaseException) -> None:
         _LOG.warning(
@@ -411,11 +439,13 @@ class MonitoredSession:
         try:
             if normal:
                 self._busy = "a hook's end or a listener it calls"
+                if self._sync is not None:
+                    self._sync.at_end(self)  # the chief's final save is collective
                 for end in self._calls.end:
                     end(self)
         finally:
             self._busy = None
-            self._coord.stop = True
+            self._coord.halt()
             try:
                 self._release_hooks()
             finally:

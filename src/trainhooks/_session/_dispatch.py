@@ -95,6 +95,10 @@ class Coordinator:
         """Whether a stop was requested."""
         return self.stop
 
+    def halt(self) -> None:
+        """Stop now, without asking anyone (the session closes or was preempted)."""
+        self.stop = True
+
     def clear_stop(self) -> None:
         """Forget a stop request (used when a recoverable error re-creates the session)."""
         self.stop = False

@@ -1,0 +1,73 @@
+"""Restoring a session's state at creation: from one process's view or from every rank's.
+
+Kept apart from ``_core.py`` (the per-step machinery): a single-process session restores
+through ``Saver`` (the newest valid checkpoint, older ones on corruption); under
+``torch.distributed`` the ranks agree on the checkpoint (``_collective.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainhooks._exceptions import CheckpointNotFoundError
+from trainhooks._store._remote._url import ObjectPath
+
+if TYPE_CHECKING:
+    from trainhooks._session._core import MonitoredSession
+    from trainhooks._store._info import CheckpointInfo
+
+__all__ = ["refuse_uncoordinated", "restore_latest"]
+
+_LOG = logging.getLogger("trainhooks")
+
+
+def restore_latest(
+    session: MonitoredSession, directory: Path | ObjectPath, step: int | None
+) -> CheckpointInfo | None:
+    """Restore ``session.checkpoint_state`` from ``directory`` (its newest valid checkpoint,
+    or ``step``'s); None, with a warning, when there is none and no ``step`` was asked."""
+    sync = session.distributed
+    if sync is not None:
+        if isinstance(directory, ObjectPath):
+            raise NotImplementedError(
+                f"distributed sessions restore from a shared local directory for now, not "
+                f"{directory} (see docs/distributed.md)"
+            )
+        info = sync.restore(session, directory, step)
+    else:
+        info = _restore_one_process(session, directory, step)
+    if info is None:
+        # WARNING, not INFO: a mistyped checkpoint_dir looks exactly like a new run
+        _LOG.warning(
+            "no checkpoint found in %s; starting at step %d (expected for a new run; "
+            "to resume, check checkpoint_dir)",
+            directory if isinstance(directory, ObjectPath) else directory.absolute(),
+            session.global_step,
+        )
+    return info
+
+
+def _restore_one_process(
+    session: MonitoredSession, directory: Path | ObjectPath, step: int | None
+) -> CheckpointInfo | None:
+    from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
+
+    try:
+        with Saver(max_to_keep=None) as saver:
+            return saver.restore(session.checkpoint_state, directory, step)
+    except CheckpointNotFoundError:
+        if step is not None:
+            raise
+        return None
+
+
+def refuse_uncoordinated(recoverable: tuple[type[BaseException], ...]) -> None:
+    """Refuse what a distributed session cannot do yet: re-create itself on one rank."""
+    if recoverable:
+        raise ValueError(
+            "recoverable_errors is not supported in a torch.distributed job yet: "
+            "re-creating the session on one rank would leave the others waiting; let the "
+            "job fail and relaunch it (every rank resumes from the last checkpoint)"
+        )
