@@ -21,11 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from trainhooks._exceptions import (
-    EXIT_PREEMPTED,
-    Preempted,
-    RollbackRequested,
-)
+from trainhooks._exceptions import RollbackRequested
+from trainhooks._session import _restore as restoring
 from trainhooks._session._collective import (
     DEFAULT_SYNC_EVERY_STEPS,
     DistributedSession,
@@ -40,11 +37,12 @@ from trainhooks._session._dispatch import (
     call_before_run,
     exception_types,
     plain_run_values,
+    release_all,
 )
 from trainhooks._session._hook import SessionRunArgs, SessionRunContext
 from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
-from trainhooks._session._preemption import PreemptionSignals, signal_name
-from trainhooks._session._restore import refuse_uncoordinated, restore_latest
+from trainhooks._session._misuse import nested_run_error, run_after_stop_error
+from trainhooks._session._preemption import PreemptionSignals, log_preemption, preempted
 from trainhooks._session._step_context import StepContext, StopRequested
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
@@ -80,6 +78,11 @@ class MonitoredSession:
     block. A hook's ``after_run`` may raise ``RollbackRequested`` to undo a step: the
     session restores the checkpoint it names and skips the runs of ``skipped_steps`` (see
     docs/preemption.md).
+
+    Under ``torch.distributed`` (initialised, world size > 1) every rank creates the
+    session with the same code: the ranks restore the same checkpoint, join the chief's
+    saves, and agree on stops and preemption at sync points, at least every
+    ``sync_every_steps`` steps (``_collective.py``, docs/distributed.md).
 
     TF's ``session_creator`` has no counterpart (there is no graph to initialise): pass
     ``state=`` and ``checkpoint_dir=`` directly. ``stop_grace_period_secs`` is accepted
@@ -121,7 +124,7 @@ class MonitoredSession:
         self._sync = detect(sync_every_steps)  # None unless torch.distributed, world > 1
         self._coord = Coordinator() if self._sync is None else SyncedCoordinator()
         if self._sync is not None:
-            refuse_uncoordinated(self._recoverable)
+            restoring.refuse_uncoordinated(self._recoverable)
             self._sync.attach(self._hooks)
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any
@@ -312,13 +315,7 @@ class MonitoredSession:
         return result
 
     def _raise_nested_run(self, what: str = "session.run()") -> None:
-        raise RuntimeError(
-            f"{what} was called from inside {self._busy} (global step "
-            f"{self.global_step}); that would run and count a training step inside the "
-            "current one, and trigger the saver's hooks again. To compute a value there, "
-            "call the function directly (e.g. eval_fn(...) or model(x)) and read the "
-            "model from session.state; a hook gets the step's results in run_values"
-        )
+        raise nested_run_error(what, self._busy, self.global_step)
 
     def _raise_if_stopped(self) -> None:
         if self._closed:
@@ -326,11 +323,7 @@ class MonitoredSession:
         if self._preempted:  # a step boundary: save, end, raise Preempted
             self._end_preempted()
         if self._coord.stop:
-            raise RuntimeError(
-                "run called even after should_stop() became true (a hook or the step "
-                f"requested a stop at global step {self.global_step}); loop with "
-                "`while not sess.should_stop(): sess.run(...)`"
-            )
+            raise run_after_stop_error(self.global_step)
 
     def _create_with_recovery(self, step: int | None = None) -> None:
         while True:
@@ -360,7 +353,7 @@ class MonitoredSession:
             self._busy = None
 
     def _restore(self, directory: Path | ObjectPath, step: int | None) -> None:
-        info = restore_latest(self, directory, step)
+        info = restoring.restore_latest(self, directory, step)
         if info is None:
             return
         self.global_step = info.step
@@ -374,37 +367,14 @@ class MonitoredSession:
 
     def _roll_back(self, request: RollbackRequested) -> None:
         """Undo the step just run: restore ``request.step``'s checkpoint, skip its data."""
-        if self._sync is not None:
-            raise RuntimeError(
-                f"a hook asked to roll back step {self.global_step} ({request.reason}) in a "
-                "torch.distributed job; rollbacks are not coordinated across ranks yet: use "
-                "NanTensorHook(fail_on_nan_loss=True) there (docs/distributed.md)"
-            ) from request
-        if self._checkpoint_dir is None:
-            raise RuntimeError(
-                f"a hook asked to roll back step {self.global_step} ({request.reason}), but "
-                "the session has no checkpoint_dir to restore from; pass checkpoint_dir="
-            ) from request
+        restoring.check_rollback(self, request)
         self._skipped = self._skipped | frozenset(request.skip_steps)
-        _LOG.warning(
-            "rolling back step %d (%s): restoring the checkpoint at step %d from %s; "
-            "runs skipped from now on: steps %s",
-            self.global_step,
-            request.reason,
-            request.step,
-            self._checkpoint_dir,
-            sorted(self._skipped),
-        )
+        restoring.log_rollback(self, request)
         self._create_with_recovery(request.step)
 
     def _end_preempted(self) -> None:
         """Close normally at a step boundary after a preemption request: raises Preempted."""
-        _LOG.warning(
-            "preemption requested (%s): ending the session at global step %d; every "
-            "hook's end runs (the checkpoint saver saves this step)",
-            signal_name(self._preempt_signal),
-            self.global_step,
-        )
+        log_preemption(self._preempt_signal, self.global_step)
         self._close(normal=True)
 
     def _on_preemption(self, signum: int | None) -> None:
@@ -423,13 +393,7 @@ class MonitoredSession:
         self._coord.halt()
 
     def _recover(self, exc: BaseException) -> None:
-        _LOG.warning(
-            "recoverable error at global step %d: %r; re-creating the session from the "
-            "latest checkpoint in %s",
-            self.global_step,
-            exc,
-            self._checkpoint_dir,
-        )
+        restoring.log_recovery(self, exc)
         self._create_with_recovery()
 
     def _close(self, *, normal: bool) -> None:
@@ -451,22 +415,8 @@ class MonitoredSession:
             finally:
                 self._signals.restore()  # after the final save: a second signal waits
         if normal and self._preempted:
-            _LOG.warning(
-                "preempted (%s): the session ended at global step %d; raising Preempted "
-                "(exit status %d, EXIT_PREEMPTED) so that the job is requeued and resumes",
-                signal_name(self._preempt_signal),
-                self.global_step,
-                EXIT_PREEMPTED,
-            )
-            raise Preempted(self.global_step, self._preempt_signal)
+            raise preempted(self._preempt_signal, self.global_step)
 
     def _release_hooks(self) -> None:
         """Call every hook's ``release()`` whatever happened; then raise the first error."""
-        errors: list[BaseException] = []
-        for release in self._calls.release:
-            try:
-                release()
-            except Exception as exc:  # release the others first, then report
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        release_all(self._calls.release)

@@ -11,14 +11,20 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainhooks._exceptions import CheckpointNotFoundError
+from trainhooks._exceptions import CheckpointNotFoundError, RollbackRequested
 from trainhooks._store._remote._url import ObjectPath
 
 if TYPE_CHECKING:
     from trainhooks._session._core import MonitoredSession
     from trainhooks._store._info import CheckpointInfo
 
-__all__ = ["refuse_uncoordinated", "restore_latest"]
+__all__ = [
+    "check_rollback",
+    "log_recovery",
+    "log_rollback",
+    "refuse_uncoordinated",
+    "restore_latest",
+]
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -71,3 +77,40 @@ def refuse_uncoordinated(recoverable: tuple[type[BaseException], ...]) -> None:
             "re-creating the session on one rank would leave the others waiting; let the "
             "job fail and relaunch it (every rank resumes from the last checkpoint)"
         )
+
+
+def check_rollback(session: MonitoredSession, request: RollbackRequested) -> None:
+    """Refuse a rollback the session cannot do: no checkpoints, or several ranks."""
+    if session.distributed is not None:
+        raise RuntimeError(
+            f"a hook asked to roll back step {session.global_step} ({request.reason}) in a "
+            "torch.distributed job; rollbacks are not coordinated across ranks yet: use "
+            "NanTensorHook(fail_on_nan_loss=True) there (docs/distributed.md)"
+        ) from request
+    if session.checkpoint_dir is None:
+        raise RuntimeError(
+            f"a hook asked to roll back step {session.global_step} ({request.reason}), but "
+            "the session has no checkpoint_dir to restore from; pass checkpoint_dir="
+        ) from request
+
+
+def log_rollback(session: MonitoredSession, request: RollbackRequested) -> None:
+    _LOG.warning(
+        "rolling back step %d (%s): restoring the checkpoint at step %d from %s; "
+        "runs skipped from now on: steps %s",
+        session.global_step,
+        request.reason,
+        request.step,
+        session.checkpoint_dir,
+        sorted(session.skipped_steps),
+    )
+
+
+def log_recovery(session: MonitoredSession, exc: BaseException) -> None:
+    _LOG.warning(
+        "recoverable error at global step %d: %r; re-creating the session from the "
+        "latest checkpoint in %s",
+        session.global_step,
+        exc,
+        session.checkpoint_dir,
+    )
