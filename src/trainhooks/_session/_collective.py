@@ -14,8 +14,9 @@ creation step: ``grid`` is the chief's ``save_steps`` when it is at most
 no saver, so every step-based save lands on a sync point and no two sync points are more
 than K steps apart. At a sync point one all-reduce of a few integers carries the flags,
 before the hooks' ``after_run`` (so a rank can join the save before its own hooks run, and
-the collectives of hooks that every rank has keep their order); after a save a second one
-carries the stops its listeners asked for. Between sync points a stop or signal is only
+the collectives of hooks that every rank has keep their order); after them a second one
+carries the stops they asked for (a listener's ``after_save`` among them), so those stop
+every rank at that very step. Between sync points a stop or signal is only
 noted: ``should_stop()`` becomes true on every rank at the same sync point.
 
 A hook takes part by having ``collective_save_due(session, phase, step) -> bool``
@@ -108,7 +109,7 @@ class DistributedSession:
         self.sync_every_steps = sync_every_steps
         self.grid = sync_every_steps
         self.next_step = sync_every_steps
-        self.saved_at: int | None = None
+        self.synced_at: int | None = None  # the step of the sync point being run
         self.preempt_signal: int | None = None  # a signal noted here, not yet agreed
         self.preempt_requested = False
         self._savers: list[Any] = []
@@ -179,9 +180,10 @@ class DistributedSession:
         self.next_step += ((step - self.next_step) // self.grid + 1) * self.grid
         self._agree(session, "step", step)
 
-    def after_save(self, session: MonitoredSession) -> None:
-        """After the ``after_run`` of a step that saved: its listeners' stop requests."""
-        self.saved_at = None
+    def after_sync(self, session: MonitoredSession) -> None:
+        """After the ``after_run`` of a sync point: the stops its hooks and listeners asked
+        for (a listener's ``after_save``) stop every rank at this step."""
+        self.synced_at = None
         self._apply(session, self._c.max_ints(self._flags(session)))
 
     def at_end(self, session: MonitoredSession) -> None:
@@ -200,7 +202,7 @@ class DistributedSession:
                 "same number of steps and close its session at the same step"
             )
         self._apply(session, flags[3:])
-        self.saved_at = step if flags[0] and phase == "step" else None
+        self.synced_at = step if phase == "step" else None
         if not self.is_chief:
             for _ in range(flags[0]):
                 self._c.save(session.checkpoint_state, Path("."), step, chief=False)

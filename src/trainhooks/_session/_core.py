@@ -308,8 +308,8 @@ class MonitoredSession:
             self._roll_back(rollback)
         elif context._stop_requested:
             self._coord.stop = True
-        if sync is not None and sync.saved_at is not None:
-            sync.after_save(self)  # its listeners may have asked to stop
+        if sync is not None and sync.synced_at is not None:
+            sync.after_sync(self)  # stops asked for at a sync point: agreed at once
         if self._preempted:  # the step boundary: save, end, raise Preempted
             self._end_preempted()
         return result
