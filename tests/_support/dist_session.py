@@ -213,6 +213,66 @@ def scenario_sigterm(root: Path, rank: int) -> None:
     save(root, "sigterm", rank, {"step": sess.global_step, "code": code})
 
 
+class StepClock:
+    """A clock that reads the global step as seconds: time-based saves, deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scenario_save_secs(root: Path, rank: int) -> None:
+    """save_secs=3 with sync points every 4 steps: the saves land at 4 and 8, then the
+    final one at 10."""
+    model = DistributedDataParallel(w.make_model(seed=6))
+    optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    clock = StepClock()
+    hook = CheckpointSaverHook(root / "secs", save_secs=3, clock=clock)
+    with MonitoredTrainingSession(
+        checkpoint_dir=root / "secs",
+        state={"model": model, "optim": optim},
+        chief_only_hooks=[hook],
+        save_summaries_steps=None,
+        log_step_count_steps=None,
+        sync_every_steps=4,
+    ) as sess:
+        while sess.global_step < 10:
+            clock.now = float(sess.global_step + 1)
+            sess.run(train_step, model, optim, sess.global_step + 1, rank)
+    save(root, "secs", rank, {"step": sess.global_step})
+
+
+def scenario_failed_save(root: Path, rank: int) -> None:
+    """The commit of step 4 fails on rank 0 (EIO before its manifest): every rank raises
+    the same typed error from that step; step 0's checkpoint stays the newest."""
+    from trainhooks._store import _faults
+
+    model = DistributedDataParallel(w.make_model(seed=7))
+    optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    error: str | None = None
+    sess = None
+    try:
+        with MonitoredTrainingSession(
+            checkpoint_dir=root / "failed",
+            state={"model": model, "optim": optim},
+            save_checkpoint_steps=4,
+            save_summaries_steps=None,
+            log_step_count_steps=None,
+        ) as sess:
+            if rank == 0:
+                _faults.configure("before_manifest=eio")
+            while sess.global_step < 10:
+                sess.run(train_step, model, optim, sess.global_step + 1, rank)
+    except trainhooks.CheckpointError as exc:
+        error = type(exc).__name__
+    finally:
+        _faults.configure(None)
+    assert sess is not None
+    save(root, "failed", rank, {"step": sess.global_step, "error": error})
+
+
 def two_ranks(rank: int, world: int, port: int, root: str) -> None:
     """The one 2-rank launch of tests/dist/test_session.py."""
     w.init(rank, world, port)
@@ -221,6 +281,8 @@ def two_ranks(rank: int, world: int, port: int, root: str) -> None:
     scenario_listener_stop(base, rank)
     scenario_stop_on_one_rank(base, rank)
     scenario_fsdp(base, rank, world)
+    scenario_save_secs(base, rank)
+    scenario_failed_save(base, rank)
     scenario_sigterm(base, rank)
     dist.barrier()
     dist.destroy_process_group()

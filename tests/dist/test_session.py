@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 
 import trainhooks
 from _support import dist_session as s
 from _support import dist_workers as w
 from trainhooks import EXIT_PREEMPTED
-from trainhooks.distributed import ModelOptimizerState, load_sharded
+from trainhooks.distributed import ModelOptimizerState, ShardedWriter, load_sharded
 
 
 def _free_port() -> int:
@@ -98,3 +99,34 @@ def test_trainhooks_load_reads_a_session_checkpoint_in_one_process(launched: Pat
     weights = loaded["model"]["module.0.weight"]
     assert isinstance(weights, np.ndarray) and weights.shape == (16, 8)
     assert loaded["optim"]["state"][0]["exp_avg"].shape == (16, 8)
+
+
+def test_save_secs_saves_land_on_sync_points(launched: Path) -> None:
+    assert [r["step"] for r in _results(launched, "secs")] == [10, 10]
+    assert _steps(launched / "secs") == [0, 4, 8, 10]  # timer due at 3 and 7; end at 10
+
+
+def test_failed_collective_save_raises_the_same_typed_error_on_every_rank(
+    launched: Path,
+) -> None:
+    ranks = _results(launched, "failed")
+    assert ranks == [{"step": 4, "error": "CheckpointWriteError"}] * 2
+    assert _steps(launched / "failed") == [0]
+    assert not [p for p in (launched / "failed").iterdir() if ".tmp-" in p.name]
+
+
+def test_chief_saver_retention_applies_to_sharded_commits(tmp_path: Path) -> None:
+    # One process, no process group: DCP saves locally, the saver keeps 2 checkpoints.
+    state = {"w": torch.arange(4.0)}
+    with trainhooks.Saver(max_to_keep=2) as saver:
+        for step in (1, 2, 3):
+
+            def commit(retention: Any, step: int = step) -> trainhooks.CheckpointInfo:
+                writer = ShardedWriter(tmp_path, step, lock=False, retention=retention)
+                dcp.save(state, storage_writer=writer)
+                assert writer.info is not None
+                return writer.info
+
+            saver.commit_with(tmp_path, step, commit)
+    assert _steps(tmp_path) == [2, 3]
+    assert trainhooks.load(tmp_path / "ckpt-000000000003")["w"].tolist() == [0, 1, 2, 3]
