@@ -273,6 +273,23 @@ def scenario_failed_save(root: Path, rank: int) -> None:
     save(root, "failed", rank, {"step": sess.global_step, "error": error})
 
 
+def scenario_chief_refuses(root: Path, rank: int) -> None:
+    """async_save=True is refused on the chief at creation; the other rank is told so
+    instead of waiting for it."""
+    error = None
+    try:
+        MonitoredTrainingSession(
+            checkpoint_dir=root / "refused",
+            state={"w": torch.zeros(2)},
+            save_summaries_steps=None,
+            log_step_count_steps=None,
+            async_save=True,
+        )
+    except (NotImplementedError, RuntimeError) as exc:
+        error = type(exc).__name__
+    save(root, "refused", rank, {"error": error})
+
+
 def two_ranks(rank: int, world: int, port: int, root: str) -> None:
     """The one 2-rank launch of tests/dist/test_session.py."""
     w.init(rank, world, port)
@@ -283,6 +300,7 @@ def two_ranks(rank: int, world: int, port: int, root: str) -> None:
     scenario_fsdp(base, rank, world)
     scenario_save_secs(base, rank)
     scenario_failed_save(base, rank)
+    scenario_chief_refuses(base, rank)
     scenario_sigterm(base, rank)
     dist.barrier()
     dist.destroy_process_group()

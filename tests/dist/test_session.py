@@ -115,6 +115,11 @@ def test_failed_collective_save_raises_the_same_typed_error_on_every_rank(
     assert not [p for p in (launched / "failed").iterdir() if ".tmp-" in p.name]
 
 
+def test_an_error_on_the_chief_at_a_sync_point_reaches_every_rank(launched: Path) -> None:
+    errors = [r["error"] for r in _results(launched, "refused")]
+    assert errors == ["NotImplementedError", "RuntimeError"]  # rank 1: "the chief failed"
+
+
 def test_chief_saver_retention_applies_to_sharded_commits(tmp_path: Path) -> None:
     # One process, no process group: DCP saves locally, the saver keeps 2 checkpoints.
     state = {"w": torch.arange(4.0)}

@@ -191,17 +191,29 @@ class DistributedSession:
         self._agree(session, "end", session.global_step)
 
     def _agree(self, session: MonitoredSession, phase: str, step: int) -> None:
-        count = 0
+        count, failure = 0, None
         if self.is_chief:
-            count = sum(bool(h.collective_save_due(session, phase, step)) for h in self._savers)
-        flags = self._c.max_ints([count, step, -step, *self._flags(session)])
+            try:
+                count = sum(bool(h.collective_save_due(session, phase, step)) for h in self._savers)
+            except Exception as exc:  # tell the other ranks before raising, or they would wait
+                failure = exc
+        flags = self._c.max_ints(
+            [count, step, -step, int(failure is not None), *self._flags(session)]
+        )
+        if flags[3]:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(
+                f"the chief (rank 0) failed at the sync point ({phase}) of step {step}; its "
+                "error is in its log"
+            )
         if flags[1] != -flags[2]:
             raise RuntimeError(
                 f"the ranks reached a sync point ({phase}) at different global steps "
                 f"({-flags[2]} to {flags[1]}; this rank: {step}): every rank must run the "
                 "same number of steps and close its session at the same step"
             )
-        self._apply(session, flags[3:])
+        self._apply(session, flags[4:])
         self.synced_at = step if phase == "step" else None
         if not self.is_chief:
             for _ in range(flags[0]):
