@@ -26,6 +26,7 @@ from trainhooks import (
     CheckpointSaverHook,
     CheckpointSaverListener,
     MonitoredTrainingSession,
+    NanTensorHook,
     StopAtStepHook,
 )
 from trainhooks.distributed import ModelOptimizerState
@@ -287,7 +288,16 @@ def scenario_chief_refuses(root: Path, rank: int) -> None:
         )
     except (NotImplementedError, RuntimeError) as exc:
         error = type(exc).__name__
-    save(root, "refused", rank, {"error": error})
+    rollback = None
+    try:
+        MonitoredTrainingSession(
+            checkpoint_dir=root / "refused",
+            state={"w": torch.zeros(2)},
+            hooks=[NanTensorHook("loss", rollback=True)],
+        )
+    except ValueError as exc:
+        rollback = str(exc)
+    save(root, "refused", rank, {"error": error, "rollback": rollback})
 
 
 def two_ranks(rank: int, world: int, port: int, root: str) -> None:

@@ -41,7 +41,7 @@ from trainhooks._session._dispatch import (
 )
 from trainhooks._session._hook import SessionRunArgs, SessionRunContext
 from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
-from trainhooks._session._misuse import nested_run_error, run_after_stop_error
+from trainhooks._session._misuse import check_arguments, nested_run_error, run_after_stop_error
 from trainhooks._session._preemption import PreemptionSignals, log_preemption, preempted
 from trainhooks._session._step_context import StepContext, StopRequested
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
@@ -102,13 +102,7 @@ class MonitoredSession:
         preemption_signals: Iterable[int] = (),
         sync_every_steps: int = DEFAULT_SYNC_EVERY_STEPS,
     ) -> None:
-        if session_creator is not None:
-            raise TypeError(
-                "trainhooks sessions have no session_creator (there is no graph to "
-                "initialise); pass state=... and checkpoint_dir=... to the session instead"
-            )
-        if not isinstance(steps_per_run, int) or steps_per_run < 1:
-            raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
+        check_arguments(session_creator, steps_per_run)
         self.state: MutableMapping[str, Any] = {} if state is None else state
         refuse_reserved_key(self.state)
         self.global_step: int = 0
@@ -124,7 +118,7 @@ class MonitoredSession:
         self._sync = detect(sync_every_steps)  # None unless torch.distributed, world > 1
         self._coord = Coordinator() if self._sync is None else SyncedCoordinator()
         if self._sync is not None:
-            restoring.refuse_uncoordinated(self._recoverable)
+            restoring.refuse_uncoordinated(self._recoverable, self._hooks)
             self._sync.attach(self._hooks)
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any

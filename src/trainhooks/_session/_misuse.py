@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-__all__ = ["nested_run_error", "run_after_stop_error"]
+from typing import Any
+
+__all__ = ["check_arguments", "nested_run_error", "run_after_stop_error"]
+
+
+def check_arguments(session_creator: Any, steps_per_run: Any) -> None:
+    """Refuse TF's ``session_creator`` and a ``steps_per_run`` that is no positive int."""
+    if session_creator is not None:
+        raise TypeError(
+            "trainhooks sessions have no session_creator (there is no graph to "
+            "initialise); pass state=... and checkpoint_dir=... to the session instead"
+        )
+    if not isinstance(steps_per_run, int) or steps_per_run < 1:
+        raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
 
 
 def nested_run_error(what: str, busy: str | None, step: int) -> RuntimeError:

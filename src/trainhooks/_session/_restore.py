@@ -69,8 +69,16 @@ def _restore_one_process(
         return None
 
 
-def refuse_uncoordinated(recoverable: tuple[type[BaseException], ...]) -> None:
-    """Refuse what a distributed session cannot do yet: re-create itself on one rank."""
+def refuse_uncoordinated(recoverable: tuple[type[BaseException], ...], hooks: list[object]) -> None:
+    """Refuse what a distributed session cannot do yet: re-create itself on one rank (a
+    recoverable error, a rollback), before any rank trains."""
+    rolling = [type(h).__name__ for h in hooks if getattr(h, "rolls_back", False) is True]
+    if rolling:
+        raise ValueError(
+            f"{', '.join(rolling)} rolls steps back, which is not coordinated across the "
+            "ranks of a torch.distributed job yet; use NanTensorHook(fail_on_nan_loss=True) "
+            "there, or rollback=False (docs/distributed.md)"
+        )
     if recoverable:
         raise ValueError(
             "recoverable_errors is not supported in a torch.distributed job yet: "
