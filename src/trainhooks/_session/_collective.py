@@ -9,15 +9,16 @@ session only needs the ranks to agree on four things, and only at **sync points*
 - at creation and at close: the same global step, and whether the chief saves then.
 
 Sync points are the session's creation, its close, and every ``grid`` steps from the
-creation step: ``grid`` is the chief's ``save_steps`` when it is at most
-``sync_every_steps`` (K), else their greatest common divisor, or K for a time-based or
-no saver, so every step-based save lands on a sync point and no two sync points are more
-than K steps apart. At a sync point one all-reduce of a few integers carries the flags,
-before the hooks' ``after_run`` (so a rank can join the save before its own hooks run, and
-the collectives of hooks that every rank has keep their order); after them a second one
-carries the stops they asked for (a listener's ``after_save`` among them), so those stop
-every rank at that very step. Between sync points a stop or signal is only
-noted: ``should_stop()`` becomes true on every rank at the same sync point.
+creation step: ``grid`` is the chief's ``save_steps`` (of several saver hooks: their
+greatest common divisor) when it is at most ``sync_every_steps`` (K), else the greatest
+common divisor of both, or K for a time-based or no saver: so every step-based save lands
+on a sync point, and no two sync points are more than K steps apart. At a sync point one
+all-reduce of a few integers carries the flags, before the hooks' ``after_run`` (so a
+rank can join the save before its own hooks run, and the collectives of hooks that every
+rank has keep their order); after them a second one carries the stops they asked for (a
+listener's ``after_save`` among them), so those stop every rank at that very step.
+Between sync points a stop or signal is only noted: ``should_stop()`` becomes true on
+every rank at the same sync point.
 
 A hook takes part by having ``collective_save_due(session, phase, step) -> bool``
 (``phase``: ``"create"``, ``"step"`` or ``"end"``) and ``collective_save_steps`` (its
@@ -163,7 +164,7 @@ class DistributedSession:
         if not self._scheduled:
             self._scheduled = True
             mine = [getattr(h, "collective_save_steps", None) for h in self._savers]
-            steps = min((s for s in mine if s), default=0)
+            steps = math.gcd(*(int(s) for s in mine if s))  # every saver's steps; 0: none
             schedule = self._c.broadcast_ints([self.sync_every_steps, steps])
             self.sync_every_steps = schedule[0]
             self.grid = _grid(schedule[0], schedule[1] or None)
