@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import trainhooks as th
+from _support.reliability import long_only
 from _support.trees import assert_same_tree
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -134,3 +135,19 @@ def test_preemptible_job_saves_on_sigterm_exits_75_and_the_relaunch_resumes_exac
     want = th.load(th.latest_checkpoint(reference_dir).path)
     got = th.load(th.latest_checkpoint(job_dir).path)
     assert_same_tree(got, want)
+
+
+@long_only  # two torchrun launches of 2 ranks (~10 s); the session itself is tested in dist/
+def test_torchrun_ddp_example_trains_and_resumes_on_relaunch(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc-per-node", "2"]
+    command += [str(EXAMPLES / "torchrun_ddp.py"), str(tmp_path / "run")]
+    outputs = []
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+    assert "rank 0: steps 0 -> 25" in outputs[0] and "rank 1: steps 0 -> 25" in outputs[0]
+    assert "rank 0: steps 25 -> 50" in outputs[1] and "rank 1: steps 25 -> 50" in outputs[1]
+    assert "rank 0: checkpoint of step 50 committed" in outputs[1]
+    assert [i.step for i in th.list_checkpoints(tmp_path / "run")] == [20, 25, 35, 45, 50]

@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -33,6 +33,7 @@ from trainhooks._exceptions import (
 from trainhooks._state._adapters._registry import new_array
 from trainhooks._state._apply import apply_state
 from trainhooks._state._decode import decode_tree, to_plain
+from trainhooks._state._dist_entries import unfold_distributed
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
 from trainhooks._state._reserved import HOOK_STATE_KEY
@@ -172,6 +173,23 @@ class Saver:
         metadata = checked_metadata(metadata)
         tree, tensors = encode_state(state)
         return self._writer(directory, step).commit(step, tensors, tree, metadata)
+
+    def commit_with(
+        self,
+        directory: str | os.PathLike[str],
+        step: int,
+        commit: Callable[[dict[str, Any]], CheckpointInfo],
+    ) -> CheckpointInfo:
+        """Commit a checkpoint that ``commit`` writes itself (a collective save of several
+        processes) in ``directory`` under this saver's lock and retention: ``commit`` gets
+        the retention record to store in its manifest; ``max_to_keep`` applies as for
+        :meth:`save`. Local directories only."""
+        _check_step(step)
+        _check_local(directory)
+        self._background.drain()
+        lease = self._writer(directory, step)
+        assert isinstance(lease, WriterLease)  # a local directory's
+        return lease.writer.commit_with(step, commit)
 
     def acquire(self, directory: str | os.PathLike[str]) -> None:
         """Become the writer of ``directory`` now rather than at the first save.
@@ -441,7 +459,7 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     """
     with open_reader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
-    return plain
+    return unfold_distributed(plain)
 
 
 @overload

@@ -6,4 +6,5 @@
 - ``listeners``: one real training run for listener tests;
 - ``reliability``: the zygote, the reference trajectory and the crash-test checks;
 - ``child_train``: the training child process the reliability suite kills.
+- ``dist_workers`` / ``dist_session``: what each rank of the distributed tests runs.
 """

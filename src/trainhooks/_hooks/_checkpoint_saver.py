@@ -154,6 +154,8 @@ class CheckpointSaverHook(SessionRunHook):
         self.name = name or type(self).__name__
         self._async = async_save
         self._pending: deque[_PendingSave] = deque()  # async saves awaiting after_save
+        self._save_steps = save_steps
+        self._due_step: int | None = None  # under torch.distributed: the agreed save
 
     @property
     def checkpoint_dir(self) -> Path | ObjectPath:
@@ -203,7 +205,11 @@ class CheckpointSaverHook(SessionRunHook):
         session = run_context.session
         step = session.global_step
         stop = bool(self._pending) and self._deliver(session)
-        if self._timer.should_trigger_for_step(step):
+        if session.distributed is None:
+            trigger = self._timer.should_trigger_for_step(step)
+        else:  # decided at the sync point, before any hook ran (collective_save_due)
+            trigger, self._due_step = self._due_step == step, None
+        if trigger:
             self._timer.update_last_triggered_step(step)
             stop = self._save(session, step) or stop
         if stop:
@@ -236,6 +242,32 @@ class CheckpointSaverHook(SessionRunHook):
                     _LOG.error(
                         "the checkpoint save of a closing session failed: %s", future.exception()
                     )
+
+    # -- under torch.distributed ---------------------------------------------------------
+
+    @property
+    def collective_save_steps(self) -> int | None:
+        """The step interval of the saves (None for ``save_secs``): under
+        ``torch.distributed`` the chief sends it to every rank at creation, so that every
+        save step is a sync point."""
+        return self._save_steps
+
+    def collective_save_due(self, session: HookSession, phase: str, step: int) -> bool:
+        """Whether this hook saves in ``phase`` (``"create"``, ``"step"``, ``"end"``) at
+        ``step``; asked on the chief of a ``torch.distributed`` job before the phase's
+        hooks run, so that every rank joins the save (``_session/_collective.py``). With
+        ``save_secs`` a save lands at the first sync point after the timer fired."""
+        if self._async:
+            raise NotImplementedError(
+                "async_save=True is not supported in a torch.distributed job yet; pass "
+                "async_save=False (docs/distributed.md)"
+            )
+        if phase == "step":
+            due = self._timer.should_trigger_for_step(step)
+            self._due_step = step if due else None
+        else:
+            due = phase == "create" or step != self._timer.last_triggered_step()
+        return due and not self._is_unchanged_on_disk(session, step)
 
     # -- the state it carries across restarts --------------------------------------------
 
@@ -280,6 +312,10 @@ class CheckpointSaverHook(SessionRunHook):
                 step,
                 self._checkpoint_dir,
             )
+        elif session.distributed is not None:
+            _LOG.info("Saving checkpoints for %d into %s (all ranks).", step, self._checkpoint_dir)
+            state = session.checkpoint_state
+            session.distributed.save(state, self._checkpoint_dir, step, self._saver)
         elif self._async:
             _LOG.info("Snapshotting checkpoint %d for %s.", step, self._checkpoint_dir)
             saver = cast(_SupportsAsyncSave, self._saver)

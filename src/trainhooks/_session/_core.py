@@ -21,11 +21,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from trainhooks._exceptions import (
-    EXIT_PREEMPTED,
-    CheckpointNotFoundError,
-    Preempted,
-    RollbackRequested,
+from trainhooks._exceptions import RollbackRequested
+from trainhooks._session import _restore as restoring
+from trainhooks._session._collective import (
+    DEFAULT_SYNC_EVERY_STEPS,
+    DistributedSession,
+    SyncedCoordinator,
+    detect,
 )
 from trainhooks._session._dispatch import (
     Coordinator,
@@ -35,10 +37,12 @@ from trainhooks._session._dispatch import (
     call_before_run,
     exception_types,
     plain_run_values,
+    release_all,
 )
 from trainhooks._session._hook import SessionRunArgs, SessionRunContext
 from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
-from trainhooks._session._preemption import PreemptionSignals, signal_name
+from trainhooks._session._misuse import check_arguments, nested_run_error, run_after_stop_error
+from trainhooks._session._preemption import PreemptionSignals, log_preemption, preempted
 from trainhooks._session._step_context import StepContext, StopRequested
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
@@ -75,6 +79,11 @@ class MonitoredSession:
     session restores the checkpoint it names and skips the runs of ``skipped_steps`` (see
     docs/preemption.md).
 
+    Under ``torch.distributed`` (initialised, world size > 1) every rank creates the
+    session with the same code: the ranks restore the same checkpoint, join the chief's
+    saves, and agree on stops and preemption at sync points, at least every
+    ``sync_every_steps`` steps (``_collective.py``, docs/distributed.md).
+
     TF's ``session_creator`` has no counterpart (there is no graph to initialise): pass
     ``state=`` and ``checkpoint_dir=`` directly. ``stop_grace_period_secs`` is accepted
     and ignored (no queue-runner threads to join).
@@ -91,14 +100,9 @@ class MonitoredSession:
         steps_per_run: int = 1,
         recoverable_errors: Iterable[type[BaseException]] = (),
         preemption_signals: Iterable[int] = (),
+        sync_every_steps: int = DEFAULT_SYNC_EVERY_STEPS,
     ) -> None:
-        if session_creator is not None:
-            raise TypeError(
-                "trainhooks sessions have no session_creator (there is no graph to "
-                "initialise); pass state=... and checkpoint_dir=... to the session instead"
-            )
-        if not isinstance(steps_per_run, int) or steps_per_run < 1:
-            raise ValueError(f"steps_per_run must be a positive int, got {steps_per_run!r}")
+        check_arguments(session_creator, steps_per_run)
         self.state: MutableMapping[str, Any] = {} if state is None else state
         refuse_reserved_key(self.state)
         self.global_step: int = 0
@@ -111,7 +115,11 @@ class MonitoredSession:
         self._hook_states = SessionHookStates(self._hooks)
         self._calls = HookCalls.build(self._hooks)
         self._after_run = tuple(call for _, call in self._calls.after_run)
-        self._coord = Coordinator()
+        self._sync = detect(sync_every_steps)  # None unless torch.distributed, world > 1
+        self._coord = Coordinator() if self._sync is None else SyncedCoordinator()
+        if self._sync is not None:
+            restoring.refuse_uncoordinated(self._recoverable, self._hooks)
+            self._sync.attach(self._hooks)
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any
         self._state_changed = False  # a step ran since the last restore/creation
@@ -145,6 +153,13 @@ class MonitoredSession:
         """What a checkpoint holds: ``state`` plus the hooks' and listeners' own states
         (one reserved entry, ``"__trainhooks__"``; see ``_hook_state.py``)."""
         return self._hook_states.around(self.state)
+
+    @property
+    def distributed(self) -> DistributedSession | None:
+        """This rank's place in a ``torch.distributed`` job (None in one process): ``rank``,
+        ``world_size``, ``is_chief``, ``sync_every_steps``, and ``save``, the collective
+        save a chief's saver hook calls (see docs/distributed.md)."""
+        return self._sync
 
     @property
     def restored_checkpoint(self) -> CheckpointInfo | None:
@@ -269,6 +284,9 @@ class MonitoredSession:
             result = fn(*args, **kwargs)
             self.global_step += self.steps_per_run
             self._state_changed = True
+            sync = self._sync
+            if sync is not None and self.global_step >= sync.next_step:
+                sync.at_step(self, self.global_step)  # may join the chief's save
             try:
                 if requests:
                     call_after_run_with_results(self._calls, context, requests, result)
@@ -284,18 +302,14 @@ class MonitoredSession:
             self._roll_back(rollback)
         elif context._stop_requested:
             self._coord.stop = True
+        if sync is not None and sync.synced_at is not None:
+            sync.after_sync(self)  # stops asked for at a sync point: agreed at once
         if self._preempted:  # the step boundary: save, end, raise Preempted
             self._end_preempted()
         return result
 
     def _raise_nested_run(self, what: str = "session.run()") -> None:
-        raise RuntimeError(
-            f"{what} was called from inside {self._busy} (global step "
-            f"{self.global_step}); that would run and count a training step inside the "
-            "current one, and trigger the saver's hooks again. To compute a value there, "
-            "call the function directly (e.g. eval_fn(...) or model(x)) and read the "
-            "model from session.state; a hook gets the step's results in run_values"
-        )
+        raise nested_run_error(what, self._busy, self.global_step)
 
     def _raise_if_stopped(self) -> None:
         if self._closed:
@@ -303,11 +317,7 @@ class MonitoredSession:
         if self._preempted:  # a step boundary: save, end, raise Preempted
             self._end_preempted()
         if self._coord.stop:
-            raise RuntimeError(
-                "run called even after should_stop() became true (a hook or the step "
-                f"requested a stop at global step {self.global_step}); loop with "
-                "`while not sess.should_stop(): sess.run(...)`"
-            )
+            raise run_after_stop_error(self.global_step)
 
     def _create_with_recovery(self, step: int | None = None) -> None:
         while True:
@@ -321,33 +331,24 @@ class MonitoredSession:
         """Restore (the latest checkpoint, or ``step``'s) and call ``after_create_session``."""
         self._coord.clear_stop()
         if self._preempted:
-            self._coord.stop = True
+            self._coord.halt()
         if self._checkpoint_dir is not None:
             self._restore(self._checkpoint_dir, step)
         self._state_changed = False
         self._busy = "a hook's after_create_session or a listener it calls"
         try:
+            if self._sync is not None:
+                self._sync.at_creation(self)
             for after_create_session in self._calls.after_create_session:
                 after_create_session(self, self._coord)
+            if self._sync is not None:
+                self._sync.after_creation(self)
         finally:
             self._busy = None
 
     def _restore(self, directory: Path | ObjectPath, step: int | None) -> None:
-        from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
-
-        try:
-            with Saver(max_to_keep=None) as saver:
-                info = saver.restore(self.checkpoint_state, directory, step)
-        except CheckpointNotFoundError:
-            if step is not None:
-                raise
-            # WARNING, not INFO: a mistyped checkpoint_dir looks exactly like a new run
-            _LOG.warning(
-                "no checkpoint found in %s; starting at step %d (expected for a new run; "
-                "to resume, check checkpoint_dir)",
-                directory if isinstance(directory, ObjectPath) else directory.absolute(),
-                self.global_step,
-            )
+        info = restoring.restore_latest(self, directory, step)
+        if info is None:
             return
         self.global_step = info.step
         self._restored = info
@@ -360,48 +361,33 @@ class MonitoredSession:
 
     def _roll_back(self, request: RollbackRequested) -> None:
         """Undo the step just run: restore ``request.step``'s checkpoint, skip its data."""
-        if self._checkpoint_dir is None:
-            raise RuntimeError(
-                f"a hook asked to roll back step {self.global_step} ({request.reason}), but "
-                "the session has no checkpoint_dir to restore from; pass checkpoint_dir="
-            ) from request
+        restoring.check_rollback(self, request)
         self._skipped = self._skipped | frozenset(request.skip_steps)
-        _LOG.warning(
-            "rolling back step %d (%s): restoring the checkpoint at step %d from %s; "
-            "runs skipped from now on: steps %s",
-            self.global_step,
-            request.reason,
-            request.step,
-            self._checkpoint_dir,
-            sorted(self._skipped),
-        )
+        restoring.log_rollback(self, request)
         self._create_with_recovery(request.step)
 
     def _end_preempted(self) -> None:
         """Close normally at a step boundary after a preemption request: raises Preempted."""
-        _LOG.warning(
-            "preemption requested (%s): ending the session at global step %d; every "
-            "hook's end runs (the checkpoint saver saves this step)",
-            signal_name(self._preempt_signal),
-            self.global_step,
-        )
+        log_preemption(self._preempt_signal, self.global_step)
         self._close(normal=True)
 
     def _on_preemption(self, signum: int | None) -> None:
         """The signal handler's whole work: note the request (no I/O, no logging)."""
+        if self._sync is not None:  # every rank acts on it at the next sync point
+            self._sync.note_preemption(signum)
+            return
+        self._agree_preemption(signum)
+
+    def _agree_preemption(self, signum: int | None) -> None:
+        """Act on a preemption request at the next step boundary (at once in one process;
+        under torch.distributed once the ranks agreed on it)."""
         if not self._preempted:
             self._preempt_signal = signum
             self._preempted = True
-        self._coord.stop = True
+        self._coord.halt()
 
     def _recover(self, exc: BaseException) -> None:
-        _LOG.warning(
-            "recoverable error at global step %d: %r; re-creating the session from the "
-            "latest checkpoint in %s",
-            self.global_step,
-            exc,
-            self._checkpoint_dir,
-        )
+        restoring.log_recovery(self, exc)
         self._create_with_recovery()
 
     def _close(self, *, normal: bool) -> None:
@@ -411,32 +397,20 @@ class MonitoredSession:
         try:
             if normal:
                 self._busy = "a hook's end or a listener it calls"
+                if self._sync is not None:
+                    self._sync.at_end(self)  # the chief's final save is collective
                 for end in self._calls.end:
                     end(self)
         finally:
             self._busy = None
-            self._coord.stop = True
+            self._coord.halt()
             try:
                 self._release_hooks()
             finally:
                 self._signals.restore()  # after the final save: a second signal waits
         if normal and self._preempted:
-            _LOG.warning(
-                "preempted (%s): the session ended at global step %d; raising Preempted "
-                "(exit status %d, EXIT_PREEMPTED) so that the job is requeued and resumes",
-                signal_name(self._preempt_signal),
-                self.global_step,
-                EXIT_PREEMPTED,
-            )
-            raise Preempted(self.global_step, self._preempt_signal)
+            raise preempted(self._preempt_signal, self.global_step)
 
     def _release_hooks(self) -> None:
         """Call every hook's ``release()`` whatever happened; then raise the first error."""
-        errors: list[BaseException] = []
-        for release in self._calls.release:
-            try:
-                release()
-            except Exception as exc:  # release the others first, then report
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        release_all(self._calls.release)

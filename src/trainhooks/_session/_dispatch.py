@@ -28,6 +28,7 @@ __all__ = [
     "call_before_run",
     "exception_types",
     "plain_run_values",
+    "release_all",
 ]
 
 
@@ -95,6 +96,10 @@ class Coordinator:
         """Whether a stop was requested."""
         return self.stop
 
+    def halt(self) -> None:
+        """Stop now, without asking anyone (the session closes or was preempted)."""
+        self.stop = True
+
     def clear_stop(self) -> None:
         """Forget a stop request (used when a recoverable error re-creates the session)."""
         self.stop = False
@@ -161,3 +166,15 @@ def exception_types(types: Iterable[type[BaseException]]) -> tuple[type[BaseExce
         if not (isinstance(t, type) and issubclass(t, BaseException)):
             raise TypeError(f"recoverable_errors must hold exception classes, got {t!r}")
     return result
+
+
+def release_all(releases: Sequence[Callable[[], None]]) -> None:
+    """Call every hook's ``release()`` whatever happened; then raise the first error."""
+    errors: list[BaseException] = []
+    for release in releases:
+        try:
+            release()
+        except Exception as exc:  # release the others first, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]

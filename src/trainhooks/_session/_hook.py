@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from trainhooks._store._remote._url import ObjectPath
 
 if TYPE_CHECKING:
+    from trainhooks._session._collective import DistributedSession
     from trainhooks._store._info import CheckpointInfo
 
 __all__ = [
@@ -106,6 +107,16 @@ class HookSession(Protocol):
         None when nothing was restored and as soon as a step has run since the restore.
         ``CheckpointSaverHook`` reads it to skip rewriting a checkpoint identical to the
         one on disk.
+        """
+        ...
+
+    @property
+    def distributed(self) -> DistributedSession | None:
+        """Under ``torch.distributed`` (world > 1): this rank's ``rank``, ``world_size``,
+        ``is_chief``, and the collective ``save`` a chief's saver hook calls; else None.
+
+        A hook that saves implements ``collective_save_due`` to take part (see
+        ``_session/_collective.py`` and docs/distributed.md).
         """
         ...
 

@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-__all__ = ["PreemptionSignals", "signal_name"]
+from trainhooks._exceptions import EXIT_PREEMPTED, Preempted
+
+__all__ = ["PreemptionSignals", "log_preemption", "preempted", "signal_name"]
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -93,6 +95,28 @@ class PreemptionSignals:
             signal.raise_signal(signum)
             return
         on_signal(signum)
+
+
+def log_preemption(signum: int | None, step: int) -> None:
+    """The session is about to close after a preemption request."""
+    _LOG.warning(
+        "preemption requested (%s): ending the session at global step %d; every "
+        "hook's end runs (the checkpoint saver saves this step)",
+        signal_name(signum),
+        step,
+    )
+
+
+def preempted(signum: int | None, step: int) -> Preempted:
+    """The ``Preempted`` a session raises once closed after a preemption (logged)."""
+    _LOG.warning(
+        "preempted (%s): the session ended at global step %d; raising Preempted "
+        "(exit status %d, EXIT_PREEMPTED) so that the job is requeued and resumes",
+        signal_name(signum),
+        step,
+        EXIT_PREEMPTED,
+    )
+    return Preempted(step, signum)
 
 
 def _checked(signals: Iterable[int]) -> tuple[int, ...]:

@@ -9,6 +9,12 @@ a session's checkpoint restores into a plain state mapping that lacks it.
 
 from __future__ import annotations
 
-__all__ = ["HOOK_STATE_KEY"]
+__all__ = ["DIST_HOOKS_ENTRY", "DIST_REPLICATED_ENTRY", "HOOK_STATE_KEY"]
 
 HOOK_STATE_KEY = "__trainhooks__"
+
+# A distributed session's checkpoint (``_dist/_state_dict.py``) holds its replicated entries
+# and the chief's hooks' states as an encoded tree (a JSON string) plus its tensors, under
+# these two names beside the DCP-native entries.
+DIST_REPLICATED_ENTRY = "__trainhooks_state__"
+DIST_HOOKS_ENTRY = "__trainhooks_hooks__"

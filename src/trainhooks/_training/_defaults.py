@@ -16,7 +16,13 @@ from trainhooks._hooks._resume_check import ResumeCheckHook
 from trainhooks._hooks._step_counter import StepCounterHook
 from trainhooks._store._remote._url import as_url
 
-__all__ = ["UseDefault", "default_is_chief", "resolve_default", "training_hooks"]
+__all__ = [
+    "UseDefault",
+    "check_chief_is_rank_zero",
+    "default_is_chief",
+    "resolve_default",
+    "training_hooks",
+]
 
 _LOG = logging.getLogger("trainhooks")
 _Number = TypeVar("_Number", int, float)
@@ -47,6 +53,20 @@ def default_is_chief() -> bool:
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return True
     return bool(dist.get_rank() == 0)
+
+
+def check_chief_is_rank_zero(chief: bool) -> None:
+    """Under ``torch.distributed`` (world > 1) the chief must be rank 0: DCP's coordinator,
+    which commits the collective saves the chief's hooks ask for."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    rank = dist.get_rank()
+    if dist.get_world_size() > 1 and chief != (rank == 0):
+        raise ValueError(
+            f"is_chief={chief} on rank {rank}: in a torch.distributed job the chief is rank 0 "
+            "(it commits every collective save); leave is_chief=None"
+        )
 
 
 def _positive(value: _Number | None) -> _Number | None:

@@ -15,10 +15,12 @@ from typing import Any
 
 from trainhooks._hooks._nan_tensor import NanTensorHook
 from trainhooks._hooks._resume_check import ResumeCheckHook
+from trainhooks._session._collective import DEFAULT_SYNC_EVERY_STEPS
 from trainhooks._session._core import MonitoredSession
 from trainhooks._session._dispatch import as_hook_list
 from trainhooks._training._defaults import (
     UseDefault,
+    check_chief_is_rank_zero,
     default_is_chief,
     resolve_default,
     training_hooks,
@@ -52,6 +54,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     save_graph_def: bool = True,
     resume_check: bool | ResumeCheckHook = True,
     async_save: bool = False,
+    sync_every_steps: int = DEFAULT_SYNC_EVERY_STEPS,
 ) -> MonitoredSession:
     """Create a ``MonitoredSession`` with TF's standard hooks installed on the chief.
 
@@ -85,8 +88,14 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     TF's first positional argument is ``master``, so positional TF calls would bind
     wrongly. ``master``, ``scaffold``, ``config``, ``stop_grace_period_secs``,
     ``max_wait_secs`` and ``save_graph_def`` are accepted and ignored.
+
+    Under ``torch.distributed`` (initialised, world size > 1) the chief must be rank 0, and
+    every rank runs the same code: the chief's saver hook decides when to save and every
+    rank joins one collective save; stops and preemption signals are agreed at sync points,
+    at every save step and at least every ``sync_every_steps`` steps (docs/distributed.md).
     """
     chief = default_is_chief() if is_chief is None else bool(is_chief)
+    check_chief_is_rank_zero(chief)
     first, all_hooks = _rollback_hooks_first(as_hook_list(hooks))
     if chief:
         save_checkpoint_secs, save_checkpoint_steps = resolve_default(
@@ -118,6 +127,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
         steps_per_run=steps_per_run,
         recoverable_errors=recoverable_errors,
         preemption_signals=preemption_signals,
+        sync_every_steps=sync_every_steps,
     )
 
 

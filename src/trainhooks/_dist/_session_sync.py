@@ -1,0 +1,174 @@
+"""The collectives a ``MonitoredSession`` needs under ``torch.distributed``.
+
+Kept to the few the session's protocol uses (``_session/_collective.py`` says when):
+one small all-reduce of integer flags at sync points, a broadcast of the chief's schedule,
+one collective save (DCP through ``ShardedWriter``, one committed checkpoint, the same
+outcome on every rank), and a restore that falls back to the same older checkpoint on every
+rank when any rank finds the newest one unusable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from trainhooks._dist._api import typed_error
+from trainhooks._dist._state_dict import is_dcp_checkpoint, restore_sharded, to_dcp_state
+from trainhooks._dist._storage import ShardedWriter
+from trainhooks._exceptions import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+)
+from trainhooks._store._info import CheckpointInfo
+from trainhooks._store._layout import committed_path
+from trainhooks._store._listing import commits_newest_first
+
+__all__ = ["Collectives", "RestorePlain"]
+
+_LOG = logging.getLogger("trainhooks")
+
+Commit = Callable[[dict[str, Any] | None], CheckpointInfo]
+CommitWith = Callable[[Commit], CheckpointInfo]
+RestorePlain = Callable[[MutableMapping[str, Any], Path], CheckpointInfo]
+
+# Restore outcomes, combined with a max over the ranks.
+_OK, _UNUSABLE, _FAILED = 0, 1, 2
+
+
+class Collectives:
+    """The default process group, seen as the session needs it."""
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        backend = dist.get_backend()
+        self._device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
+
+    def max_ints(self, values: list[int]) -> list[int]:
+        """The element-wise maximum of ``values`` over all ranks (one small all-reduce)."""
+        tensor = torch.tensor(values, dtype=torch.int64, device=self._device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return [int(v) for v in tensor.tolist()]
+
+    def broadcast_ints(self, values: list[int]) -> list[int]:
+        """Rank 0's ``values`` on every rank (the same length on every rank)."""
+        tensor = torch.tensor(values, dtype=torch.int64, device=self._device)
+        dist.broadcast(tensor, src=0)
+        return [int(v) for v in tensor.tolist()]
+
+    def save(
+        self,
+        state: MutableMapping[str, Any],
+        directory: Path,
+        step: int,
+        *,
+        chief: bool,
+        commit_with: CommitWith | None = None,
+    ) -> CheckpointInfo:
+        """One collective save of ``state`` (every rank calls it at the same point); the
+        chief's hooks' states are saved from the chief. ``commit_with`` (the chief's saver)
+        plans retention and records the commit; without it the writer takes the lock."""
+        dcp_state = to_dcp_state(state, with_hooks=chief)
+
+        def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
+            writer = ShardedWriter(directory, step, lock=commit_with is None, retention=retention)
+            try:
+                dcp_save(dcp_state, storage_writer=writer)
+            except CheckpointException as exc:
+                raise typed_error(exc, f"the save of step {step} in {directory}") from exc
+            finally:
+                writer.release()
+            box = [writer.info]
+            dist.broadcast_object_list(box, src=0)  # in memory only: no pickle on disk
+            info = box[0]
+            if not isinstance(info, CheckpointInfo):  # pragma: no cover - commits or raises
+                raise CheckpointWriteError(f"the save of step {step} did not commit", step=step)
+            return info
+
+        if chief and commit_with is not None:
+            return commit_with(commit)
+        return commit(None)
+
+    def restore(
+        self,
+        state: MutableMapping[str, Any],
+        directory: Path,
+        step: int | None,
+        basename: str,
+        restore_plain: RestorePlain,
+    ) -> CheckpointInfo | None:
+        """Restore the newest checkpoint every rank can use (or ``step``'s) into ``state``;
+        None when there is none. A checkpoint one rank finds corrupt or incomplete is
+        skipped by all, so every rank restores the same one."""
+        candidates = self._candidates(directory, step, basename)
+        if not candidates:
+            if step is not None:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint of step {step} in {directory}", path=directory, step=step
+                )
+            return None
+        skipped: list[str] = []
+        for path in candidates:
+            outcome, error, info = self._try(state, path, restore_plain)
+            worst = self.max_ints([outcome])[0]
+            if worst == _OK:
+                for reason in skipped:
+                    _LOG.warning("%s; restored step %d (%s) instead", reason, info.step, path)  # type: ignore[union-attr]
+                return info
+            reason = f"skipped {path}: " + (
+                str(error) if error is not None else "unusable on another rank"
+            )
+            if worst == _FAILED or step is not None:
+                if error is not None:
+                    raise error
+                raise CheckpointError(
+                    f"restoring {path} failed on another rank (see its log)", path=path
+                )
+            skipped.append(reason)
+        raise CheckpointCorruptError(
+            f"every checkpoint in {directory} is unusable on some rank ({len(skipped)} tried); "
+            f"newest: {skipped[0]}",
+            path=directory,
+        )
+
+    def _candidates(self, directory: Path, step: int | None, basename: str) -> list[Path]:
+        """Rank 0's list, newest first, so that every rank walks the same one."""
+        names: list[str] = []
+        if self.rank == 0:
+            if step is not None:
+                path = committed_path(directory, basename, step)
+                names = [str(path)] if path.is_dir() else []
+            elif directory.is_dir():
+                names = [str(p) for p in commits_newest_first(directory, basename)]
+        box: list[Any] = [names]
+        dist.broadcast_object_list(box, src=0)
+        return [Path(name) for name in box[0]]
+
+    def _try(
+        self, state: MutableMapping[str, Any], path: Path, restore_plain: RestorePlain
+    ) -> tuple[int, BaseException | None, CheckpointInfo | None]:
+        try:
+            sharded = is_dcp_checkpoint(path)
+        except (CheckpointCorruptError, CheckpointFormatError, CheckpointNotFoundError) as exc:
+            return _UNUSABLE, exc, None
+        try:
+            info = restore_sharded(state, path) if sharded else restore_plain(state, path)
+        except (CheckpointCorruptError, CheckpointFormatError, CheckpointNotFoundError) as exc:
+            return _UNUSABLE, exc, None
+        except Exception as exc:
+            return _FAILED, exc, None
+        return _OK, None, info
