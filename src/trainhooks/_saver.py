@@ -189,7 +189,7 @@ class Saver:
         self._background.drain()
         lease = self._writer(directory, step)
         assert isinstance(lease, WriterLease)  # a local directory's
-        return lease.writer.commit_with(step, commit)
+        return lease.commit_with(step, lambda plan, _when: commit(plan.to_json()))
 
     def acquire(self, directory: str | os.PathLike[str]) -> None:
         """Become the writer of ``directory`` now rather than at the first save.

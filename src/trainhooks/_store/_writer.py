@@ -276,22 +276,9 @@ class DirectoryWriter:
                 if exc.committed:  # on disk and in retention's care, though not yet durable
                     self.record = plan
                 raise
-            self.record = plan
-            self._delete_victims()  # only now that the new checkpoint is durable
-            return info
-
-    def commit_with(
-        self, step: int, commit: Callable[[dict[str, Any]], CheckpointInfo]
-    ) -> CheckpointInfo:
-        """Commit a checkpoint that ``commit`` writes (a collective sharded save) under this
-        writer's lock and retention: ``commit`` gets the retention plan to store in its
-        manifest; the plan's victims are deleted once it returns (the checkpoint durable)."""
-        with self._commit_lock:
-            self._check_in_place(step)
-            plan = plan_retention(self.record, step, time.time(), self.policy)
-            info = commit(plan.to_json())
+            # the number the manifest carries (a sharded writer may number it itself)
             self.record = dataclasses.replace(plan, sequence=info.sequence)
-            self._delete_victims()
+            self._delete_victims()  # only now that the new checkpoint is durable
             return info
 
     @property
