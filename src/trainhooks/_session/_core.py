@@ -40,6 +40,7 @@ from trainhooks._session._hook import SessionRunArgs, SessionRunContext
 from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_key
 from trainhooks._session._preemption import PreemptionSignals, signal_name
 from trainhooks._session._step_context import StepContext, StopRequested
+from trainhooks._store._background import unfinished_saves_into, wait_for
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
@@ -375,6 +376,9 @@ class MonitoredSession:
             self._checkpoint_dir,
             sorted(self._skipped),
         )
+        # A saver hook's background save of that step may still be writing: wait for the
+        # saves in flight into the directory (Ctrl-C cancels them), or it is not there yet.
+        wait_for(unfinished_saves_into(self._checkpoint_dir))
         self._create_with_recovery(request.step)
 
     def _end_preempted(self) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "GeneratorValue",
     "RecordValue",
     "StatefulValue",
+    "decode_entries",
     "decode_tree",
     "to_plain",
 ]
@@ -143,6 +144,24 @@ def _assemble(node: dict[str, Any], read_tensor: ReadTensor) -> Any:
             f"the chunks of {node.get('fqn')!r} cover {covered} of its {full.size} elements"
         )
     return full
+
+
+def decode_entries(node: Any, read_tensor: ReadTensor, keep: Callable[[str | int], bool]) -> Any:
+    """Decode a state's top-level mapping with only the entries whose key ``keep`` accepts:
+    the tensors of the others are never read (a restore of part of a state reads the
+    bytes of that part only). Any other node decodes whole."""
+    if (
+        isinstance(node, dict)
+        and node.get("type") == "dict"
+        and isinstance(node.get("items"), list)
+    ):
+        items = [
+            item
+            for item in node["items"]
+            if not (isinstance(item, list) and len(item) == 2) or keep(_key(item[0]))
+        ]  # a malformed item is kept, for decode_tree to report
+        node = {**node, "items": items}
+    return decode_tree(node, read_tensor)
 
 
 def _key(key: Any) -> str | int:
