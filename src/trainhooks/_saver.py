@@ -34,7 +34,7 @@ from trainhooks._exceptions import (
 from trainhooks._state._adapters._numpy import outline_array
 from trainhooks._state._adapters._registry import new_array
 from trainhooks._state._apply import apply_state
-from trainhooks._state._decode import decode_entries, decode_tree, to_plain
+from trainhooks._state._decode import decode_tree, select_entries, tensor_names, to_plain
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
 from trainhooks._state._reserved import HOOK_STATE_KEY
@@ -422,9 +422,11 @@ def read_tree(
         return new_array(record.dtype, record.shape, kind, fill)
 
     try:
-        if keep is not None:
-            return decode_entries(reader.manifest.tree, read_tensor, keep)
-        return decode_tree(reader.manifest.tree, read_tensor)
+        tree = reader.manifest.tree if keep is None else select_entries(reader.manifest.tree, keep)
+        prefetch = getattr(reader, "prefetch", None)  # object storage: parallel range reads
+        if mapped and substitute is None and prefetch is not None:
+            prefetch([records[n] for n in dict.fromkeys(tensor_names(tree)) if n in records])
+        return decode_tree(tree, read_tensor)
     except (KeyError, TypeError, ValueError, OverflowError, CheckpointFormatError) as exc:
         raise CheckpointCorruptError(
             f"checkpoint {reader.path} (step {reader.step}) is corrupt: {MANIFEST_FILE} holds "

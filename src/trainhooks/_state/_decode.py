@@ -25,8 +25,9 @@ __all__ = [
     "GeneratorValue",
     "RecordValue",
     "StatefulValue",
-    "decode_entries",
     "decode_tree",
+    "select_entries",
+    "tensor_names",
     "to_plain",
 ]
 
@@ -146,10 +147,10 @@ def _assemble(node: dict[str, Any], read_tensor: ReadTensor) -> Any:
     return full
 
 
-def decode_entries(node: Any, read_tensor: ReadTensor, keep: Callable[[str | int], bool]) -> Any:
-    """Decode a state's top-level mapping with only the entries whose key ``keep`` accepts:
-    the tensors of the others are never read (a restore of part of a state reads the
-    bytes of that part only). Any other node decodes whole."""
+def select_entries(node: Any, keep: Callable[[str | int], bool]) -> Any:
+    """A state's top-level mapping node with only the entries whose key ``keep`` accepts
+    (a restore of part of a state reads the tensors of that part only); any other node
+    as is."""
     if (
         isinstance(node, dict)
         and node.get("type") == "dict"
@@ -161,7 +162,23 @@ def decode_entries(node: Any, read_tensor: ReadTensor, keep: Callable[[str | int
             if not (isinstance(item, list) and len(item) == 2) or keep(_key(item[0]))
         ]  # a malformed item is kept, for decode_tree to report
         node = {**node, "items": items}
-    return decode_tree(node, read_tensor)
+    return node
+
+
+def tensor_names(node: Any) -> list[str]:
+    """The names of the tensors a tree node reads, in order (its tensors' and chunks')."""
+    names: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            named = isinstance(item.get("name"), str)
+            if named and (item.get("type") == "tensor" or "offsets" in item):  # or a chunk
+                names.append(item["name"])
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return names
 
 
 def _key(key: Any) -> str | int:

@@ -6,7 +6,7 @@ upload a large object from buffers, delete, abort unfinished uploads. Every serv
 fsspec reaches can do the first five; S3 adds parallel multipart uploads and conditional
 replacement, which :class:`S3Objects` uses. fsspec is imported here only, and lazily.
 
-Parallel transfers run on plain threads (``_parallel``), not an executor: a background
+Parallel transfers run on plain threads (``parallel``), not an executor: a background
 save still uploading when the interpreter exits must finish (``_store/_background``), and
 ``concurrent.futures`` refuses new work by then. An upload given a ``cancel`` event checks
 it before every part, so a background save stops between requests (Ctrl-C).
@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from trainhooks._store._faults import fault_point
 
-__all__ = ["ObjectStore", "open_objects"]
+__all__ = ["READ_CHUNK", "ObjectStore", "open_objects", "parallel"]
 
 PART_SIZE = 16 * 1024 * 1024  # S3 parts must be >= 5 MiB except the last
 READ_CHUNK = 64 * 1024 * 1024  # few large range GETs: each costs a request (moto: a copy)
@@ -116,7 +116,7 @@ class FsspecObjects:
                 raise EOFError(f"{path} ends before byte {start + span[1]}")
             out[span[0] : span[1]] = data
 
-        _parallel(fetch, spans, "trainhooks-read")
+        parallel(fetch, spans, "trainhooks-read")
 
     def create(self, path: str, data: bytes) -> None:
         with self.fs.open(path, "xb") as stream:
@@ -202,7 +202,7 @@ class S3Objects(FsspecObjects):
 
         try:
             numbered = list(enumerate(_parts(buffers, PART_SIZE), start=1))
-            parts = _parallel(send, numbered, "trainhooks-upload")
+            parts = parallel(send, numbered, "trainhooks-upload")
             check_cancel(cancel)
             self._call("complete_multipart_upload", MultipartUpload={"Parts": parts}, **common)
         except BaseException:
@@ -256,7 +256,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def _parallel(work: Callable[[_T], _R], items: Sequence[_T], name: str) -> list[_R]:
+def parallel(work: Callable[[_T], _R], items: Sequence[_T], name: str) -> list[_R]:
     """``[work(item) for item in items]`` on up to ``CONCURRENCY`` plain threads; the first
     error stops the others taking new items and is raised once all have stopped."""
     results: list[_R | None] = [None] * len(items)
