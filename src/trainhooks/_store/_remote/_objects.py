@@ -213,9 +213,8 @@ class S3Objects(FsspecObjects):
 
     def abort_uploads(self, prefix: str, ours: Callable[[str], bool]) -> int:
         bucket, key, _ = self.fs.split_path(prefix)
-        reply = self._call("list_multipart_uploads", Bucket=bucket, Prefix=key + "/")
         aborted = 0
-        for item in reply.get("Uploads", []):
+        for item in self._pending_uploads(bucket, key + "/"):
             if ours(f"{bucket}/{item['Key']}"):
                 with contextlib.suppress(FileNotFoundError):
                     self._call(
@@ -226,6 +225,20 @@ class S3Objects(FsspecObjects):
                     )
                 aborted += 1
         return aborted
+
+    def _pending_uploads(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        """Every unfinished multipart upload under ``prefix``, page by page (1,000 a page)."""
+        found: list[dict[str, Any]] = []
+        markers: dict[str, str] = {}
+        while True:
+            reply = self._call("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+            found += reply.get("Uploads", [])
+            if not reply.get("IsTruncated"):
+                return found
+            markers = {
+                "KeyMarker": reply.get("NextKeyMarker", ""),
+                "UploadIdMarker": reply.get("NextUploadIdMarker", ""),
+            }
 
 
 def _parts(buffers: Sequence[memoryview], part_size: int) -> list[list[memoryview]]:
