@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 import trainhooks
-from _support.session import Counter, DurableSaver, RecordingListener, roll_back_to_a_save_in_flight
+from _support.session import (
+    Counter,
+    DurableSaver,
+    RecordingListener,
+    quiet_session,
+    roll_back_to_a_save_in_flight,
+)
 from trainhooks import CheckpointSaverHook, CheckpointWriteError, MonitoredSession, Saver
 from trainhooks._store import _faults
 
@@ -167,13 +173,8 @@ def test_a_session_saving_to_s3_in_the_background_calls_after_save_and_ends_dura
     hook = CheckpointSaverHook(
         s3_url, save_steps=2, async_save=True, listeners=[RecordingListener("L", trace)]
     )
-    with trainhooks.MonitoredTrainingSession(
-        checkpoint_dir=s3_url,
-        state=counter.state,
-        hooks=[hook],
-        save_checkpoint_secs=None,
-        save_summaries_steps=None,
-        log_step_count_steps=None,
+    with quiet_session(
+        checkpoint_dir=s3_url, state=counter.state, hooks=[hook], save_checkpoint_secs=None
     ) as sess:
         for _ in range(5):
             sess.run(counter.step)
