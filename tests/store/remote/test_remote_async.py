@@ -155,14 +155,14 @@ def test_a_process_killed_during_a_background_upload_keeps_the_previous_checkpoi
 
 
 def test_an_interpreter_exiting_with_a_background_upload_finishes_it(s3_url: str) -> None:
-    """No close(), no result(): the process ends while a slow upload is in flight; the
-    upload completes (on plain threads: executors refuse work at exit) before it exits."""
-    done = _child(s3_url, 1, 1000, "remote_after_data=sleep:0.5", wait=False)
+    """No close(), no result(): the process ends while a slow multipart upload is in
+    flight; its parts go up (on plain threads: executors refuse work at exit) and the
+    checkpoint is committed before the process exits."""
+    done = _child(s3_url, 1, MULTIPART, "remote_after_part=sleep:0.3", wait=False)
     assert done.returncode == 0 and done.stdout == "returned\n", done.stderr
     assert steps(s3_url) == [1]
-    np.testing.assert_array_equal(
-        trainhooks.load(f"{s3_url}/ckpt-000000000001")["x"], np.full(1000, 1, np.float32)
-    )
+    saved = trainhooks.load(f"{s3_url}/ckpt-000000000001")["x"]
+    assert saved.shape == (MULTIPART,) and bool((saved == 1).all())
 
 
 def test_a_session_saving_to_s3_in_the_background_calls_after_save_and_ends_durable(
