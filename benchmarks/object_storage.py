@@ -6,6 +6,11 @@ trainhooks ``Saver.save`` (upload, verify size, exclusive manifest) / ``Saver.re
 (range reads, crc32c of every tensor). Best repetition compared (noise only adds time);
 goal: trainhooks >= 0.9x raw. Moto, not the network, bounds both here.
 
+Then background saving to the same server, one saver kept (its staging buffers reused,
+after one warm-up save): the *stall* of ``Saver.save_async`` (until the call returns and
+training may go on) and its total (until the future resolves, i.e. the manifest is
+created), against the blocking ``Saver.save``.
+
 Usage: ``python benchmarks/object_storage.py [--size-mib 256] [--repeats 3] [--tensors 4]``
 """
 
@@ -98,8 +103,35 @@ def main() -> None:
         f"restore {restore_ratio:.2f}x raw cat_file",
         "ok" if restore_ratio >= 0.9 else "below 0.9",
     )
+    _async_stall(trainhooks, state, f"s3://{bucket}/async", args.repeats, mib)
     if server is not None:
         server.stop()  # type: ignore[attr-defined]
+
+
+def _async_stall(
+    trainhooks: object, state: dict[str, np.ndarray], url: str, repeats: int, mib: float
+) -> None:
+    """The training thread's stall of a background save against a blocking one."""
+    th: object = trainhooks
+    stall, total, blocking = [], [], []
+    with th.Saver(max_to_keep=2) as saver:  # type: ignore[attr-defined]
+        saver.save_async(state, url, 0).result()  # warm-up: allocates the staging buffers
+        for rep in range(repeats):
+            start = time.perf_counter()
+            future = saver.save_async(state, url, 2 * rep + 1)
+            stall.append(time.perf_counter() - start)
+            future.result()
+            total.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            saver.save(state, url, 2 * rep + 2)
+            blocking.append(time.perf_counter() - start)
+    print(f"background save of {mib:.0f} MiB to {url.rpartition('/')[0]}:")
+    for name, values in (("stall", stall), ("total", total), ("blocking", blocking)):
+        print(f"  {name:8} best {min(values):6.3f} s", ", ".join(f"{v:.3f}" for v in values))
+    print(
+        f"stall   {min(stall) / min(blocking):.3f}x the blocking save "
+        f"({min(blocking) / min(stall):.0f}x shorter)"
+    )
 
 
 if __name__ == "__main__":

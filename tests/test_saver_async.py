@@ -256,12 +256,3 @@ def test_a_background_save_refuses_metadata_that_is_not_plain_json_before_writin
     with Saver() as saver, pytest.raises(CheckpointFormatError, match="metadata"):
         saver.save_async(state_for(1), tmp_path, 1, metadata={"lr": np.float32(0.1)})
     assert steps(tmp_path) == [] and not leftovers(tmp_path)
-
-
-def test_background_saves_to_object_storage_are_not_supported_yet(tmp_path: Path) -> None:
-    from trainhooks import CheckpointSaverHook
-
-    with Saver() as saver, pytest.raises(NotImplementedError, match="object storage"):
-        saver.save_async(state_for(1), "s3://bucket/run", 1)
-    with pytest.raises(NotImplementedError, match="async_save=False"):
-        CheckpointSaverHook("s3://bucket/run", save_steps=1, async_save=True)

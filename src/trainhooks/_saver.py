@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import warnings
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -30,9 +30,10 @@ from trainhooks._exceptions import (
     CheckpointNotFoundError,
     StateMismatchError,
 )
+from trainhooks._state._adapters._numpy import outline_array
 from trainhooks._state._adapters._registry import new_array
 from trainhooks._state._apply import apply_state
-from trainhooks._state._decode import decode_tree, to_plain
+from trainhooks._state._decode import decode_tree, select_entries, tensor_names, to_plain
 from trainhooks._state._dist_entries import unfold_distributed
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
@@ -50,6 +51,7 @@ from trainhooks._store._layout import (
     committed_name,
 )
 from trainhooks._store._listing import ordered_commits
+from trainhooks._store._manifest import TensorRecord
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._remote._url import ObjectPath, as_url, local_path
 from trainhooks._store._sharing import WriterLease, open_writer
@@ -139,14 +141,12 @@ class Saver:
         save): the caller may change ``state`` at once. When ``max_pending`` saves are
         still being written, this first waits for the oldest. Errors of the snapshot
         (an unsupported value) raise here; errors of the write are raised, typed, by the
-        future's ``result()``. Saves commit in the order they were made. Local directories
-        only for now: a URL raises ``NotImplementedError`` (see ``docs/object-storage.md``).
+        future's ``result()``. Saves commit in the order they were made. To a URL, the
+        upload runs in the background the same way (see ``docs/object-storage.md``).
         """
         _check_step(step)
-        _check_local(directory)
         private: dict[str, Any] = json.loads(json.dumps(checked_metadata(metadata)))
         writer = self._writer(directory, step)
-        assert isinstance(writer, WriterLease)  # a local directory's
         self._background.wait_for_slot(step)
         staging = self._free_staging.pop() if self._free_staging else StagingBuffers()
         staging.begin()
@@ -162,17 +162,12 @@ class Saver:
             copies_landed()
             return writer.commit(step, tensors, tree, private, cancel=cancel)
 
-        return self._background.submit(
-            SaveFuture(step, writer.writer.directory),
-            commit,
-            lambda: self._free_staging.append(staging),
+        place = (
+            writer.writer.directory if isinstance(writer, WriterLease) else ObjectPath(writer.url)
         )
-
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        metadata = checked_metadata(metadata)
-        tree, tensors = encode_state(state)
-        return self._writer(directory, step).commit(step, tensors, tree, metadata)
+        return self._background.submit(
+            SaveFuture(step, place), commit, lambda: self._free_staging.append(staging)
+        )
 
     def commit_with(
         self,
@@ -185,7 +180,11 @@ class Saver:
         the retention record to store in its manifest; ``max_to_keep`` applies as for
         :meth:`save`. Local directories only."""
         _check_step(step)
-        _check_local(directory)
+        if as_url(directory) is not None:
+            raise NotImplementedError(
+                f"collective saves go to a shared local directory for now, not {directory} "
+                "(see docs/distributed.md)"
+            )
         self._background.drain()
         lease = self._writer(directory, step)
         assert isinstance(lease, WriterLease)  # a local directory's
@@ -297,8 +296,13 @@ class Saver:
     def _restore_from(
         self, path: Path | ObjectPath, state: MutableMapping[str, Any], cast: bool, strict: bool
     ) -> CheckpointInfo:
+        def needed(key: str | int) -> bool:
+            # the entries restored: the state's own, and (strict) any the state lacks, for
+            # apply_state to report; the tensors of the others are never read
+            return key in state or (strict and key != HOOK_STATE_KEY)
+
         with open_reader(path, self.storage_options, follow_symlinks=False) as reader:
-            saved = read_tree(reader, verify=self.verify_on_restore, mapped=True)
+            saved = read_tree(reader, verify=self.verify_on_restore, mapped=True, keep=needed)
             info = reader.info
         if not isinstance(saved, dict):
             raise CheckpointCorruptError(
@@ -364,16 +368,6 @@ def _check_step(step: int) -> None:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
 
 
-def _check_local(directory: str | os.PathLike[str]) -> None:
-    """Background saves to object storage are not supported yet (no cancellable upload)."""
-    if as_url(directory) is not None:
-        raise NotImplementedError(
-            f"asynchronous saving to object storage ({directory}) is not supported yet: "
-            "save synchronously there (async_save=False), or save asynchronously to a local "
-            "directory and copy it (see docs/object-storage.md)"
-        )
-
-
 def _warn_skipped(warned: set[str], failures: list[CheckpointError], used: CheckpointInfo) -> None:
     """One warning per skipped checkpoint: why, which step was restored instead, and how
     to inspect the skipped one."""
@@ -404,10 +398,20 @@ def open_reader(
 
 
 def read_tree(
-    reader: Reader, *, verify: bool = True, numpy_only: bool = False, mapped: bool = False
+    reader: Reader,
+    *,
+    verify: bool = True,
+    numpy_only: bool = False,
+    mapped: bool = False,
+    keep: Callable[[str | int], bool] | None = None,
+    substitute: Callable[[TensorRecord], Any] | None = None,
 ) -> Any:
-    """Decode a checkpoint's whole tree, every tensor verified: read into fresh arrays, or with
-    ``mapped`` left as ``MappedTensor`` views of the file for a single copy into targets."""
+    """Decode a checkpoint's tree, every tensor read verified: into fresh arrays, or with
+    ``mapped`` left as ``MappedTensor`` views of the file for a single copy into targets.
+
+    Only what is needed is read (from object storage: downloaded, by range): ``keep``
+    chooses top-level entries (the others are left out), and a tensor for which
+    ``substitute`` returns a value other than None is not read: that value stands in."""
     records = {record.name: record for record in reader.manifest.tensors}
 
     def read_tensor(name: str, kind: str) -> Any:
@@ -422,6 +426,8 @@ def read_tree(
             )
         if numpy_only and kind != "numpy_scalar":
             kind = "numpy"
+        if substitute is not None and (stand_in := substitute(record)) is not None:
+            return stand_in
         if mapped:
             view = reader.mapped_view(record, verify=verify)
             return MappedTensor(record.dtype, record.shape, kind, view)
@@ -433,7 +439,11 @@ def read_tree(
         return new_array(record.dtype, record.shape, kind, fill)
 
     try:
-        return decode_tree(reader.manifest.tree, read_tensor)
+        tree = reader.manifest.tree if keep is None else select_entries(reader.manifest.tree, keep)
+        prefetch = getattr(reader, "prefetch", None)  # object storage: parallel range reads
+        if mapped and substitute is None and prefetch is not None:
+            prefetch([records[n] for n in dict.fromkeys(tensor_names(tree)) if n in records])
+        return decode_tree(tree, read_tensor)
     except (KeyError, TypeError, ValueError, OverflowError, CheckpointFormatError) as exc:
         raise CheckpointCorruptError(
             f"checkpoint {reader.path} (step {reader.step}) is corrupt: {MANIFEST_FILE} holds "
@@ -460,6 +470,29 @@ def load(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]
     with open_reader(path) as reader:
         plain: dict[str, Any] = to_plain(read_tree(reader, verify=verify, numpy_only=True))
     return unfold_distributed(plain)
+
+
+def load_outline(
+    path: str | os.PathLike[str], tensors: Collection[str] = ()
+) -> tuple[dict[str, Any], dict[int, str]]:
+    """``load`` reading only the tensors named in ``tensors`` (verified): every other one is
+    a read-only zero-filled NumPy array of its dtype and shape that takes no memory. Also
+    returns the manifest name of each stand-in by its ``id``, to ask for it next. What
+    ``trainhooks show`` needs: from object storage it downloads the manifest, the headers
+    and those tensors only."""
+    names: dict[int, str] = {}
+
+    def stand_in(record: TensorRecord) -> Any:
+        if record.name in tensors:
+            return None
+        array = outline_array(record.dtype, record.shape)
+        names[id(array)] = record.name
+        return array
+
+    with open_reader(path) as reader:
+        tree = read_tree(reader, numpy_only=True, substitute=stand_in)
+    plain: dict[str, Any] = to_plain(tree)
+    return unfold_distributed(plain), names
 
 
 @overload

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from concurrent.futures import Future, wait
 from typing import Any
 
 import numpy as np
 
 from trainhooks import (
+    CheckpointSaverHook,
     CheckpointSaverListener,
     MonitoredSession,
     MonitoredTrainingSession,
+    RollbackRequested,
     Saver,
     SessionRunHook,
 )
+from trainhooks._store import _faults
 
 
 class RecordingListener(CheckpointSaverListener):
@@ -110,3 +116,58 @@ class DurableSaver(Saver):
 
     def wait_durable(self) -> None:
         wait(self.futures)
+
+
+class RollBackAt(SessionRunHook):
+    """Undoes the run that reaches ``bad_step`` once, going back to ``to_step``."""
+
+    def __init__(self, bad_step: int, to_step: int) -> None:
+        self.bad_step = bad_step
+        self.to_step = to_step
+        self.done = False
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
+        if run_context.session.global_step == self.bad_step and not self.done:
+            self.done = True
+            raise RollbackRequested(self.to_step, (self.bad_step,), "test")
+
+
+def roll_back_to_a_save_in_flight(directory: str | os.PathLike[str], point: str) -> None:
+    """Run a session whose saver hook saves in the background every 2 steps, hold the save
+    of step 4 at the fault ``point`` (before its commit) and let step 5 roll back to step 4:
+    the save is let go only once someone waits for it, so the rollback's restore must wait
+    for it (otherwise step 4 is not there yet and the restore fails)."""
+    saver = DurableSaver(max_to_keep=None)
+    counter = Counter()
+    hook = CheckpointSaverHook(directory, save_steps=2, saver=saver, async_save=True)
+    _faults.configure(f"{point}=block@3")  # hits: the saves of steps 0, 2, 4
+    releaser = threading.Thread(target=_release_when_waited_on, args=(point, saver))
+    releaser.start()
+    try:
+        with (
+            saver,
+            quiet_session(
+                checkpoint_dir=directory,
+                state=counter.state,
+                chief_only_hooks=[hook],
+                hooks=[RollBackAt(bad_step=5, to_step=4)],
+            ) as sess,
+        ):
+            for _ in range(5):
+                sess.run(counter.step)
+            assert sess.restored_checkpoint is not None
+            assert sess.restored_checkpoint.step == 4 and sess.global_step == 4
+            assert counter.value == 4 and sess.skipped_steps == {5}
+    finally:
+        _faults.configure(None)  # lets a held save go if the test failed
+        releaser.join()
+
+
+def _release_when_waited_on(point: str, saver: DurableSaver) -> None:
+    if not _faults.wait_blocked(point):
+        return
+    future = saver.futures[-1]
+    deadline = time.monotonic() + 60
+    while not future._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    _faults.release(point)

@@ -3,26 +3,16 @@ the session restores the named checkpoint, re-creates itself and skips the named
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 import trainhooks as th
-from _support.session import Counter, RecordingHook, quiet_session
-
-
-class RollBackAt(th.SessionRunHook):
-    """Undoes the run that reaches ``bad_step`` once, going back to ``to_step``."""
-
-    def __init__(self, bad_step: int, to_step: int) -> None:
-        self.bad_step = bad_step
-        self.to_step = to_step
-        self.done = False
-
-    def after_run(self, run_context: th.SessionRunContext, run_values: Any) -> None:
-        if run_context.session.global_step == self.bad_step and not self.done:
-            self.done = True
-            raise th.RollbackRequested(self.to_step, (self.bad_step,), "test")
+from _support.session import (
+    Counter,
+    RecordingHook,
+    RollBackAt,
+    quiet_session,
+    roll_back_to_a_save_in_flight,
+)
 
 
 def test_the_named_checkpoint_is_restored_the_step_skipped_and_hooks_see_a_restore(tmp_path):
@@ -78,3 +68,9 @@ def test_a_rollback_to_a_missing_checkpoint_raises_not_found(tmp_path):
         quiet_session(checkpoint_dir=tmp_path, state=counter.state, hooks=[RollBackAt(1, 7)]) as s,
     ):
         s.run(counter.step)
+
+
+def test_a_rollback_to_a_step_whose_async_save_is_in_flight_waits_for_it(tmp_path):
+    """The saver hook's save of step 4 is still being written when step 5 asks to go back
+    to step 4: the restore waits for that save instead of finding no checkpoint."""
+    roll_back_to_a_save_in_flight(tmp_path, "before_rename")

@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-import trainhooks
 from trainhooks._cli._errors import CliError
 from trainhooks._cli._places import Place, resolved
 from trainhooks._cli._render import (
@@ -38,7 +37,6 @@ from trainhooks._cli._resolve import (
     resolve_checkpoint,
     resolve_run_directory,
 )
-from trainhooks._cli._skeleton import load_skeleton
 from trainhooks._cli._tree import (
     SEPARATOR,
     entry_json,
@@ -47,6 +45,7 @@ from trainhooks._cli._tree import (
     is_tensor,
     tensor_stats,
 )
+from trainhooks._saver import load_outline
 
 if TYPE_CHECKING:
     from trainhooks import CheckpointInfo
@@ -124,18 +123,20 @@ def _note_unlisted(path: Place, infos: list[CheckpointInfo]) -> None:
 def show(checkpoint: str, tensor_name: str | None, flat: bool, as_json: bool) -> int:
     """Show the state tree of CKPT: names, dtypes, shapes, bytes and plain values.
 
-    CKPT may be a run directory (its newest checkpoint is shown). Listing does not verify
-    checksums (use `trainhooks verify`); `--tensor` does, so its statistics are trustworthy.
+    CKPT may be a run directory (its newest checkpoint is shown). Listing reads no tensor
+    data, so it verifies no checksum (use `trainhooks verify`); `--tensor` reads that one
+    tensor and verifies it, so its statistics are trustworthy.
     """
     target = resolve_checkpoint(checkpoint)
     with reading(target.path):
-        # the tree alone needs no tensor bytes (a checkpoint in a bucket is not downloaded)
-        tree = (
-            load_skeleton(target.path)
-            if tensor_name is None
-            else trainhooks.load(target.path, verify=True)
-        )
-    leaves = flatten(tree)
+        # names, dtypes and shapes come from the manifest: no tensor byte is read (from
+        # object storage: none downloaded) except the one --tensor asks for, verified
+        tree, stand_ins = load_outline(target.path)
+        leaves = flatten(tree)
+        if tensor_name is not None:
+            wanted = _stand_in_of(leaves, stand_ins, tensor_name)
+            if wanted is not None:
+                leaves = flatten(load_outline(target.path, {wanted})[0])
     if tensor_name is not None:
         return _show_tensor(target, leaves, tensor_name, as_json)
     if as_json:
@@ -233,6 +234,14 @@ def _flat_lines(leaves: dict[str, Any]) -> list[Text]:
             line.append(f"  = {short_repr(value)}")
         lines.append(line)
     return lines
+
+
+def _stand_in_of(leaves: dict[str, Any], stand_ins: dict[int, str], name: str) -> str | None:
+    """The manifest name of the tensor ``--tensor name`` picks, if it is one."""
+    try:
+        return stand_ins.get(id(leaves[find_leaf(leaves, name)]))
+    except KeyError:
+        return None  # _show_tensor reports it
 
 
 def _show_tensor(target: Resolved, leaves: dict[str, Any], name: str, as_json: bool) -> int:

@@ -138,11 +138,6 @@ class CheckpointSaverHook(SessionRunHook):
                 "has none; pass a trainhooks.Saver, or async_save=False"
             )
         self._checkpoint_dir = checkpoint_location(checkpoint_dir)
-        if async_save and isinstance(self._checkpoint_dir, ObjectPath):
-            raise NotImplementedError(
-                f"async_save=True does not support object storage yet ({checkpoint_dir}): "
-                "save synchronously there (async_save=False), see docs/object-storage.md"
-            )
         self._timer = SecondOrStepTimer(every_secs=save_secs, every_steps=save_steps, clock=clock)
         self._listeners = list(listeners or [])
         self._saver: SupportsSave | None = saver

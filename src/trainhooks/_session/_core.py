@@ -44,6 +44,7 @@ from trainhooks._session._hook_state import SessionHookStates, refuse_reserved_k
 from trainhooks._session._misuse import check_arguments, nested_run_error, run_after_stop_error
 from trainhooks._session._preemption import PreemptionSignals, log_preemption, preempted
 from trainhooks._session._step_context import StepContext, StopRequested
+from trainhooks._store._background import unfinished_saves_into, wait_for
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
@@ -364,6 +365,10 @@ class MonitoredSession:
         restoring.check_rollback(self, request)
         self._skipped = self._skipped | frozenset(request.skip_steps)
         restoring.log_rollback(self, request)
+        # A saver hook's background save of that step may still be writing: wait for the
+        # saves in flight into the directory (Ctrl-C cancels them), or it is not there yet.
+        assert self._checkpoint_dir is not None  # check_rollback refused a session without
+        wait_for(unfinished_saves_into(self._checkpoint_dir))
         self._create_with_recovery(request.step)
 
     def _end_preempted(self) -> None:

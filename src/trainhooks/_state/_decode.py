@@ -26,6 +26,8 @@ __all__ = [
     "RecordValue",
     "StatefulValue",
     "decode_tree",
+    "select_entries",
+    "tensor_names",
     "to_plain",
 ]
 
@@ -143,6 +145,40 @@ def _assemble(node: dict[str, Any], read_tensor: ReadTensor) -> Any:
             f"the chunks of {node.get('fqn')!r} cover {covered} of its {full.size} elements"
         )
     return full
+
+
+def select_entries(node: Any, keep: Callable[[str | int], bool]) -> Any:
+    """A state's top-level mapping node with only the entries whose key ``keep`` accepts
+    (a restore of part of a state reads the tensors of that part only); any other node
+    as is."""
+    if (
+        isinstance(node, dict)
+        and node.get("type") == "dict"
+        and isinstance(node.get("items"), list)
+    ):
+        items = [
+            item
+            for item in node["items"]
+            if not (isinstance(item, list) and len(item) == 2) or keep(_key(item[0]))
+        ]  # a malformed item is kept, for decode_tree to report
+        node = {**node, "items": items}
+    return node
+
+
+def tensor_names(node: Any) -> list[str]:
+    """The names of the tensors a tree node reads, in order (its tensors' and chunks')."""
+    names: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            named = isinstance(item.get("name"), str)
+            if named and (item.get("type") == "tensor" or "offsets" in item):  # or a chunk
+                names.append(item["name"])
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return names
 
 
 def _key(key: Any) -> str | int:

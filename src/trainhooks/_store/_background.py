@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from trainhooks._store._info import CheckpointInfo
+from trainhooks._store._remote._url import ObjectPath
 
-__all__ = ["BackgroundWriter", "SaveFuture", "wait_for"]
+__all__ = ["BackgroundWriter", "SaveFuture", "unfinished_saves_into", "wait_for"]
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -63,7 +64,7 @@ class SaveFuture(Future[CheckpointInfo]):
     def __init__(self, step: int, directory: str | os.PathLike[str]) -> None:
         super().__init__()
         self.step = step
-        self.directory = Path(directory)
+        self.directory = directory if isinstance(directory, ObjectPath) else Path(directory)
         self._writer: weakref.ref[BackgroundWriter] | None = None  # set when submitted
 
     def __repr__(self) -> str:
@@ -224,6 +225,24 @@ class _ExitHook:
 
 
 _finish_saves_at_exit = _ExitHook()
+
+
+def unfinished_saves_into(directory: Path | ObjectPath) -> list[SaveFuture]:
+    """The background saves of this process, by any saver, still writing into
+    ``directory`` (a restore from it waits for them, so it sees what was saved)."""
+    place = _place(directory)
+    return [
+        future
+        for writer in list(_live_writers)
+        for future in list(writer._unfinished)
+        if not future.done() and _place(future.directory) == place
+    ]
+
+
+def _place(directory: Path | ObjectPath) -> tuple[bool, str]:
+    if isinstance(directory, ObjectPath):
+        return True, str(directory)
+    return False, str(directory.absolute())
 
 
 def wait_for(futures: Iterable[Future[Any]]) -> None:

@@ -13,7 +13,6 @@ import errno
 import mmap
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import crc32c
@@ -21,26 +20,23 @@ import crc32c
 from trainhooks._exceptions import (
     CheckpointCorruptError,
     CheckpointError,
-    CheckpointFormatError,
     CheckpointNotFoundError,
 )
+from trainhooks._store._checked import CheckedReader, Progress
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import (
     MANIFEST_FILE,
     split_committed,
 )
-from trainhooks._store._limits import MAX_MANIFEST_BYTES
-from trainhooks._store._manifest import Manifest, ManifestError, TensorRecord
+from trainhooks._store._manifest import Manifest, TensorRecord
 from trainhooks._store._remote._url import as_url, local_path
-from trainhooks._store._safetensors import HeaderError, header_length, parse_header
 
 __all__ = ["CheckpointReader", "checkpoint_info", "verify_checkpoint"]
 
 _CHUNK = 4 * 1024 * 1024
-Progress = Callable[[int, int], None]
 
 
-class CheckpointReader:
+class CheckpointReader(CheckedReader):
     """One committed checkpoint, structure-checked on open; reads tensors with verification.
 
     Every file is opened once, relative to a descriptor of the checkpoint directory, and
@@ -125,21 +121,6 @@ class CheckpointReader:
     def __del__(self) -> None:
         self.close()
 
-    @property
-    def info(self) -> CheckpointInfo:
-        m = self.manifest
-        nbytes = m.nbytes + self._manifest_size
-        return CheckpointInfo(
-            m.step,
-            self.path,
-            m.time,
-            nbytes,
-            len(m.tensors),
-            m.format_version,
-            m.metadata,
-            m.sequence,
-        )
-
     # -- reading tensors ----------------------------------------------------------------
     def mapped_view(self, record: TensorRecord, *, verify: bool = True) -> memoryview:
         """A zero-copy view of ``record``'s bytes in a private (copy-on-write) mapping of its
@@ -168,23 +149,8 @@ class CheckpointReader:
         if verify:
             self._check_crc(record, value)
 
-    def verify(self, progress: Progress | None = None) -> CheckpointInfo:
-        """Recompute every tensor's checksum without keeping the data (bounded memory)."""
-        total = sum(r.end - r.begin for r in self.manifest.tensors)
-        scratch = memoryview(bytearray(min(_CHUNK, max(total, 1))))
-        done = 0
-        for record in self.manifest.tensors:
-            value, position = 0, record.begin
-            while position < record.end:
-                chunk = scratch[: min(record.end - position, len(scratch))]
-                self._pread_exactly(record, chunk, position)
-                value = crc32c.crc32c(chunk, value)
-                position += len(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-            self._check_crc(record, value)
-        return self.info
+    def _read_range(self, record: TensorRecord, out: memoryview, offset: int) -> None:
+        self._pread_exactly(record, out, offset)
 
     def _pread_exactly(self, record: TensorRecord, out: memoryview, offset: int) -> None:
         fd = self._files[record.file]
@@ -196,14 +162,6 @@ class CheckpointReader:
             if n <= 0:
                 raise self._corrupt(f"{record.file} ends inside tensor {record.name!r}", record)
             out, offset = out[n:], offset + n
-
-    def _check_crc(self, record: TensorRecord, value: int) -> None:
-        if value != record.crc32c:
-            raise self._corrupt(
-                f"tensor {record.name!r} in {record.file} fails its crc32c check over bytes "
-                f"{record.begin}..{record.end} (stored {record.crc32c:08x}, read {value:08x})",
-                record,
-            )
 
     # -- structure checks -------------------------------------------------------------
     def _open_plain_file(self, name: str) -> tuple[int, os.stat_result]:
@@ -245,51 +203,14 @@ class CheckpointReader:
     def _read_manifest(self) -> Manifest:
         fd, info = self._open_plain_file(MANIFEST_FILE)
         try:
-            if info.st_size > MAX_MANIFEST_BYTES:
-                raise self._corrupt(
-                    f"{MANIFEST_FILE} is {info.st_size} bytes, over the cap", file=MANIFEST_FILE
-                )
-            data = os.pread(fd, info.st_size + 1, 0)
+            return self._parse_manifest(info.st_size, lambda: os.pread(fd, info.st_size + 1, 0))
         finally:
             os.close(fd)
-        self._manifest_size = len(data)
-        try:
-            return Manifest.from_bytes(data)
-        except ManifestError as exc:
-            if exc.newer:
-                raise CheckpointFormatError(f"{self.path}: {exc}", path=self.path) from None
-            raise self._corrupt(f"{MANIFEST_FILE}: {exc}", file=MANIFEST_FILE) from None
 
     def _check_data_file(self, name: str) -> None:
         fd, info = self._open_plain_file(name)
         self._files[name] = fd
-        expected = self.manifest.files[name]
-        if info.st_size != expected.get("size"):
-            cut = next(
-                (r for r in self.manifest.tensors if r.file == name and r.end > info.st_size), None
-            )
-            raise self._corrupt(
-                f"{name} is {info.st_size} bytes, the manifest says {expected.get('size')} "
-                "(truncated or overwritten?)",
-                cut,
-                file=name,
-            )
-        try:
-            prefix = os.pread(fd, 8, 0)
-            length = header_length(prefix, info.st_size)
-            header = os.pread(fd, length, 8)
-            if crc32c.crc32c(header, crc32c.crc32c(prefix)) != expected.get("header_crc32c"):
-                raise HeaderError("header fails its crc32c check")
-            entries, _ = parse_header(header, info.st_size)
-        except HeaderError as exc:
-            raise self._corrupt(f"{name}: {exc}", tensor=exc.tensor, file=name) from None
-        recorded = {
-            (r.name, r.dtype, r.shape, r.begin, r.end)
-            for r in self.manifest.tensors
-            if r.file == name
-        }
-        if recorded != {(e.name, e.dtype, e.shape, e.begin, e.end) for e in entries}:
-            raise self._corrupt(f"{name}: its header disagrees with {MANIFEST_FILE}", file=name)
+        self._check_header(name, info.st_size, lambda offset, n: os.pread(fd, n, offset))
 
     def _os_error(self, exc: OSError, record: TensorRecord | None = None) -> CheckpointError:
         """A read that failed in the operating system: EIO means the medium lost the bytes
@@ -304,24 +225,6 @@ class CheckpointReader:
         )
         error.errno = exc.errno  # type: ignore[attr-defined]
         return error
-
-    def _corrupt(
-        self,
-        cause: str,
-        record: TensorRecord | None = None,
-        *,
-        tensor: str | None = None,
-        file: str | None = None,
-    ) -> CheckpointCorruptError:
-        step = f" (step {self.step})" if self.step is not None else ""
-        return CheckpointCorruptError(
-            f"checkpoint {self.path}{step} is corrupt: {cause}",
-            path=self.path,
-            step=self.step,
-            file=record.file if record else file,
-            tensor=record.name if record else tensor,
-            byte_range=(record.begin, record.end) if record else None,
-        )
 
 
 def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:

@@ -78,7 +78,7 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
     it off; ``resume_check=ResumeCheckHook(rtol=..., on_divergence="raise")`` tunes it.
 
     ``async_save=True`` makes that default ``CheckpointSaverHook`` save in the background
-    (see its docstring; local directories only for now).
+    (see its docstring), to a local directory or a URL alike.
 
     As in TF, giving ``save_checkpoint_steps`` drops the 600-second default, and giving
     ``save_summaries_secs`` drops the 100-step default. ``max_to_keep`` is for the default

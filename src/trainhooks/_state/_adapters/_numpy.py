@@ -14,7 +14,7 @@ from trainhooks._store._dtypes import numpy_dtype_for, safetensors_code_for_nump
 if TYPE_CHECKING:
     from trainhooks._state._mapped import MappedTensor
 
-__all__ = ["ADAPTER", "NumpyAdapter", "numpy_bytes", "numpy_stage", "numpy_view"]
+__all__ = ["ADAPTER", "NumpyAdapter", "numpy_bytes", "numpy_stage", "numpy_view", "outline_array"]
 
 _BIT_GENERATORS = {"PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"}
 
@@ -144,3 +144,9 @@ class NumpyAdapter:
 
 
 ADAPTER: ArrayAdapter = NumpyAdapter()
+
+
+def outline_array(code: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only zero-filled array of ``code``'s dtype and ``shape`` that takes no memory
+    (one element, broadcast): a tensor's stand-in where only its kind is shown."""
+    return np.broadcast_to(np.zeros((), dtype=numpy_dtype_for(code)), shape)

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import crc32c
 
 from trainhooks._exceptions import CheckpointWriteError
 from trainhooks._store._admit import checked_metadata
-from trainhooks._store._commit import TensorSource, _admitted_plan
+from trainhooks._store._commit import TensorSource, _admitted_plan, _Checksums
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import MANIFEST_FILE
 from trainhooks._store._manifest import Manifest, TensorRecord
 from trainhooks._store._remote._layout import checkpoint_prefix, data_object_name
-from trainhooks._store._remote._objects import ObjectStore
+from trainhooks._store._remote._objects import ObjectStore, check_cancel
 from trainhooks._store._remote._url import ObjectPath
 from trainhooks._store._safetensors import build_header
 
@@ -48,9 +48,11 @@ def upload_checkpoint(
     *,
     when: float | None = None,
     retention: dict[str, Any] | None = None,
+    cancel: threading.Event | None = None,
 ) -> CheckpointInfo:
     """Upload and commit a checkpoint of ``tensors`` + ``tree`` at ``step`` under ``root``
-    (the path of ``url`` in ``objects``)."""
+    (the path of ``url`` in ``objects``); once ``cancel`` is set (a background save being
+    cancelled), the save stops before its next request and before its commit point."""
     when = time.time() if when is None else when
     # Refuse what a reader would refuse before uploading anything (the same admission as
     # a local commit: limits, plain-JSON metadata, the manifest's size).
@@ -60,9 +62,10 @@ def upload_checkpoint(
     data_path = f"{prefix}/{data_object_name()}"
     try:
         skeleton = Manifest(step, when, {}, [], tree, metadata, retention=retention)
-        manifest = _upload_data(objects, data_path, skeleton, tensors)
+        manifest = _upload_data(objects, data_path, skeleton, tensors, cancel)
         fault_point("remote_before_manifest")
         body = manifest.to_bytes()
+        check_cancel(cancel)
         _create_manifest(objects, prefix, body)  # the commit point
     except BaseException as exc:
         _forget(objects, data_path)
@@ -83,17 +86,25 @@ def upload_checkpoint(
 
 
 def _upload_data(
-    objects: ObjectStore, path: str, skeleton: Manifest, tensors: Sequence[TensorSource]
+    objects: ObjectStore,
+    path: str,
+    skeleton: Manifest,
+    tensors: Sequence[TensorSource],
+    cancel: threading.Event | None,
 ) -> Manifest:
-    """Upload the safetensors data object and return the manifest describing it."""
+    """Upload the safetensors data object and return the manifest describing it; each
+    tensor's crc32c is computed on another thread over the very buffers being sent."""
     header, entries = build_header(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
         {"format": "pt", "producer": "trainhooks", "step": str(skeleton.step)},
     )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainhooks-crc") as pool:
-        checksums = [pool.submit(crc32c.crc32c, t.data) for t in tensors]
-        sent = objects.upload(path, [memoryview(header), *(t.data for t in tensors)])
-        crcs = [future.result() for future in checksums]
+    checksums = _Checksums(tensors)
+    try:
+        sent = objects.upload(path, [memoryview(header), *(t.data for t in tensors)], cancel)
+    except BaseException:
+        checksums.stop()
+        raise
+    crcs = checksums.result()
     fault_point("remote_after_data")
     size = entries[-1].end if entries else len(header)
     listed = objects.list(path.rpartition("/")[0]).get(path)

@@ -5,19 +5,25 @@ object only if absent (the commit), replace an object only if unchanged (the lea
 upload a large object from buffers, delete, abort unfinished uploads. Every service
 fsspec reaches can do the first five; S3 adds parallel multipart uploads and conditional
 replacement, which :class:`S3Objects` uses. fsspec is imported here only, and lazily.
+
+Parallel transfers run on plain threads (``parallel``), not an executor: a background
+save still uploading when the interpreter exits must finish (``_store/_background``), and
+``concurrent.futures`` refuses new work by then. An upload given a ``cancel`` event checks
+it before every part, so a background save stops between requests (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from trainhooks._store._faults import fault_point
 
-__all__ = ["ObjectStore", "open_objects"]
+__all__ = ["READ_CHUNK", "ObjectStore", "open_objects", "parallel"]
 
 PART_SIZE = 16 * 1024 * 1024  # S3 parts must be >= 5 MiB except the last
 READ_CHUNK = 64 * 1024 * 1024  # few large range GETs: each costs a request (moto: a copy)
@@ -43,8 +49,12 @@ class ObjectStore(Protocol):
         """Overwrite ``path`` only while it still holds ``expected``; ``FileExistsError``
         if another writer changed it first."""
 
-    def upload(self, path: str, buffers: Sequence[memoryview]) -> int:
-        """Write the concatenation of ``buffers`` to ``path``; returns the size written."""
+    def upload(
+        self, path: str, buffers: Sequence[memoryview], cancel: threading.Event | None = None
+    ) -> int:
+        """Write the concatenation of ``buffers`` to ``path``; returns the size written.
+        Once ``cancel`` is set, stops before its next request with ``OSError(ECANCELED)``
+        and leaves nothing behind."""
 
     def delete(self, paths: Sequence[str]) -> None:
         """Remove ``paths``; missing ones are ignored."""
@@ -106,12 +116,7 @@ class FsspecObjects:
                 raise EOFError(f"{path} ends before byte {start + span[1]}")
             out[span[0] : span[1]] = data
 
-        if len(spans) <= 1:
-            for span in spans:
-                fetch(span)
-            return
-        with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="trainhooks-read") as pool:
-            list(pool.map(fetch, spans))
+        parallel(fetch, spans, "trainhooks-read")
 
     def create(self, path: str, data: bytes) -> None:
         with self.fs.open(path, "xb") as stream:
@@ -125,10 +130,15 @@ class FsspecObjects:
         self.delete([path])
         self.create(path, data)
 
-    def upload(self, path: str, buffers: Sequence[memoryview]) -> int:
+    def upload(
+        self, path: str, buffers: Sequence[memoryview], cancel: threading.Event | None = None
+    ) -> int:
         size = 0
-        with self.fs.open(path, "wb") as stream:
+        with self.fs.open(
+            path, "wb"
+        ) as stream:  # a part written by a failure: the caller deletes it
             for buffer in buffers:
+                check_cancel(cancel)
                 stream.write(buffer)
                 size += buffer.nbytes
         return size
@@ -170,8 +180,11 @@ class S3Objects(FsspecObjects):
         except Exception as exc:
             raise _precondition(exc, path) from exc
 
-    def upload(self, path: str, buffers: Sequence[memoryview]) -> int:
+    def upload(
+        self, path: str, buffers: Sequence[memoryview], cancel: threading.Event | None = None
+    ) -> int:
         size = sum(b.nbytes for b in buffers)
+        check_cancel(cancel)
         if size < 2 * PART_SIZE:
             self.fs.pipe_file(path, b"".join(buffers))
             return size
@@ -181,14 +194,16 @@ class S3Objects(FsspecObjects):
 
         def send(item: tuple[int, list[memoryview]]) -> dict[str, Any]:
             number, pieces = item
+            check_cancel(cancel)
             body = b"".join(pieces)  # one part's copy, never the whole file's
             reply = self._call("upload_part", PartNumber=number, Body=body, **common)
             fault_point("remote_after_part")
             return {"PartNumber": number, "ETag": reply["ETag"]}
 
         try:
-            with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="trainhooks-upload") as pool:
-                parts = list(pool.map(send, enumerate(_parts(buffers, PART_SIZE), start=1)))
+            numbered = list(enumerate(_parts(buffers, PART_SIZE), start=1))
+            parts = parallel(send, numbered, "trainhooks-upload")
+            check_cancel(cancel)
             self._call("complete_multipart_upload", MultipartUpload={"Parts": parts}, **common)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -198,9 +213,8 @@ class S3Objects(FsspecObjects):
 
     def abort_uploads(self, prefix: str, ours: Callable[[str], bool]) -> int:
         bucket, key, _ = self.fs.split_path(prefix)
-        reply = self._call("list_multipart_uploads", Bucket=bucket, Prefix=key + "/")
         aborted = 0
-        for item in reply.get("Uploads", []):
+        for item in self._pending_uploads(bucket, key + "/"):
             if ours(f"{bucket}/{item['Key']}"):
                 with contextlib.suppress(FileNotFoundError):
                     self._call(
@@ -211,6 +225,20 @@ class S3Objects(FsspecObjects):
                     )
                 aborted += 1
         return aborted
+
+    def _pending_uploads(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        """Every unfinished multipart upload under ``prefix``, page by page (1,000 a page)."""
+        found: list[dict[str, Any]] = []
+        markers: dict[str, str] = {}
+        while True:
+            reply = self._call("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+            found += reply.get("Uploads", [])
+            if not reply.get("IsTruncated"):
+                return found
+            markers = {
+                "KeyMarker": reply.get("NextKeyMarker", ""),
+                "UploadIdMarker": reply.get("NextUploadIdMarker", ""),
+            }
 
 
 def _parts(buffers: Sequence[memoryview], part_size: int) -> list[list[memoryview]]:
@@ -229,6 +257,52 @@ def _parts(buffers: Sequence[memoryview], part_size: int) -> list[list[memoryvie
             room -= piece.nbytes
             view = view[piece.nbytes :]
     return parts
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise ``OSError(ECANCELED)`` once ``cancel`` is set (a background save stopping)."""
+    if cancel is not None and cancel.is_set():
+        raise OSError(errno.ECANCELED, "the save was cancelled before its commit point")
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def parallel(work: Callable[[_T], _R], items: Sequence[_T], name: str) -> list[_R]:
+    """``[work(item) for item in items]`` on up to ``CONCURRENCY`` plain threads; the first
+    error stops the others taking new items and is raised once all have stopped."""
+    results: list[_R | None] = [None] * len(items)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    pending = iter(range(len(items)))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                index = None if errors else next(pending, None)
+            if index is None:
+                return
+            try:
+                results[index] = work(items[index])
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+
+    threads = []
+    for i in range(min(CONCURRENCY, len(items)) - 1):  # the calling thread is one more
+        thread = threading.Thread(target=worker, name=f"{name}-{i}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads (interpreter shutdown): this one works alone
+            break
+        threads.append(thread)
+    worker()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]  # every slot was filled
 
 
 _PRECONDITION = re.compile(r"PreconditionFailed|ConditionalRequestConflict|\b412\b")

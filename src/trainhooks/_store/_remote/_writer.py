@@ -11,6 +11,7 @@ half-deleted checkpoint is never listed; the rest is removed at once, or by the 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -58,10 +59,17 @@ class RemoteWriter:
             raise
 
     def commit(
-        self, step: int, tensors: Sequence[TensorSource], tree: Any, metadata: dict[str, Any]
+        self,
+        step: int,
+        tensors: Sequence[TensorSource],
+        tree: Any,
+        metadata: dict[str, Any],
+        *,
+        cancel: threading.Event | None = None,
     ) -> CheckpointInfo:
         """Upload and commit a checkpoint at ``step`` carrying the retention plan, then
-        delete the plan's victims (manifest first)."""
+        delete the plan's victims (manifest first). ``cancel`` stops a background save
+        before its commit point (see ``upload_checkpoint``)."""
         self.lease.check()
         when = time.time()
         plan = plan_retention(self.record, step, when, self.policy)
@@ -76,6 +84,7 @@ class RemoteWriter:
             metadata,
             when=when,
             retention=plan.to_json(),
+            cancel=cancel,
         )
         self.record = plan
         for victim in plan.delete:
