@@ -20,7 +20,7 @@ from trainhooks._exceptions import CheckpointError, CheckpointWriteError
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME
 
-__all__ = ["load_sharded", "save_sharded", "typed_error"]
+__all__ = ["load_sharded", "save_sharded", "save_with", "typed_error"]
 
 # What a rank was waiting for when a collective failed, by how far its writer got.
 _SAVE_COLLECTIVES = {
@@ -59,7 +59,17 @@ def save_sharded(
         max_to_keep=max_to_keep,
         keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
     )
-    group = checkpoint_group(timeout)
+    return save_with(writer, state, checkpoint_group(timeout), timeout)
+
+
+def save_with(
+    writer: ShardedWriter, state: dict[str, Any], group: Any, timeout: Timeout
+) -> CheckpointInfo:
+    """Run DCP's save of ``state`` through ``writer`` on ``group`` and broadcast the
+    committed checkpoint's facts; any failure becomes the same typed error on every rank
+    (the body of :func:`save_sharded`, also run on the background thread of
+    :func:`save_sharded_async`)."""
+    directory, step = writer.directory, writer.step
     try:
         dcp_save(state, storage_writer=writer, process_group=group)
         writer.stage = "info"

@@ -20,13 +20,13 @@ import torch.distributed as dist
 
 from trainhooks._exceptions import CheckpointTimeoutError
 
-__all__ = ["Timeout", "checkpoint_group", "collective_error", "seconds"]
+__all__ = ["Timeout", "background_group", "checkpoint_group", "collective_error", "seconds"]
 
 Timeout = float | datetime.timedelta | None
 
-# (the default group these were made under, {seconds: group}); a new default group (after
+# (the default group these were made under, {(use, seconds): group}); a new default group (after
 # destroy_process_group and a new init) empties it.
-_groups: tuple[Any, dict[float, Any]] = (None, {})
+_groups: tuple[Any, dict[tuple[str, float], Any]] = (None, {})
 
 
 def seconds(timeout: Timeout) -> float | None:
@@ -44,19 +44,40 @@ def checkpoint_group(timeout: Timeout) -> Any:
     """The group a collective checkpoint operation uses: None (DCP's default, the world
     group with its timeout) without ``timeout``, else a gloo group of every rank whose
     collectives give up after ``timeout``. Call it on every rank, with the same value."""
-    global _groups
     limit = seconds(timeout)
     if limit is None or not dist.is_initialized():
         return None
+    return _group("foreground", limit)
+
+
+def background_group(timeout: Timeout) -> Any:
+    """The gloo group of every rank a background (asynchronous) save runs its collectives
+    on: never the world group, whose collectives the training thread may be running at the
+    same moment. Without ``timeout`` it has gloo's default timeout (30 minutes). Call it on
+    every rank's training thread, with the same value."""
+    if not dist.is_initialized():
+        return None
+    limit = seconds(timeout)
+    return _group("background", 0.0 if limit is None else limit)
+
+
+def _group(use: str, limit: float) -> Any:
+    """The gloo group for ``use`` whose collectives give up after ``limit`` seconds (0:
+    gloo's default timeout), made once per process, world group, use and limit (a
+    background save never shares a group with a save or load on the training thread)."""
+    global _groups
     world, cache = _groups
     if world is not dist.group.WORLD:
         world, cache = dist.group.WORLD, {}
         _groups = (world, cache)
-    if limit not in cache:
-        cache[limit] = dist.new_group(
-            backend="gloo", timeout=datetime.timedelta(seconds=limit), group_desc="trainhooks"
+    key = (use, limit)
+    if key not in cache:
+        cache[key] = dist.new_group(
+            backend="gloo",
+            timeout=datetime.timedelta(seconds=limit) if limit else None,
+            group_desc="trainhooks",
         )
-    return cache[limit]
+    return cache[key]
 
 
 def collective_error(

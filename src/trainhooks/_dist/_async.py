@@ -1,0 +1,108 @@
+"""``save_sharded_async``: a collective save whose caller waits only for the copy.
+
+Every rank copies its local shards into CPU staging buffers on the calling (training)
+thread, then one background thread per process runs the collective write, gather and
+commit of :func:`save_sharded` on a process group of its own (the training thread may be
+running collectives on the world group meanwhile). The staging buffers are reused from one
+save to the next (DCP's ``StateDictStager`` keeps them by source storage), so a second call
+first waits for the save in flight: at most one per process, as ``Saver``'s
+``max_pending=1``. The returned ``SaveFuture`` resolves on every rank with the same
+``CheckpointInfo`` or the same typed error.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
+
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.stateful import Stateful
+
+from trainhooks._dist._api import save_with
+from trainhooks._dist._collective import Timeout, background_group
+from trainhooks._dist._storage import ShardedWriter
+from trainhooks._store._background import SaveFuture
+from trainhooks._store._layout import DEFAULT_BASENAME
+
+__all__ = ["save_sharded_async", "wait_for_sharded_saves"]
+
+
+class _Background:
+    """This process's background collective saves: one worker thread, one stager (its
+    reused CPU buffers), the save in flight."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="trainhooks-sharded-save")
+        self.stager = DefaultStager(StagingOptions(False, False, False, False))
+        self.pending: SaveFuture | None = None
+
+
+_lock = threading.Lock()
+_background: _Background | None = None
+
+
+def _get() -> _Background:
+    global _background
+    with _lock:
+        if _background is None:
+            _background = _Background()
+        return _background
+
+
+def save_sharded_async(
+    state: dict[str, Any],
+    directory: str | os.PathLike[str],
+    step: int,
+    *,
+    basename: str = DEFAULT_BASENAME,
+    metadata: dict[str, Any] | None = None,
+    max_to_keep: int | None = None,
+    keep_checkpoint_every_n_hours: float = 10000.0,
+    timeout: Timeout = None,
+) -> SaveFuture:
+    """Like :func:`save_sharded`, but return once this rank's shards are copied to CPU
+    memory: the write, gather and commit go on in the background, and ``state`` may change
+    as soon as this returns. Call it on every rank with the same arguments.
+
+    ``result()`` of the returned future gives every rank the same ``CheckpointInfo`` or
+    raises the same typed error (``CheckpointTimeoutError`` for a lost peer, bounded by
+    ``timeout``). A save still in flight from an earlier call is waited for first (its
+    outcome stays with its own future); :func:`wait_for_sharded_saves` waits for the last."""
+    writer = ShardedWriter(  # validates step, basename and retention here, not later
+        directory,
+        step,
+        basename=basename,
+        metadata=metadata,
+        max_to_keep=max_to_keep,
+        keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+    )
+    background = _get()
+    if background.pending is not None:
+        wait([background.pending])  # its buffers are about to be overwritten
+    group = background_group(timeout)
+    flat = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
+    snapshot = background.stager.stage(flat)  # synchronous: no async staging configured
+    assert isinstance(snapshot, dict)
+    future = SaveFuture(writer.step, writer.directory)
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():  # pragma: no cover - never cancelled
+            return
+        try:
+            future.set_result(save_with(writer, snapshot, group, timeout))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    background.pending = future
+    background.executor.submit(run)
+    return future
+
+
+def wait_for_sharded_saves() -> None:
+    """Wait until this process's background collective save, if any, has finished (its
+    outcome stays with its future). Every rank should call it before ending the job."""
+    background = _background
+    if background is not None and background.pending is not None:
+        wait([background.pending])
