@@ -254,8 +254,10 @@ class CheckpointSaverHook(SessionRunHook):
         ``save_secs`` a save lands at the first sync point after the timer fired."""
         if self._async:
             raise NotImplementedError(
-                "async_save=True is not supported in a torch.distributed job yet; pass "
-                "async_save=False (docs/distributed.md)"
+                "async_save=True is not supported in a torch.distributed session yet: pass "
+                "async_save=False, or save from a hook of your own with "
+                "trainhooks.distributed.save_sharded_async (docs/distributed.md, "
+                "'Asynchronous collective saves')"
             )
         if phase == "step":
             due = self._timer.should_trigger_for_step(step)
