@@ -277,7 +277,7 @@ def scenario_failed_save(root: Path, rank: int) -> None:
 def scenario_chief_refuses(root: Path, rank: int) -> None:
     """async_save=True is refused on the chief at creation; the other rank is told so
     instead of waiting for it."""
-    error = None
+    error = message = None
     try:
         MonitoredTrainingSession(
             checkpoint_dir=root / "refused",
@@ -287,7 +287,7 @@ def scenario_chief_refuses(root: Path, rank: int) -> None:
             async_save=True,
         )
     except (NotImplementedError, RuntimeError) as exc:
-        error = type(exc).__name__
+        error, message = type(exc).__name__, str(exc)
     rollback = None
     try:
         MonitoredTrainingSession(
@@ -297,7 +297,7 @@ def scenario_chief_refuses(root: Path, rank: int) -> None:
         )
     except ValueError as exc:
         rollback = str(exc)
-    save(root, "refused", rank, {"error": error, "rollback": rollback})
+    save(root, "refused", rank, {"error": error, "message": message, "rollback": rollback})
 
 
 def two_ranks(rank: int, world: int, port: int, root: str) -> None:
