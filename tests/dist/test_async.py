@@ -79,3 +79,30 @@ def test_error_on_one_rank_is_the_same_typed_error_on_both(launched: dict[str, A
     directory = launched["root"] / "ckpt"
     assert leftovers(directory) == set()
     assert trainhooks.list_checkpoints(directory)[-1].step == 4
+
+
+def test_one_process_without_a_process_group(tmp_path: Path) -> None:
+    # No torch.distributed job: the same call saves this process's state in the background.
+    import torch
+
+    from trainhooks.distributed import save_sharded_async, wait_for_sharded_saves
+
+    weights = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    future = save_sharded_async({"w": weights, "meta": {"lr": 0.5}}, tmp_path, 7)
+    weights.add_(100.0)  # after the call: not in the checkpoint
+    wait_for_sharded_saves()
+    info = future.result()
+    assert info.step == 7
+    loaded = trainhooks.load(info.path)
+    assert loaded["w"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert loaded["meta"] == {"lr": 0.5}
+
+
+def test_bad_step_is_refused_at_the_call(tmp_path: Path) -> None:
+    from trainhooks.distributed import save_sharded_async
+
+    with pytest.raises(ValueError, match="step must be a non-negative int"):
+        save_sharded_async({"x": 1}, tmp_path, -1)
+    with pytest.raises(ValueError, match="basename"):
+        save_sharded_async({"x": 1}, tmp_path, 1, basename="a/b")
+    assert trainhooks.list_checkpoints(tmp_path) == []
