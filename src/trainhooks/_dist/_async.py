@@ -70,9 +70,7 @@ def save_sharded_async(
     raises the same typed error (``CheckpointTimeoutError`` for a lost peer, bounded by
     ``timeout``). A save still in flight from an earlier call is waited for first (its
     outcome stays with its own future); :func:`wait_for_sharded_saves` waits for the last."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    writer = ShardedWriter(  # basename and retention are checked here, not in the background
+    writer = ShardedWriter(  # step, basename and retention are checked here, not in the background
         directory,
         step,
         basename=basename,

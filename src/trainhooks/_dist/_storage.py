@@ -96,8 +96,10 @@ class ShardedWriter(StorageWriter):
         keep_checkpoint_every_n_hours: float = 10000.0,
     ) -> None:
         super().__init__()
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
         self.directory = Path(directory)
-        self.step = int(step)
+        self.step = step
         self.basename = check_basename(basename)
         self.metadata = dict(metadata or {})
         self.retention = retention
