@@ -135,7 +135,7 @@ def latest_checkpoint(
 
     Reads every candidate's manifest to order them (see :func:`commits_newest_first`),
     then checks them in full newest first and stops at the first valid one. A URL is read
-    through the object store (whose checkpoints carry no commit number yet: newest step).
+    through the object store, in the same order (one listing, one manifest read each).
     """
     if (url := as_url(directory)) is not None:
         from trainhooks._store._remote import _api
