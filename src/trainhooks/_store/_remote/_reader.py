@@ -54,6 +54,7 @@ class RemoteCheckpointReader(CheckedReader):
         try:
             self._sizes = self.objects.list(self.root) if listing is None else listing
             self.manifest = self._read_manifest()
+            self._check_step_matches_name()
             self.step = self.manifest.step
         except CheckpointError:
             raise
