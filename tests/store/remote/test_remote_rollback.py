@@ -209,3 +209,24 @@ def test_checkpoints_without_a_sequence_still_list_and_count_as_older(s3_url: st
     state = blank_state()
     with Saver() as saver:
         assert saver.restore(state, s3_url).step == 2
+
+
+def test_a_failed_upload_never_lends_its_number_to_the_next_commit(s3_url: str) -> None:
+    """A failure at the manifest's create may hide a commit (its answer lost), so the next
+    commit takes a new number; a save refused before anything is sent keeps the count."""
+    from trainhooks import CheckpointFormatError, CheckpointWriteError
+    from trainhooks._store import _faults
+
+    with Saver(max_to_keep=None) as saver:
+        saver.save(state_for(1), s3_url, step=1)
+        with pytest.raises(CheckpointFormatError):
+            saver.save({"x": state_for(2)["weight"]}, s3_url, step=2, metadata={1: "a"})
+        saver.save(state_for(2), s3_url, step=2)
+        _faults.configure("remote_before_manifest=eio")
+        try:
+            with pytest.raises(CheckpointWriteError):
+                saver.save(state_for(3), s3_url, step=3)
+        finally:
+            _faults.configure(None)
+        saver.save(state_for(4), s3_url, step=4)
+    assert [(i.step, i.sequence) for i in list_checkpoints(s3_url)] == [(1, 1), (2, 2), (4, 4)]

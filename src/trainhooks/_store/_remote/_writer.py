@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from trainhooks._exceptions import CheckpointError, CheckpointWriteError
+from trainhooks._exceptions import CheckpointError, CheckpointFormatError, CheckpointWriteError
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
@@ -94,6 +94,8 @@ class RemoteWriter:
                 sequence=plan.sequence,
                 cancel=cancel,
             )
+        except CheckpointFormatError:
+            raise  # refused before anything was sent: the number is free
         except BaseException:
             # A manifest create whose answer was lost may have committed all the same:
             # never hand its number to another commit (numbers need not be dense).
