@@ -18,7 +18,7 @@ import crc32c
 
 from trainhooks._exceptions import CheckpointCorruptError, CheckpointFormatError
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._layout import MANIFEST_FILE
+from trainhooks._store._layout import MANIFEST_FILE, split_committed
 from trainhooks._store._limits import MAX_MANIFEST_BYTES
 from trainhooks._store._manifest import Manifest, ManifestError, TensorRecord
 from trainhooks._store._safetensors import HeaderError, header_length, parse_header
@@ -95,6 +95,17 @@ class CheckedReader:
             if exc.newer:
                 raise CheckpointFormatError(f"{self.path}: {exc}", path=self.path) from None
             raise self._corrupt(f"{MANIFEST_FILE}: {exc}", file=MANIFEST_FILE) from None
+
+    def _check_step_matches_name(self) -> None:
+        """A checkpoint named for one step whose manifest claims another was tampered with
+        (a directory or an object-storage prefix alike)."""
+        named = split_committed(self.path.name)
+        if named is not None and named[1] != self.manifest.step:
+            raise self._corrupt(
+                f"{MANIFEST_FILE} says step {self.manifest.step} but the directory is named "
+                f"for step {named[1]}",
+                file=MANIFEST_FILE,
+            )
 
     def _check_header(self, name: str, size: int, read_at: ReadAt) -> None:
         """Check data file ``name`` of ``size`` bytes against the manifest: its size, its

@@ -8,7 +8,7 @@ from typing import Any
 
 from trainhooks._store._remote._url import ObjectPath
 
-__all__ = ["CheckpointInfo"]
+__all__ = ["CheckpointInfo", "newest_first_key"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,14 @@ class CheckpointInfo:
         """Sort key of commits, oldest first: the sequence, then (for checkpoints without
         one) the step."""
         return self.sequence, self.step
+
+
+def newest_first_key(step: int, sequence: int | None) -> tuple[int, int, int]:
+    """Sort key, descending, of the candidates for "the newest commit" of a directory or
+    prefix, each known by its name's ``step`` and its manifest's ``sequence`` (None: the
+    manifest could not be read).
+
+    By sequence, then step; an unreadable one comes first: it may be the newest, and a
+    reader that needs the newest should try it, fail, and say so.
+    """
+    return (1, 0, step) if sequence is None else (0, sequence, step)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from trainhooks._exceptions import CheckpointError, CheckpointNotFoundError
-from trainhooks._store._info import CheckpointInfo
+from trainhooks._store._info import CheckpointInfo, newest_first_key
 from trainhooks._store._layout import DEFAULT_BASENAME, parse_committed
 from trainhooks._store._reader import CheckpointReader
 from trainhooks._store._remote._url import as_url, local_path
@@ -73,11 +73,11 @@ def ordered_commits(directory: str | os.PathLike[str], basename: str) -> tuple[l
     for step, path in _committed_entries(directory, basename):
         try:
             with CheckpointReader(path, follow_symlinks=False, data_files=False) as reader:
-                ordered.append(((0, reader.manifest.sequence, step), path))
+                ordered.append((newest_first_key(step, reader.manifest.sequence), path))
         except CheckpointNotFoundError:
             vanished = True
         except CheckpointError:
-            ordered.append(((1, 0, step), path))
+            ordered.append((newest_first_key(step, None), path))
     ordered.sort(reverse=True)
     return [path for _, path in ordered], vanished
 
@@ -135,7 +135,7 @@ def latest_checkpoint(
 
     Reads every candidate's manifest to order them (see :func:`commits_newest_first`),
     then checks them in full newest first and stops at the first valid one. A URL is read
-    through the object store (whose checkpoints carry no commit number yet: newest step).
+    through the object store, in the same order (one listing, one manifest read each).
     """
     if (url := as_url(directory)) is not None:
         from trainhooks._store._remote import _api

@@ -93,16 +93,6 @@ class CheckpointReader(CheckedReader):
             "name is never read through a link)"
         )
 
-    def _check_step_matches_name(self) -> None:
-        """A checkpoint named for one step whose manifest claims another was tampered with."""
-        named = split_committed(self.path.name)
-        if named is not None and named[1] != self.manifest.step:
-            raise self._corrupt(
-                f"{MANIFEST_FILE} says step {self.manifest.step} but the directory is named "
-                f"for step {named[1]}",
-                file=MANIFEST_FILE,
-            )
-
     def close(self) -> None:
         """Close the checkpoint's files (mappings handed out stay valid)."""
         for fd in [*self._files.values(), getattr(self, "_dir", None)]:

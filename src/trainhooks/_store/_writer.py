@@ -49,8 +49,10 @@ __all__ = [
     "DirectoryWriter",
     "RetentionPolicy",
     "RetentionRecord",
+    "all_but_newest",
     "plan_retention",
     "prune_checkpoints",
+    "recover_record",
     "retention_policy",
 ]
 
@@ -145,21 +147,27 @@ def plan_retention(
     return RetentionRecord(tuple(managed), tuple(delete), next_keep, sequence)
 
 
-def _recover_record(directory: Path, basename: str, policy: RetentionPolicy) -> RetentionRecord:
-    """Continue the retention of the run that wrote the newest checkpoint in ``directory``.
+def recover_record(
+    existing: Sequence[CheckpointInfo],
+    retention_of: Callable[[CheckpointInfo], Any],
+    policy: RetentionPolicy,
+) -> RetentionRecord:
+    """Continue the retention of the run that made the newest commit among ``existing``
+    (the valid checkpoints of one directory or object-storage prefix; ``retention_of``
+    reads one's recorded retention).
 
     Its manifest says which checkpoints are still managed and which were chosen for
-    deletion (a crash may have come before they were removed). Without a record (no
-    checkpoint yet, or one written by another tool), behave like TF's
-    ``recover_last_checkpoints``: manage the newest window, leave older ones alone.
+    deletion (a crash may have come before they were removed); the commit numbering goes
+    on from the highest one. Without a record (no checkpoint yet, or one written by
+    another tool), behave like TF's ``recover_last_checkpoints``: manage the newest
+    window, leave older ones alone.
     """
-    existing = sorted(list_checkpoints(directory, basename=basename), key=_commit_order)
+    existing = sorted(existing, key=_commit_order)
     if not existing:
         return RetentionRecord(next_keep_time=policy.first_keep_time)
     newest = existing[-1]
     sequence = max(c.sequence for c in existing)
-    with CheckpointReader(newest.path, follow_symlinks=False) as reader:
-        raw = reader.manifest.retention
+    raw = retention_of(newest)
     record = RetentionRecord.from_json(raw) if raw is not None else None
     if record is None:
         window = existing[-policy.max_to_keep :] if policy.max_to_keep else []
@@ -175,6 +183,16 @@ def _recover_record(directory: Path, basename: str, policy: RetentionPolicy) -> 
         if step not in on_disk or _commit_order(on_disk[step]) < _commit_order(newest)
     )
     return RetentionRecord(record.managed, pending, record.next_keep_time, sequence)
+
+
+def _recover_record(directory: Path, basename: str, policy: RetentionPolicy) -> RetentionRecord:
+    """:func:`recover_record` of the checkpoints in ``directory``."""
+
+    def retention_of(info: CheckpointInfo) -> Any:
+        with CheckpointReader(info.path, follow_symlinks=False) as reader:
+            return reader.manifest.retention
+
+    return recover_record(list_checkpoints(directory, basename=basename), retention_of, policy)
 
 
 def _commit_order(info: CheckpointInfo) -> tuple[int, int]:
@@ -399,8 +417,11 @@ def prune_checkpoints(
 
 
 def _prune_victims(directory: Path, keep: int, basename: str) -> list[CheckpointInfo]:
-    """All but the ``keep`` newest commits (after a rollback not the highest steps), in
-    step order."""
-    listed = list_checkpoints(directory, basename=basename)
+    return all_but_newest(list_checkpoints(directory, basename=basename), keep)
+
+
+def all_but_newest(listed: Sequence[CheckpointInfo], keep: int) -> list[CheckpointInfo]:
+    """All but the ``keep`` newest commits of ``listed`` (after a rollback not the highest
+    steps), in step order: what ``prune_checkpoints`` removes, locally and on a bucket."""
     keeping = {info.path for info in sorted(listed, key=_commit_order)[-keep:]}
-    return [info for info in listed if info.path not in keeping]
+    return sorted((info for info in listed if info.path not in keeping), key=lambda i: i.step)

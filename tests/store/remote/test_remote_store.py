@@ -146,3 +146,30 @@ def test_a_save_past_a_format_limit_uploads_nothing(s3_url: str, s3) -> None:  #
                 saver.save(state, s3_url, 2, metadata=metadata)
         assert sorted(s3.find(s3_url)) == before
     assert [c.step for c in trainhooks.list_checkpoints(s3_url)] == [1]
+
+
+def test_a_manifest_claiming_another_step_is_corrupt(s3_url: str, s3) -> None:  # type: ignore[no-untyped-def]
+    """As locally: a prefix named for one step whose manifest says another (re-sealed, as
+    a forger who knows the format would) is refused, not listed under the wrong step."""
+    import json
+
+    import crc32c
+
+    with Saver(max_to_keep=None) as saver:
+        saver.save(_state(1), s3_url, 1)
+        info = saver.save(_state(2), s3_url, 2)
+    path = f"{info.path}/manifest.json"
+    body = json.loads(s3.cat_file(path))
+    body["step"] = 7
+    body.pop("manifest_crc32c")
+
+    def canonical(value: object) -> bytes:
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+    body["manifest_crc32c"] = crc32c.crc32c(canonical(body))
+    s3.pipe_file(path, canonical(body))
+    assert [c.step for c in trainhooks.list_checkpoints(s3_url)] == [1]
+    with pytest.raises(CheckpointCorruptError, match="says step 7"):
+        trainhooks.verify_checkpoint(str(info.path))
+    latest = trainhooks.latest_checkpoint(s3_url)
+    assert latest is not None and latest.step == 1

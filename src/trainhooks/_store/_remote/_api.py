@@ -12,13 +12,13 @@ from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._remote._layout import LEASE_OBJECT
 from trainhooks._store._remote._lease import Lease
 from trainhooks._store._remote._objects import open_objects
-from trainhooks._store._remote._reader import RemoteCheckpointReader, committed_checkpoints
+from trainhooks._store._remote._reader import RemoteCheckpointReader, commits_newest_first
 from trainhooks._store._remote._writer import clean_leftovers, remove_step, scan
+from trainhooks._store._writer import all_but_newest
 
 __all__ = [
     "checkpoint_info",
     "committed_names",
-    "committed_readers",
     "latest_checkpoint",
     "list_checkpoints",
     "prune_checkpoints",
@@ -35,33 +35,22 @@ def list_checkpoints(
     return scan(objects, url, root, basename, storage_options)[0]
 
 
-def committed_readers(
-    url: str, basename: str, storage_options: Options = None
-) -> list[Callable[[], RemoteCheckpointReader]]:
-    """Openers of the prefixes holding a manifest, newest first, from one listing."""
-    objects, root = open_objects(url, storage_options)
-    found = committed_checkpoints(objects, root, basename)
-
-    def opener(name: str, sizes: dict[str, int]) -> Callable[[], RemoteCheckpointReader]:
-        return lambda: RemoteCheckpointReader(
-            f"{url}/{name}", storage_options=storage_options, listing=sizes
-        )
-
-    return [opener(name, sizes) for _, name, sizes in found]
-
-
 def committed_names(url: str, basename: str, storage_options: Options = None) -> list[str]:
-    """Names of the prefixes under ``url`` holding a manifest, newest first."""
+    """Names of the prefixes under ``url`` holding a manifest, the last committed first
+    (after a rollback not the highest step): one listing and one manifest read each."""
     objects, root = open_objects(url, storage_options)
-    return [name for _, name, _ in committed_checkpoints(objects, root, basename)]
+    return [c.name for c in commits_newest_first(objects, url, root, basename, storage_options)]
 
 
 def latest_checkpoint(
     url: str, basename: str, storage_options: Options = None
 ) -> CheckpointInfo | None:
-    for open_reader in committed_readers(url, basename, storage_options):
+    """The last committed structurally valid checkpoint: the manifests order the
+    candidates, then data objects are checked newest first until one passes."""
+    objects, root = open_objects(url, storage_options)
+    for commit in commits_newest_first(objects, url, root, basename, storage_options):
         try:
-            return open_reader().info
+            return commit.open(storage_options).info
         except CheckpointError:
             continue
     return None
@@ -80,13 +69,14 @@ def verify_checkpoint(
 def prune_checkpoints(
     url: str, keep: int, dry_run: bool, basename: str, storage_options: Options = None
 ) -> list[CheckpointInfo]:
-    """Delete all but the newest ``keep`` valid checkpoints under the lease."""
+    """Delete all but the ``keep`` newest (last committed) valid checkpoints under the
+    lease; return them in step order."""
     objects, root = open_objects(url, storage_options)
     if dry_run:
-        return scan(objects, url, root, basename, storage_options)[0][:-keep]
+        return all_but_newest(scan(objects, url, root, basename, storage_options)[0], keep)
     lease = Lease(objects, f"{root}/{LEASE_OBJECT}", url)
     try:
-        victims = scan(objects, url, root, basename, storage_options)[0][:-keep]
+        victims = all_but_newest(scan(objects, url, root, basename, storage_options)[0], keep)
         for info in victims:
             remove_step(objects, root, basename, info.step)
         clean_leftovers(objects, root, basename)

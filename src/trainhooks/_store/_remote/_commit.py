@@ -48,20 +48,24 @@ def upload_checkpoint(
     *,
     when: float | None = None,
     retention: dict[str, Any] | None = None,
+    sequence: int = 0,
     cancel: threading.Event | None = None,
 ) -> CheckpointInfo:
     """Upload and commit a checkpoint of ``tensors`` + ``tree`` at ``step`` under ``root``
-    (the path of ``url`` in ``objects``); once ``cancel`` is set (a background save being
+    (the path of ``url`` in ``objects``); ``sequence`` is the commit's number in its prefix
+    (the lease holder's; 0 records none); once ``cancel`` is set (a background save being
     cancelled), the save stops before its next request and before its commit point."""
     when = time.time() if when is None else when
     # Refuse what a reader would refuse before uploading anything (the same admission as
     # a local commit: limits, plain-JSON metadata, the manifest's size).
-    _admitted_plan(step, when, tensors, tree, metadata, retention, 0)
+    _admitted_plan(step, when, tensors, tree, metadata, retention, sequence)
     metadata = checked_metadata(metadata)
     prefix = checkpoint_prefix(root, basename, step)
     data_path = f"{prefix}/{data_object_name()}"
     try:
-        skeleton = Manifest(step, when, {}, [], tree, metadata, retention=retention)
+        skeleton = Manifest(
+            step, when, {}, [], tree, metadata, retention=retention, sequence=sequence
+        )
         manifest = _upload_data(objects, data_path, skeleton, tensors, cancel)
         fault_point("remote_before_manifest")
         body = manifest.to_bytes()
@@ -82,6 +86,7 @@ def upload_checkpoint(
         len(manifest.tensors),
         manifest.format_version,
         manifest.metadata,
+        manifest.sequence,
     )
 
 

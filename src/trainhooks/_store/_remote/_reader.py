@@ -8,6 +8,7 @@ downloaded: opening a checkpoint reads its manifest and each data object's heade
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import crc32c
@@ -17,18 +18,24 @@ from trainhooks._exceptions import (
     CheckpointNotFoundError,
 )
 from trainhooks._store._checked import CheckedReader
+from trainhooks._store._info import newest_first_key
 from trainhooks._store._layout import MANIFEST_FILE, parse_committed
 from trainhooks._store._manifest import Manifest, TensorRecord
 from trainhooks._store._remote._objects import READ_CHUNK, ObjectStore, open_objects, parallel
 from trainhooks._store._remote._url import ObjectPath
 
-__all__ = ["RemoteCheckpointReader", "committed_checkpoints"]
+__all__ = ["Commit", "RemoteCheckpointReader", "commits_newest_first", "committed_checkpoints"]
 
 _HEADER_GUESS = 64 * 1024
 
 
 class RemoteCheckpointReader(CheckedReader):
-    """One committed checkpoint in object storage, structure-checked on open."""
+    """One committed checkpoint in object storage, structure-checked on open.
+
+    ``listing`` (the sizes of its objects, from a listing already made) saves a request;
+    ``data_files=False`` reads the manifest only (one request), and
+    :meth:`check_data_files` completes the check later.
+    """
 
     _verify_chunk = 16 * 1024 * 1024  # fewer, larger range requests
 
@@ -38,6 +45,7 @@ class RemoteCheckpointReader(CheckedReader):
         *,
         storage_options: dict[str, Any] | None = None,
         listing: dict[str, int] | None = None,
+        data_files: bool = True,
     ) -> None:
         self.path = ObjectPath(str(path))
         self.step: int | None = None
@@ -46,13 +54,26 @@ class RemoteCheckpointReader(CheckedReader):
         try:
             self._sizes = self.objects.list(self.root) if listing is None else listing
             self.manifest = self._read_manifest()
+            self._check_step_matches_name()
             self.step = self.manifest.step
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise self._read_error(exc) from exc
+        if data_files:
+            self.check_data_files()
+
+    def check_data_files(self) -> RemoteCheckpointReader:
+        """Check each data object's size and header against the manifest (one small range
+        read each); the structure check a reader opened with ``data_files=False`` skipped."""
+        try:
             for name in self.manifest.files:
                 self._check_data_file(name)
         except CheckpointError:
             raise
         except Exception as exc:
             raise self._read_error(exc) from exc
+        return self
 
     def close(self) -> None:
         """Nothing stays open between reads; kept for the reader interface."""
@@ -167,3 +188,52 @@ def committed_checkpoints(
             found.append((step, name, sizes))
     found.sort(reverse=True)
     return found
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A prefix holding a manifest: its name, its objects' sizes (from the listing) and
+    a reader of its manifest (data objects not yet checked), None when that failed."""
+
+    url: str
+    name: str
+    sizes: dict[str, int]
+    reader: RemoteCheckpointReader | None
+
+    def open(self, storage_options: dict[str, Any] | None = None) -> RemoteCheckpointReader:
+        """The checkpoint, structure-checked in full (raises what makes it unusable)."""
+        if self.reader is not None:
+            return self.reader.check_data_files()
+        return RemoteCheckpointReader(
+            f"{self.url}/{self.name}", storage_options=storage_options, listing=self.sizes
+        )
+
+
+def commits_newest_first(
+    objects: ObjectStore,
+    url: str,
+    root: str,
+    basename: str,
+    storage_options: dict[str, Any] | None = None,
+) -> list[Commit]:
+    """The prefixes under ``root`` (the path of ``url``) holding a manifest, the last
+    committed first: one listing, then each manifest read once, in parallel.
+
+    The local order (``_store/_listing.ordered_commits``): by each manifest's
+    ``sequence``, then by step, so checkpoints saved before remote manifests carried one
+    count as older than any with one; one whose manifest cannot be read comes first.
+    """
+
+    def read(found: tuple[int, str, dict[str, int]]) -> tuple[tuple[int, int, int], Commit]:
+        step, name, sizes = found
+        try:
+            reader = RemoteCheckpointReader(
+                f"{url}/{name}", storage_options=storage_options, listing=sizes, data_files=False
+            )
+        except CheckpointError:
+            return newest_first_key(step, None), Commit(url, name, sizes, None)
+        return newest_first_key(step, reader.manifest.sequence), Commit(url, name, sizes, reader)
+
+    keyed = parallel(read, committed_checkpoints(objects, root, basename), "trainhooks-order")
+    keyed.sort(key=lambda item: item[0], reverse=True)
+    return [commit for _, commit in keyed]

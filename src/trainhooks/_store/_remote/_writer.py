@@ -1,8 +1,9 @@
 """The writer of a checkpoint prefix in object storage: lease, retention, leftovers.
 
 The counterpart of ``_store/_writer.py``'s ``DirectoryWriter``, with the same retention
-policy and record (``plan_retention``, ``RetentionRecord``: the victims of a save are
-written into its manifest before its commit). Opening takes the lease, deletes what a
+policy, record and commit numbering (``plan_retention``, ``recover_record``: the victims
+of a save and its commit ``sequence`` are written into its manifest before its commit,
+and a new writer continues from the newest commit's record). Opening takes the lease, deletes what a
 crashed writer left (data objects no manifest names, half-deleted checkpoints) and aborts
 its unfinished multipart uploads. Deleting a checkpoint removes its manifest first, so a
 half-deleted checkpoint is never listed; the rest is removed at once, or by the next writer.
@@ -16,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from trainhooks._exceptions import CheckpointError, CheckpointWriteError
+from trainhooks._exceptions import CheckpointError, CheckpointFormatError, CheckpointWriteError
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
@@ -25,11 +26,16 @@ from trainhooks._store._manifest import Manifest, ManifestError
 from trainhooks._store._remote._commit import upload_checkpoint
 from trainhooks._store._remote._layout import LEASE_OBJECT, checkpoint_prefix, split_object
 from trainhooks._store._remote._lease import Lease
-from trainhooks._store._remote._objects import ObjectStore, open_objects
+from trainhooks._store._remote._objects import ObjectStore, open_objects, parallel
 from trainhooks._store._remote._reader import RemoteCheckpointReader, committed_checkpoints
-from trainhooks._store._writer import RetentionPolicy, RetentionRecord, plan_retention
+from trainhooks._store._writer import (
+    RetentionPolicy,
+    RetentionRecord,
+    plan_retention,
+    recover_record,
+)
 
-__all__ = ["RemoteWriter", "clean_leftovers", "remove_step", "scan"]
+__all__ = ["RemoteWriter", "clean_leftovers", "remove_step", "scan", "scan_readers"]
 
 
 class RemoteWriter:
@@ -73,19 +79,28 @@ class RemoteWriter:
         self.lease.check()
         when = time.time()
         plan = plan_retention(self.record, step, when, self.policy)
-        info = upload_checkpoint(
-            self.objects,
-            self.url,
-            self.root,
-            self.basename,
-            step,
-            tensors,
-            tree,
-            metadata,
-            when=when,
-            retention=plan.to_json(),
-            cancel=cancel,
-        )
+        try:
+            info = upload_checkpoint(
+                self.objects,
+                self.url,
+                self.root,
+                self.basename,
+                step,
+                tensors,
+                tree,
+                metadata,
+                when=when,
+                retention=plan.to_json(),
+                sequence=plan.sequence,
+                cancel=cancel,
+            )
+        except CheckpointFormatError:
+            raise  # refused before anything was sent: the number is free
+        except BaseException:
+            # A manifest create whose answer was lost may have committed all the same:
+            # never hand its number to another commit (numbers need not be dense).
+            self.record = dataclasses.replace(self.record, sequence=plan.sequence)
+            raise
         self.record = plan
         for victim in plan.delete:
             try:
@@ -108,22 +123,16 @@ class RemoteWriter:
             self.lease.release()
 
     def _recover(self) -> RetentionRecord:
-        """Continue the retention recorded in the newest checkpoint (see ``_store/_writer``)."""
-        existing, _ = scan(self.objects, self.url, self.root, self.basename, self.storage_options)
-        if not existing:
-            return RetentionRecord(next_keep_time=self.policy.first_keep_time)
-        newest = existing[-1]
-        with RemoteCheckpointReader(
-            str(newest.path), storage_options=self.storage_options
-        ) as reader:
-            raw = reader.manifest.retention
-        record = RetentionRecord.from_json(raw) if raw is not None else None
-        if record is None:
-            window = existing[-self.policy.max_to_keep :] if self.policy.max_to_keep else []
-            managed = tuple((c.step, c.time) for c in window)
-            return RetentionRecord(managed, (), self.policy.first_keep_time)
-        pending = tuple(s for s in record.delete if s < newest.step)
-        return RetentionRecord(record.managed, pending, record.next_keep_time)
+        """Continue the retention and numbering of the newest commit (``recover_record``)."""
+        readers, _ = scan_readers(
+            self.objects, self.url, self.root, self.basename, self.storage_options
+        )
+        retention = {str(reader.path): reader.manifest.retention for reader in readers}
+        return recover_record(
+            [reader.info for reader in readers],
+            lambda info: retention[str(info.path)],
+            self.policy,
+        )
 
 
 def scan(
@@ -134,18 +143,33 @@ def scan(
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[list[CheckpointInfo], list[CheckpointError]]:
     """Structurally valid checkpoints under ``root`` by step, and the errors of the others."""
-    valid: list[CheckpointInfo] = []
-    broken: list[CheckpointError] = []
-    for _, name, sizes in committed_checkpoints(objects, root, basename):
+    readers, broken = scan_readers(objects, url, root, basename, storage_options)
+    return [reader.info for reader in readers], broken
+
+
+def scan_readers(
+    objects: ObjectStore,
+    url: str,
+    root: str,
+    basename: str,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[RemoteCheckpointReader], list[CheckpointError]]:
+    """:func:`scan`, as the readers of the valid checkpoints (their manifests read): one
+    listing, then each checkpoint's manifest and header, checkpoints in parallel."""
+
+    def check(found: tuple[int, str, dict[str, int]]) -> RemoteCheckpointReader | CheckpointError:
+        _, name, sizes = found
         try:
-            reader = RemoteCheckpointReader(
+            return RemoteCheckpointReader(
                 f"{url}/{name}", storage_options=storage_options, listing=sizes
             )
-            valid.append(reader.info)
         except CheckpointError as exc:
-            broken.append(exc)
-    valid.sort(key=lambda info: info.step)
-    return valid, broken
+            return exc
+
+    checked = parallel(check, committed_checkpoints(objects, root, basename), "trainhooks-scan")
+    readers = [r for r in checked if isinstance(r, RemoteCheckpointReader)]
+    readers.sort(key=lambda reader: reader.manifest.step)
+    return readers, [r for r in checked if isinstance(r, CheckpointError)]
 
 
 def remove_step(objects: ObjectStore, root: str, basename: str, step: int) -> bool:
