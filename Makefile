@@ -29,6 +29,7 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file examples/mypy.ini examples
 	$(BIN)/python -m pytest -q
 
 # Ray stays out of the dev extra (large; a job takes a minute here): its own venv.

@@ -99,7 +99,9 @@ def train(directory: Path, last_step: int, save_every: int, use_jax: bool) -> di
             print(f"  resumed from step {session.global_step}")
         while not session.should_stop():
             session.run(step)
-    return {"params": state["params"], "val_mse": evaluator.last_metrics["val_mse"]}
+    # A job resumed at its last step saves nothing, so it evaluates once here instead.
+    metrics = evaluator.last_metrics or validate(session)
+    return {"params": state["params"], "val_mse": metrics["val_mse"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+# A forged torch dtype naming a torch function is only dangerous where torch is imported
+# (elsewhere the name decodes to a plain string), so the test imports it, whatever ran first.
+import torch  # noqa: F401
+
 from _support.store import (
     DATA,
     MANIFEST,
