@@ -8,6 +8,7 @@ raises on a failed check inside the rank (``mp.spawn`` then fails the fixture).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ from _support import dist_session as s
 from _support import dist_workers as w
 from trainhooks import CheckpointError
 from trainhooks._store import _faults
-from trainhooks.distributed import load_sharded, save_sharded
+from trainhooks.distributed import (
+    load_sharded,
+    save_sharded,
+    save_sharded_async,
+    wait_for_sharded_saves,
+)
 
 
 def scenario_sharded(root: Path, url: str, rank: int, world: int) -> None:
@@ -47,6 +53,10 @@ def scenario_sharded(root: Path, url: str, rank: int, world: int) -> None:
         failed = {"error": type(exc).__name__, "message": str(exc), "step": exc.step}
     finally:
         _faults.configure("")
+    future = save_sharded_async(w.state(model, optim), url, 4, timeout=60)
+    w.train(model, optim, 1, seed=8)  # while the upload may still run
+    background = future.result()
+    wait_for_sharded_saves()
     s.save(
         root,
         "sharded",
@@ -55,8 +65,23 @@ def scenario_sharded(root: Path, url: str, rank: int, world: int) -> None:
             "paths": [str(first.path), str(info.path)],
             "sequences": [first.sequence, info.sequence],
             "failed": failed,
+            "background": str(background.path),
         },
     )
+
+
+def scenario_options(url: str, rank: int) -> None:
+    """Rank 0's ``storage_options`` reach rank 1 with the plan: rank 1's own environment
+    names a closed port as the endpoint (run first, before rank 1 made any client)."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    if rank == 1:
+        os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # nothing listens there
+    options = {"client_kwargs": {"endpoint_url": endpoint}} if rank == 0 else None
+    try:
+        info = save_sharded({"w": torch.arange(4.0)}, url, 1, storage_options=options)
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+    assert info.path.name == "ckpt-000000000001", info
 
 
 def scenario_session(root: Path, url: str, rank: int) -> None:
@@ -96,6 +121,7 @@ def two_ranks(rank: int, world: int, port: int, root: str, url: str) -> None:
     """The one 2-rank launch of tests/dist/test_remote_sharded.py."""
     w.init(rank, world, port)
     base = Path(root)
+    scenario_options(f"{url}/options", rank)
     scenario_sharded(base, f"{url}/sharded", rank, world)
     scenario_session(base, url, rank)
     dist.barrier()

@@ -73,7 +73,7 @@ def test_every_rank_uploads_its_shard_and_rank_0_commits_the_manifest(
     assert names[1].startswith("shard-00000-of-00002-")
     assert names[2].startswith("shard-00001-of-00002-")
     listed = trainhooks.list_checkpoints(f"{launched['url']}/sharded")
-    assert [info.step for info in listed] == [1, 2]
+    assert [info.step for info in listed] == [1, 2, 4]
     assert listed[0].metadata == {"kind": "fsdp"}
 
 
@@ -112,8 +112,22 @@ def test_a_failed_upload_on_one_rank_commits_nothing_on_either(
     assert failures[0]["error"] == "CheckpointWriteError", failures[0]
     assert failures[0]["step"] == 3 and "injected I/O error" in failures[0]["message"]
     assert _objects(launched, "sharded/ckpt-000000000003") == []  # no manifest, no shard
-    latest = trainhooks.latest_checkpoint(f"{launched['url']}/sharded")
-    assert latest is not None and latest.step == 2
+    steps = [info.step for info in trainhooks.list_checkpoints(f"{launched['url']}/sharded")]
+    assert steps == [1, 2, 4]  # 3 failed; the next save (in the background) committed
+
+
+def test_background_save_commits_to_the_url(launched: dict[str, Any]) -> None:
+    paths = {result["background"] for result in _results(launched, "sharded")}
+    assert paths == {f"{launched['url']}/sharded/ckpt-000000000004"}
+    trainhooks.verify_checkpoint(paths.pop())
+
+
+def test_rank_0_storage_options_reach_every_rank(launched: dict[str, Any]) -> None:
+    # rank 1's environment named a closed port: its shard went up with rank 0's options
+    loaded = trainhooks.load(f"{launched['url']}/options/ckpt-000000000001")
+    assert sorted(loaded) == ["w"] and loaded["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    names = [key.rsplit("/", 1)[1] for key in _objects(launched, "options/ckpt-000000000001/")]
+    assert len(names) == 3 and names[2].startswith("shard-00001-of-00002-"), names
 
 
 def test_session_saves_to_a_url_and_resumes_bit_exact(launched: dict[str, Any]) -> None:
@@ -137,4 +151,3 @@ def test_corrupt_shard_object_every_rank_falls_back_to_the_previous_checkpoint(
     # the re-save of step 8 replaced the damaged copy: it verifies again
     info = trainhooks.verify_checkpoint(f"{launched['url']}/resumed/ckpt-000000000008")
     assert info.step == 8
-
