@@ -155,7 +155,6 @@ class ShardedUpload:
         when: float | None,
     ) -> CheckpointInfo:
         prefix = f"{self.root}/{committed_name(self.basename, self.step)}"
-        paths = [f"{prefix}/{shard.name}" for shard in shards]
         records = [record for shard in shards for record in shard.records]
         try:
             check_unique(records, self.url, self.step)
@@ -178,7 +177,9 @@ class ShardedUpload:
             fault_point("remote_before_manifest")
             create_manifest(self.objects, prefix, body)  # the commit point
         except BaseException as exc:
-            forget(self.objects, paths)
+            # Every shard of the attempt (the listing finds them); one a manifest names
+            # stays: a create whose answer was lost may have committed all the same.
+            self.discard()
             if not isinstance(exc, Exception) or isinstance(exc, CheckpointError):
                 raise
             raise write_error(exc, self.url, self.step) from exc
