@@ -178,17 +178,12 @@ class Saver:
         """Commit a checkpoint that ``commit`` writes itself (a collective save of several
         processes) in ``directory`` under this saver's lock and retention: ``commit`` gets
         the retention record to store in its manifest; ``max_to_keep`` applies as for
-        :meth:`save`. Local directories only."""
+        :meth:`save`. A URL's writer is its lease holder (``commit`` numbers the commit
+        after the highest there)."""
         _check_step(step)
-        if as_url(directory) is not None:
-            raise NotImplementedError(
-                f"collective saves go to a shared local directory for now, not {directory} "
-                "(see docs/distributed.md)"
-            )
         self._background.drain()
-        lease = self._writer(directory, step)
-        assert isinstance(lease, WriterLease)  # a local directory's
-        return lease.commit_with(step, lambda plan, _when: commit(plan.to_json()))
+        writer = self._writer(directory, step)
+        return writer.commit_with(step, lambda plan, _when: commit(plan.to_json()))
 
     def acquire(self, directory: str | os.PathLike[str]) -> None:
         """Become the writer of ``directory`` now rather than at the first save.

@@ -76,7 +76,9 @@ def digest(value: Any) -> str:
     return sha.hexdigest()
 
 
-def ddp_run(directory: Path, rank: int, until: int, crash_at: int | None = None) -> dict[str, Any]:
+def ddp_run(
+    directory: Path | str, rank: int, until: int, crash_at: int | None = None
+) -> dict[str, Any]:
     """A DDP model + Adam trained by a session saving every 4 steps, up to ``until``."""
     model = DistributedDataParallel(w.make_model(seed=0))
     optim = torch.optim.Adam(model.parameters(), lr=0.01)

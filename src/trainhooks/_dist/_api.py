@@ -6,7 +6,6 @@ every rank, and a peer lost mid-way (died or stalled past ``timeout``) turned in
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
@@ -42,6 +41,7 @@ def save_sharded(
     max_to_keep: int | None = None,
     keep_checkpoint_every_n_hours: float = 10000.0,
     timeout: Timeout = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> CheckpointInfo:
     """Save ``state`` (a DCP state dict: DTensors, plain tensors, JSON-able values) from every
     rank as one committed checkpoint; every rank returns its ``CheckpointInfo``.
@@ -50,7 +50,11 @@ def save_sharded(
     keeps all), decided and carried out by rank 0 once the new checkpoint is durable.
     ``timeout`` (seconds or a ``timedelta``; the same on every rank) bounds each of the
     save's collectives; by default the process group's timeout applies. A peer that dies
-    or stalls gives ``CheckpointTimeoutError`` on the other ranks."""
+    or stalls gives ``CheckpointTimeoutError`` on the other ranks. ``directory`` may be a
+    URL (``s3://bucket/prefix``): every rank uploads its shard, rank 0 holds the prefix's
+    lease and commits with the manifest's exclusive create; ``storage_options`` (rank
+    0's, sent to every rank with the plan) go to fsspec, otherwise credentials and
+    endpoint come from the environment."""
     writer = ShardedWriter(
         directory,
         step,
@@ -58,6 +62,7 @@ def save_sharded(
         metadata=metadata,
         max_to_keep=max_to_keep,
         keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+        storage_options=storage_options,
     )
     return save_with(writer, state, checkpoint_group(timeout), timeout)
 
@@ -115,12 +120,16 @@ def _broadcast_info(info: CheckpointInfo | None, group: Any) -> CheckpointInfo |
 
 
 def load_sharded(
-    state: dict[str, Any], path: str | os.PathLike[str], *, timeout: Timeout = None
+    state: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    timeout: Timeout = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Load the checkpoint at ``path`` into ``state`` in place on every rank, resharding to
-    this job's world size and layout; every chunk is verified before use. ``timeout`` as
-    in :func:`save_sharded`."""
-    reader = ShardedReader(Path(path))
+    """Load the checkpoint at ``path`` (a directory or a URL) into ``state`` in place on
+    every rank, resharding to this job's world size and layout; every chunk is verified
+    before use. ``timeout`` and ``storage_options`` as in :func:`save_sharded`."""
+    reader = ShardedReader(path, storage_options=storage_options)
     group = checkpoint_group(timeout)
     try:
         dcp_load(state, storage_reader=reader, process_group=group)

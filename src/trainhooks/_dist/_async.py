@@ -61,6 +61,7 @@ def save_sharded_async(
     max_to_keep: int | None = None,
     keep_checkpoint_every_n_hours: float = 10000.0,
     timeout: Timeout = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> SaveFuture:
     """Like :func:`save_sharded`, but return once this rank's shards are copied to CPU
     memory: the write, gather and commit go on in the background, and ``state`` may change
@@ -77,6 +78,7 @@ def save_sharded_async(
         metadata=metadata,
         max_to_keep=max_to_keep,
         keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+        storage_options=storage_options,
     )
     background = _get()
     if background.pending is not None:

@@ -30,8 +30,10 @@ from trainhooks._exceptions import (
     CheckpointWriteError,
 )
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._layout import committed_path
+from trainhooks._store._layout import committed_name, committed_path
 from trainhooks._store._listing import commits_newest_first
+from trainhooks._store._remote._api import committed_names
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 __all__ = ["Collectives", "RestorePlain"]
 
@@ -39,7 +41,7 @@ _LOG = logging.getLogger("trainhooks")
 
 Commit = Callable[[dict[str, Any] | None], CheckpointInfo]
 CommitWith = Callable[[Commit], CheckpointInfo]
-RestorePlain = Callable[[MutableMapping[str, Any], Path], CheckpointInfo]
+RestorePlain = Callable[[MutableMapping[str, Any], Path | ObjectPath], CheckpointInfo]
 
 # Restore outcomes, combined with a max over the ranks.
 _OK, _UNUSABLE, _FAILED = 0, 1, 2
@@ -73,22 +75,32 @@ class Collectives:
     def save(
         self,
         state: MutableMapping[str, Any],
-        directory: Path,
+        directory: Path | ObjectPath,
         step: int,
         *,
         chief: bool,
         commit_with: CommitWith | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> CheckpointInfo:
         """One collective save of ``state`` (every rank calls it at the same point); the
         chief's hooks' states are saved from the chief. ``commit_with`` (the chief's saver)
-        plans retention and records the commit; without it the writer takes the lock."""
+        plans retention and records the commit; without it the writer takes the lock.
+        Only the chief's ``directory`` and ``storage_options`` count: DCP's plan carries
+        them to the other ranks."""
         dcp_state = to_dcp_state(state, with_hooks=chief)
 
         def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
-            writer = ShardedWriter(directory, step, lock=commit_with is None, retention=retention)
+            writer = ShardedWriter(
+                directory,
+                step,
+                lock=commit_with is None,
+                retention=retention,
+                storage_options=storage_options,
+            )
             try:
                 dcp_save(dcp_state, storage_writer=writer)
             except CheckpointException as exc:
+                writer.abandon()  # the coordinator removes what the failed save left
                 raise typed_error(exc, f"the save of step {step} in {directory}") from exc
             finally:
                 writer.release()
@@ -106,7 +118,7 @@ class Collectives:
     def restore(
         self,
         state: MutableMapping[str, Any],
-        directory: Path,
+        directory: Path | ObjectPath,
         step: int | None,
         basename: str,
         restore_plain: RestorePlain,
@@ -145,21 +157,22 @@ class Collectives:
             path=directory,
         )
 
-    def _candidates(self, directory: Path, step: int | None, basename: str) -> list[Path]:
+    def _candidates(
+        self, directory: Path | ObjectPath, step: int | None, basename: str
+    ) -> list[Path | ObjectPath]:
         """Rank 0's list, newest first, so that every rank walks the same one."""
         names: list[str] = []
         if self.rank == 0:
-            if step is not None:
-                path = committed_path(directory, basename, step)
-                names = [str(path)] if path.is_dir() else []
-            elif directory.is_dir():
-                names = [str(p) for p in commits_newest_first(directory, basename)]
+            names = _committed(directory, step, basename)
         box: list[Any] = [names]
         dist.broadcast_object_list(box, src=0)
-        return [Path(name) for name in box[0]]
+        return [checkpoint_location(name) for name in box[0]]
 
     def _try(
-        self, state: MutableMapping[str, Any], path: Path, restore_plain: RestorePlain
+        self,
+        state: MutableMapping[str, Any],
+        path: Path | ObjectPath,
+        restore_plain: RestorePlain,
     ) -> tuple[int, BaseException | None, CheckpointInfo | None]:
         try:
             sharded = is_dcp_checkpoint(path)
@@ -172,3 +185,20 @@ class Collectives:
         except Exception as exc:
             return _FAILED, exc, None
         return _OK, None, info
+
+
+def _committed(directory: Path | ObjectPath, step: int | None, basename: str) -> list[str]:
+    """The committed checkpoints of ``directory`` (``step``'s only, if given), newest
+    first, as strings (local paths or URLs)."""
+    if isinstance(directory, ObjectPath):
+        url = str(directory)
+        names = committed_names(url, basename)
+        if step is not None:
+            names = [n for n in names if n == committed_name(basename, step)]
+        return [f"{url}/{name}" for name in names]
+    if step is not None:
+        path = committed_path(directory, basename, step)
+        return [str(path)] if path.is_dir() else []
+    if directory.is_dir():
+        return [str(p) for p in commits_newest_first(directory, basename)]
+    return []

@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from trainhooks._dist._api import load_sharded
+from trainhooks._dist._open import Reader, open_checkpoint
 from trainhooks._exceptions import CheckpointCorruptError, CheckpointFormatError
 from trainhooks._state._adapters._registry import new_array
 from trainhooks._state._adapters._torch import TORCH_BY_CODE
@@ -41,7 +42,7 @@ from trainhooks._state._mapped import MappedTensor
 from trainhooks._state._reserved import DIST_HOOKS_ENTRY, DIST_REPLICATED_ENTRY, HOOK_STATE_KEY
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._info import CheckpointInfo
-from trainhooks._store._reader import CheckpointReader
+from trainhooks._store._remote._url import ObjectPath
 
 __all__ = [
     "HOOKS_ENTRY",
@@ -145,14 +146,14 @@ def _as_torch(source: TensorSource) -> torch.Tensor:
         return torch.frombuffer(source.data, dtype=dtype).reshape(source.shape)
 
 
-def is_dcp_checkpoint(path: Path) -> bool:
+def is_dcp_checkpoint(path: Path | ObjectPath) -> bool:
     """Whether the checkpoint at ``path`` was written through DCP (else by one ``Saver``)."""
-    with CheckpointReader(path, follow_symlinks=False, data_files=False) as reader:
+    with open_checkpoint(path, data_files=False, follow_symlinks=False) as reader:
         tree = reader.manifest.tree
     return isinstance(tree, dict) and "dcp" in tree
 
 
-def restore_sharded(state: MutableMapping[str, Any], path: Path) -> CheckpointInfo:
+def restore_sharded(state: MutableMapping[str, Any], path: Path | ObjectPath) -> CheckpointInfo:
     """Restore a session's ``checkpoint_state`` from the DCP checkpoint at ``path`` on every
     rank (a collective: DCP loads the native entries), then the replicated entries and the
     hooks' states locally, every chunk verified; raises before changing a replicated entry
@@ -160,7 +161,7 @@ def restore_sharded(state: MutableMapping[str, Any], path: Path) -> CheckpointIn
     native, _, _ = _split(state)
     if native:
         load_sharded(dict(native), path)
-    with CheckpointReader(path, follow_symlinks=False) as reader:
+    with open_checkpoint(path, follow_symlinks=False) as reader:
         info = reader.info
         saved = _read_encoded(reader, REPLICATED_ENTRY, required=True)
         hooks = _read_encoded(reader, HOOKS_ENTRY, required=False)
@@ -171,7 +172,7 @@ def restore_sharded(state: MutableMapping[str, Any], path: Path) -> CheckpointIn
     return info
 
 
-def _read_encoded(reader: CheckpointReader, entry: str, *, required: bool) -> Any:
+def _read_encoded(reader: Reader, entry: str, *, required: bool) -> Any:
     """Decode one ``_encoded`` entry of the checkpoint: its tree, with its tensors read
     whole (every chunk verified) and handed to ``apply_state`` as ``MappedTensor``s."""
     items = _top_items(reader)
@@ -209,7 +210,7 @@ def _read_encoded(reader: CheckpointReader, entry: str, *, required: bool) -> An
     return decode_tree(tree, read_tensor)
 
 
-def _top_items(reader: CheckpointReader) -> dict[str, Any]:
+def _top_items(reader: Reader) -> dict[str, Any]:
     tree = reader.manifest.tree
     if not isinstance(tree, dict) or tree.get("type") != "dict":
         raise CheckpointFormatError(f"{reader.path} is not a distributed checkpoint")

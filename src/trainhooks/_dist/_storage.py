@@ -5,7 +5,9 @@ DCP plans (which process writes which chunk, how a saved chunk maps onto a diffe
 sharded target); this store does what DCP does not: every process writes one safetensors
 shard file in a shared staging directory and fsyncs it, checksumming each chunk; the
 coordinator writes a manifest naming every shard's chunks with their crc32c and commits with
-the same rename + fsync protocol as a single-process save. Non-tensor values go through the
+the same rename + fsync protocol as a single-process save. For a URL each process uploads
+its shard object and the manifest's exclusive create commits (``_store/_remote/_sharded``).
+The reader is in ``_reader.py``. Non-tensor values go through the
 project's JSON tree encoder, DCP's metadata becomes the manifest's tree: no pickle is
 written or read (``DefaultSavePlanner.resolve_data`` would ``torch.save`` such values; this
 writer asks the planner for the object itself instead).
@@ -15,39 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
-from torch.distributed._shard._utils import narrow_tensor_by_index
-from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
 from torch.distributed.checkpoint.planner import (
-    LoadItemType,
-    LoadPlan,
-    LoadPlanner,
     SavePlan,
     SavePlanner,
     WriteItemType,
 )
-from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
+from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from trainhooks._dist._metadata import chunk_name, metadata_from_tree, tree_from_metadata
+from trainhooks._dist._metadata import chunk_name, tree_from_metadata
+from trainhooks._dist._reader import ShardedReader
 from trainhooks._exceptions import CheckpointFormatError
-from trainhooks._state._adapters._registry import new_array
-from trainhooks._state._adapters._torch import ADAPTER, TORCH_BY_CODE
-from trainhooks._state._decode import decode_tree
+from trainhooks._state._adapters._torch import ADAPTER
 from trainhooks._state._encode import encode_state
 from trainhooks._store._commit import TensorSource
-from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME, check_basename
 from trainhooks._store._manifest import TensorRecord
-from trainhooks._store._reader import CheckpointReader
+from trainhooks._store._remote._sharded import ShardedUpload, upload_shard
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 from trainhooks._store._sharded import (
     ShardFile,
     commit_staged,
@@ -64,10 +57,15 @@ __all__ = ["ShardedReader", "ShardedWriter"]
 
 @dataclasses.dataclass(frozen=True)
 class _Assignment:
-    """What the coordinator tells each process: where to write, under which file name."""
+    """What the coordinator tells each process: where to write, under which file name.
+
+    ``staging`` is the staging directory, or for object storage (``remote``) the URL of
+    the checkpoint's prefix, with the ``storage_options`` every rank connects with."""
 
     staging: str
     file: str
+    remote: bool = False
+    storage_options: dict[str, Any] | None = None
 
 
 class ShardedWriter(StorageWriter):
@@ -81,6 +79,11 @@ class ShardedWriter(StorageWriter):
     lock (``retention`` is then the record to store as given). The committed checkpoint's
     facts are in :attr:`info` on the coordinator once ``save`` returns; :attr:`stage` says
     how far this rank got (``"plan"``, ``"written"``, ``"committed"``).
+
+    ``directory`` may be a URL (``s3://bucket/prefix``): the coordinator then holds the
+    prefix's lease, every rank uploads its shard object and the manifest's exclusive
+    create commits (``_store/_remote/_sharded.py``); the coordinator's
+    ``storage_options`` reach every rank with the plan.
     """
 
     def __init__(
@@ -94,11 +97,13 @@ class ShardedWriter(StorageWriter):
         retention: dict[str, Any] | None = None,
         max_to_keep: int | None = None,
         keep_checkpoint_every_n_hours: float = 10000.0,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        self.directory = Path(directory)
+        self.directory = checkpoint_location(directory)
+        self.storage_options = storage_options
         self.step = step
         self.basename = check_basename(basename)
         self.metadata = dict(metadata or {})
@@ -108,13 +113,14 @@ class ShardedWriter(StorageWriter):
         self.stage = "plan"
         self._lock_wanted = lock
         self._lease: WriterLease | None = None
+        self._upload: ShardedUpload | None = None  # a URL's coordinator side
         self._staging: Path | None = None
         self._assignment: _Assignment | None = None
         self._rank = 0
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id is not None:
-            self.directory = Path(checkpoint_id)
+            self.directory = checkpoint_location(checkpoint_id)
         self.info = None
         self.stage = "plan"
         self._assignment = None
@@ -133,6 +139,8 @@ class ShardedWriter(StorageWriter):
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         """On the coordinator: become the directory's writer (lock, crashed saves' leftovers
         cleared, retention recovered), stage."""
+        if isinstance(self.directory, ObjectPath):
+            return self._plan_upload(plans)
         if self._lock_wanted and self._lease is None:
             # Opening the writer cleans the leftovers; a writer this process already holds
             # did so when it opened (and may have a background save staged right now).
@@ -163,7 +171,16 @@ class ShardedWriter(StorageWriter):
             name = chunk_name(fqn, item.tensor_data.chunk.offsets if item.tensor_data else ())
             code, shape, view = ADAPTER.array_bytes(tensor, name)
             sources.append(TensorSource(name, code, shape, view))
-        shard = write_shard(Path(assignment.staging), assignment.file, self.step, sources)
+        if assignment.remote:
+            shard = upload_shard(
+                assignment.staging,
+                assignment.file,
+                self.step,
+                sources,
+                assignment.storage_options,
+            )
+        else:
+            shard = write_shard(Path(assignment.staging), assignment.file, self.step, sources)
         self.stage = "written"
         by_name = {record.name: record for record in shard.records}
         results = []
@@ -186,15 +203,18 @@ class ShardedWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """On the coordinator: write the manifest of every shard and commit."""
-        staging = self._staging
-        assert staging is not None
+        if self._upload is not None:
+            self._commit_upload(metadata, results)
+            return
+        staging, directory = self._staging, self.directory
+        assert staging is not None and isinstance(directory, Path)
         try:
             shards, values = _gather(results)
             tree = tree_from_metadata(metadata, values)
 
             def write(plan: RetentionRecord | None, when: float | None) -> CheckpointInfo:
                 return commit_staged(
-                    self.directory,
+                    directory,
                     self.basename,
                     self.step,
                     staging,
@@ -220,6 +240,8 @@ class ShardedWriter(StorageWriter):
     def abandon(self) -> None:
         """After a failed collective: on the coordinator, remove the staging directory of a
         save that did not commit and give the directory back. Safe on every rank."""
+        if self._upload is not None and self.info is None:
+            self._upload.discard()
         if self._staging is not None and self.info is None:
             discard_staging(self._staging)
         self.release()
@@ -229,6 +251,44 @@ class ShardedWriter(StorageWriter):
         if self._lease is not None:
             self._lease.close()
             self._lease = None
+        if self._upload is not None:
+            self._upload.close()
+            self._upload = None
+
+    def _plan_upload(self, plans: list[SavePlan]) -> list[SavePlan]:
+        """:meth:`prepare_global_plan` for a URL: the lease (or the caller's), then each
+        rank's shard object in the checkpoint's prefix."""
+        if self._upload is None:
+            self._upload = ShardedUpload(
+                str(self.directory),
+                self.basename,
+                self.step,
+                self.policy,
+                self.storage_options,
+                lock=self._lock_wanted,
+            )
+        prefix = self._upload.prefix_url
+        return [
+            dataclasses.replace(
+                plan, storage_data=_Assignment(prefix, name, True, self.storage_options)
+            )
+            for plan, name in zip(plans, self._upload.shard_names(len(plans)), strict=True)
+        ]
+
+    def _commit_upload(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        """:meth:`finish` for a URL: the manifest's exclusive create commits."""
+        upload = self._upload
+        assert upload is not None
+        try:
+            shards, values = _gather(results)
+            tree = tree_from_metadata(metadata, values)
+            self.info = upload.commit(shards, tree, self.metadata, self.retention)
+            self.stage = "committed"
+        except BaseException:
+            upload.discard()
+            raise
+        finally:
+            self.release()
 
     def storage_meta(self) -> Any:
         return None
@@ -268,122 +328,3 @@ def _record(raw: dict[str, Any]) -> TensorRecord:
     return TensorRecord(
         raw["name"], raw["file"], raw["dtype"], tuple(raw["shape"]), begin, end, raw["crc32c"]
     )
-
-
-class ShardedReader(StorageReader):
-    """Read a checkpoint of this project's format through DCP's planners (any world size,
-    any sharding), verifying every chunk's crc32c before its bytes reach a tensor.
-
-    ``path`` is one committed checkpoint directory. A checkpoint written by one process
-    (``Saver``) is not a DCP checkpoint: read those with ``Saver.restore``.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self._reader: CheckpointReader | None = None
-        self._values: dict[str, dict[str, Any]] = {}
-        self._verified: set[str] = set()
-        self._read = False
-
-    @property
-    def collective(self) -> str:
-        """The exchange this rank is in or was last in (named by a collective's failure)."""
-        if self._read:
-            return "the exchange confirming every rank read its chunks"
-        return "the exchange of load plans (before any chunk was read)"
-
-    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        if checkpoint_id is not None:
-            self.path = Path(checkpoint_id)
-        self._read = False
-        self.close()
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return True
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        self._verified.clear()
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        reader = self._open()
-        records = {record.name: record for record in reader.manifest.tensors}
-        metadata, self._values = metadata_from_tree(reader.manifest.tree, records, str(self.path))
-        return metadata
-
-    def set_up_storage_reader(
-        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
-    ) -> None:
-        self.storage_data = metadata.storage_data
-
-    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
-        return plan
-
-    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
-        return plans
-
-    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        fault_point("before_shard_read")
-        reader = self._open()
-        records = {record.name: record for record in reader.manifest.tensors}
-        for item in plan.items:
-            if item.type == LoadItemType.BYTE_IO:
-                _set_value(planner, item.dest_index.fqn, self._value(reader, records, item))
-                continue
-            name = self.storage_data[item.storage_index]
-            record = records[name]
-            view = reader.mapped_view(record, verify=name not in self._verified)
-            self._verified.add(name)
-            saved = _as_tensor(view, record)
-            source = narrow_tensor_by_index(saved, item.storage_offsets, item.lengths)
-            target = planner.resolve_tensor(item).detach()
-            if target.size() != source.size():
-                raise CheckpointFormatError(
-                    f"{self.path}: chunk {name!r} does not fit its target "
-                    f"({tuple(source.size())} vs {tuple(target.size())})"
-                )
-            target.copy_(source)
-            planner.commit_tensor(item, target)
-        self._read = True
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
-
-    def _open(self) -> CheckpointReader:
-        if self._reader is None:
-            self._reader = CheckpointReader(self.path)
-        return self._reader
-
-    def _value(self, reader: CheckpointReader, records: dict[str, TensorRecord], item: Any) -> Any:
-        node = self._values[item.storage_index.fqn]
-
-        def read_tensor(name: str, kind: str) -> Any:
-            record = records[name]
-            return new_array(record.dtype, record.shape, kind, partial(reader.read_into, record))
-
-        return decode_tree(node, read_tensor)
-
-
-def _as_tensor(view: memoryview, record: TensorRecord) -> torch.Tensor:
-    dtype = TORCH_BY_CODE[record.dtype]
-    if not view.nbytes:
-        return torch.empty(record.shape, dtype=dtype)
-    return torch.frombuffer(view, dtype=dtype).reshape(record.shape)
-
-
-def _set_value(planner: LoadPlanner, fqn: str, value: Any) -> None:
-    """Put a decoded value where ``DefaultLoadPlanner.load_bytes`` would, without its
-    ``torch.load`` (pickle)."""
-    if not isinstance(planner, DefaultLoadPlanner):
-        raise CheckpointFormatError(
-            f"cannot load {fqn!r} without pickle: planner {type(planner).__name__} would "
-            "unpickle it; use DefaultLoadPlanner or a subclass of it"
-        )
-    if planner.flatten_state_dict:
-        set_element(planner.original_state_dict, planner.mappings[fqn], value)
-    else:
-        planner.state_dict[fqn] = value

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from trainhooks._session._dispatch import Coordinator
 from trainhooks._store._layout import DEFAULT_BASENAME as BASE
 from trainhooks._store._layout import parse_committed
+from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
     from trainhooks._dist._session_sync import Collectives
@@ -125,20 +126,20 @@ class DistributedSession:
         saver: Any = None,
     ) -> CheckpointInfo:
         """The chief's side of a collective save of ``state`` at ``step`` into
-        ``directory``; ``saver`` (a ``trainhooks.Saver``) keeps its retention."""
-        if not isinstance(directory, (str, os.PathLike)) or "://" in str(directory):
-            raise NotImplementedError(
-                f"distributed sessions save to a shared local directory for now, not "
-                f"{directory} (see docs/distributed.md)"
-            )
+        ``directory`` (a directory every rank sees, or a URL such as ``s3://bucket/run``);
+        ``saver`` (a ``trainhooks.Saver``) keeps its retention (and, for a URL, its lease
+        and ``storage_options``, which reach every rank with the plan)."""
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"directory must be a path or a URL, got {directory!r}")
         commit_with = getattr(saver, "commit_with", None)
-        path = Path(directory)
+        path = checkpoint_location(directory)
         return self._c.save(
             state,
             path,
             step,
             chief=True,
             commit_with=None if commit_with is None else lambda c: commit_with(path, step, c),
+            storage_options=getattr(saver, "storage_options", None),
         )
 
     # -- the session's side ---------------------------------------------------------------
@@ -147,11 +148,13 @@ class DistributedSession:
         self._savers = [h for h in hooks if callable(getattr(h, "collective_save_due", None))]
 
     def restore(
-        self, session: MonitoredSession, directory: Path, step: int | None
+        self, session: MonitoredSession, directory: Path | ObjectPath, step: int | None
     ) -> CheckpointInfo | None:
         from trainhooks._saver import Saver  # lazy: keeps importing the session cheap
 
-        def restore_plain(state: MutableMapping[str, Any], path: Path) -> CheckpointInfo:
+        def restore_plain(
+            state: MutableMapping[str, Any], path: Path | ObjectPath
+        ) -> CheckpointInfo:
             # a checkpoint of one process (e.g. before the job went distributed)
             with Saver(max_to_keep=None) as saver:
                 return saver.restore(state, path.parent, parse_committed(path.name, BASE))

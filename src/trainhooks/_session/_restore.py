@@ -36,11 +36,6 @@ def restore_latest(
     or ``step``'s); None, with a warning, when there is none and no ``step`` was asked."""
     sync = session.distributed
     if sync is not None:
-        if isinstance(directory, ObjectPath):
-            raise NotImplementedError(
-                f"distributed sessions restore from a shared local directory for now, not "
-                f"{directory} (see docs/distributed.md)"
-            )
         info = sync.restore(session, directory, step)
     else:
         info = _restore_one_process(session, directory, step)

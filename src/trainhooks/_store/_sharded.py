@@ -41,6 +41,7 @@ from trainhooks._store._safetensors import build_header
 
 __all__ = [
     "ShardFile",
+    "check_unique",
     "commit_staged",
     "discard_staging",
     "shard_file_name",
@@ -146,7 +147,7 @@ def commit_staged(
     records = [record for shard in shards for record in shard.records]
     replaced: Path | None = None
     try:
-        _check_unique(records, directory, step)
+        check_unique(records, directory, step)
         metadata = checked_metadata(metadata)
         admit_tensors((r.name, r.shape) for r in records)  # the count across all shards
         admit_tree(tree)
@@ -189,7 +190,8 @@ def commit_staged(
     )
 
 
-def _check_unique(records: Sequence[TensorRecord], directory: Path, step: int) -> None:
+def check_unique(records: Sequence[TensorRecord], directory: Path | str, step: int) -> None:
+    """Refuse a chunk written by two processes (their plans overlapped)."""
     seen: set[str] = set()
     for record in records:
         if record.name in seen:

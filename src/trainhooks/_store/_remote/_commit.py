@@ -13,7 +13,6 @@ then the old data: a crash in that instant loses that step's older copy only.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -32,8 +31,9 @@ from trainhooks._store._remote._layout import checkpoint_prefix, data_object_nam
 from trainhooks._store._remote._objects import ObjectStore, check_cancel
 from trainhooks._store._remote._url import ObjectPath
 from trainhooks._store._safetensors import build_header
+from trainhooks._store._sharded import ShardFile
 
-__all__ = ["upload_checkpoint"]
+__all__ = ["create_manifest", "forget", "upload_checkpoint", "upload_data", "write_error"]
 
 
 def upload_checkpoint(
@@ -63,19 +63,26 @@ def upload_checkpoint(
     prefix = checkpoint_prefix(root, basename, step)
     data_path = f"{prefix}/{data_object_name()}"
     try:
-        skeleton = Manifest(
-            step, when, {}, [], tree, metadata, retention=retention, sequence=sequence
+        shard = upload_data(objects, data_path, step, tensors, cancel)
+        manifest = Manifest(
+            step,
+            when,
+            {shard.name: shard.info},
+            shard.records,
+            tree,
+            metadata,
+            retention=retention,
+            sequence=sequence,
         )
-        manifest = _upload_data(objects, data_path, skeleton, tensors, cancel)
         fault_point("remote_before_manifest")
         body = manifest.to_bytes()
         check_cancel(cancel)
-        _create_manifest(objects, prefix, body)  # the commit point
+        create_manifest(objects, prefix, body)  # the commit point
     except BaseException as exc:
-        _forget(objects, data_path)
+        forget(objects, [data_path])
         if not isinstance(exc, Exception):
             raise
-        raise _write_error(exc, url, step) from exc
+        raise write_error(exc, url, step) from exc
     fault_point("remote_after_manifest")
     name = prefix.rpartition("/")[2]
     return CheckpointInfo(
@@ -90,18 +97,20 @@ def upload_checkpoint(
     )
 
 
-def _upload_data(
+def upload_data(
     objects: ObjectStore,
     path: str,
-    skeleton: Manifest,
+    step: int,
     tensors: Sequence[TensorSource],
-    cancel: threading.Event | None,
-) -> Manifest:
-    """Upload the safetensors data object and return the manifest describing it; each
-    tensor's crc32c is computed on another thread over the very buffers being sent."""
+    cancel: threading.Event | None = None,
+) -> ShardFile:
+    """Upload ``tensors`` as the safetensors data object ``path`` and describe it (its
+    size, header checksum and a record per tensor, each tensor's crc32c computed on
+    another thread over the very buffers being sent); its listed size is checked after
+    the upload. A failure may leave a part of the object: the caller deletes it."""
     header, entries = build_header(
         [(t.name, t.dtype, t.shape, t.nbytes) for t in tensors],
-        {"format": "pt", "producer": "trainhooks", "step": str(skeleton.step)},
+        {"format": "pt", "producer": "trainhooks", "step": str(step)},
     )
     checksums = _Checksums(tensors)
     try:
@@ -116,17 +125,15 @@ def _upload_data(
     if sent != size or listed != size:
         raise OSError(f"{path} has {listed} bytes after its upload, {size} were sent")
     name = path.rpartition("/")[2]
-    files = {
-        name: {"size": size, "header_size": len(header), "header_crc32c": crc32c.crc32c(header)}
-    }
+    info = {"size": size, "header_size": len(header), "header_crc32c": crc32c.crc32c(header)}
     records = [
         TensorRecord(e.name, name, e.dtype, e.shape, e.begin, e.end, crc)
         for e, crc in zip(entries, crcs, strict=True)
     ]
-    return dataclasses.replace(skeleton, files=files, tensors=records)
+    return ShardFile(name, info, records)
 
 
-def _create_manifest(objects: ObjectStore, prefix: str, body: bytes) -> None:
+def create_manifest(objects: ObjectStore, prefix: str, body: bytes) -> None:
     """Create the manifest exclusively; a committed copy of the same step is replaced."""
     path = f"{prefix}/{MANIFEST_FILE}"
     try:
@@ -141,12 +148,14 @@ def _create_manifest(objects: ObjectStore, prefix: str, body: bytes) -> None:
     objects.delete([p for p in old if p.rpartition("/")[2] not in new_data])
 
 
-def _forget(objects: ObjectStore, path: str) -> None:
+def forget(objects: ObjectStore, paths: Sequence[str]) -> None:
+    """Delete the data objects of a save that did not commit, as far as possible (the
+    next writer deletes what is left)."""
     with contextlib.suppress(Exception):
-        objects.delete([path])
+        objects.delete(paths)
 
 
-def _write_error(exc: Exception, url: str, step: int) -> CheckpointWriteError:
+def write_error(exc: Exception, url: str, step: int) -> CheckpointWriteError:
     if isinstance(exc, CheckpointWriteError):
         return exc
     errno = exc.errno if isinstance(exc, OSError) else None

@@ -1,7 +1,9 @@
 """Names in object storage: ``<root>/<basename>-<12 digits>/manifest.json`` commits a
-checkpoint; its data object is ``tensors-<32 hex>.safetensors``, unique per attempt, so a
-save never overwrites the bytes of a committed checkpoint; ``<root>/.trainhooks.lease``
-is the single writer's lease. Cleanup removes only names of exactly these shapes."""
+checkpoint; its data object is ``tensors-<32 hex>.safetensors`` (one process's save) or
+``shard-<rank>-of-<world>-<32 hex>.safetensors`` (each rank's of a sharded save), unique
+per attempt, so a save never overwrites the bytes of a committed checkpoint;
+``<root>/.trainhooks.lease`` is the single writer's lease. Cleanup removes only names of
+exactly these shapes."""
 
 from __future__ import annotations
 
@@ -15,15 +17,21 @@ __all__ = [
     "checkpoint_prefix",
     "data_object_name",
     "is_data_object",
+    "shard_object_name",
     "split_object",
 ]
 
 LEASE_OBJECT = ".trainhooks.lease"
-_DATA_RE = re.compile(r"tensors-[0-9a-f]{32}\.safetensors")
+_DATA_RE = re.compile(r"(tensors|shard-[0-9]{5}-of-[0-9]{5})-[0-9a-f]{32}\.safetensors")
 
 
 def data_object_name() -> str:
     return f"tensors-{uuid.uuid4().hex}.safetensors"
+
+
+def shard_object_name(rank: int, world_size: int) -> str:
+    """The data object of ``rank``'s shard in one attempt of a sharded save."""
+    return f"shard-{rank:05d}-of-{world_size:05d}-{uuid.uuid4().hex}.safetensors"
 
 
 def is_data_object(name: str) -> bool:

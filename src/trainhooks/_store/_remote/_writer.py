@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainhooks._exceptions import CheckpointError, CheckpointFormatError, CheckpointWriteError
@@ -76,11 +76,9 @@ class RemoteWriter:
         """Upload and commit a checkpoint at ``step`` carrying the retention plan, then
         delete the plan's victims (manifest first). ``cancel`` stops a background save
         before its commit point (see ``upload_checkpoint``)."""
-        self.lease.check()
-        when = time.time()
-        plan = plan_retention(self.record, step, when, self.policy)
-        try:
-            info = upload_checkpoint(
+
+        def write(plan: RetentionRecord, when: float) -> CheckpointInfo:
+            return upload_checkpoint(
                 self.objects,
                 self.url,
                 self.root,
@@ -94,6 +92,21 @@ class RemoteWriter:
                 sequence=plan.sequence,
                 cancel=cancel,
             )
+
+        return self.commit_with(step, write)
+
+    def commit_with(
+        self, step: int, write: Callable[[RetentionRecord, float], CheckpointInfo]
+    ) -> CheckpointInfo:
+        """Plan retention for a commit at ``step``, let ``write(plan, when)`` commit a
+        checkpoint carrying that plan (a single-process upload, or the manifest of a
+        sharded save whose shards other processes uploaded), then delete the plan's
+        victims, manifest first."""
+        self.lease.check()
+        when = time.time()
+        plan = plan_retention(self.record, step, when, self.policy)
+        try:
+            info = write(plan, when)
         except CheckpointFormatError:
             raise  # refused before anything was sent: the number is free
         except BaseException:
@@ -101,7 +114,8 @@ class RemoteWriter:
             # never hand its number to another commit (numbers need not be dense).
             self.record = dataclasses.replace(self.record, sequence=plan.sequence)
             raise
-        self.record = plan
+        # the number the manifest carries (a sharded commit may number it itself)
+        self.record = dataclasses.replace(plan, sequence=info.sequence or plan.sequence)
         for victim in plan.delete:
             try:
                 remove_step(self.objects, self.root, self.basename, victim)
