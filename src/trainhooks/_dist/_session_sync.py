@@ -20,6 +20,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from trainhooks._dist._api import typed_error
+from trainhooks._dist._async import in_background
+from trainhooks._dist._collective import background_group
 from trainhooks._dist._state_dict import is_dcp_checkpoint, restore_sharded, to_dcp_state
 from trainhooks._dist._storage import ShardedWriter
 from trainhooks._exceptions import (
@@ -29,11 +31,13 @@ from trainhooks._exceptions import (
     CheckpointNotFoundError,
     CheckpointWriteError,
 )
+from trainhooks._store._background import SaveFuture
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import committed_path
 from trainhooks._store._listing import commits_newest_first
 
 __all__ = ["Collectives", "RestorePlain"]
+
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -70,6 +74,17 @@ class Collectives:
         dist.broadcast(tensor, src=0)
         return [int(v) for v in tensor.tolist()]
 
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (sent pickled, in memory only), by rank."""
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def prepare_background(self) -> None:
+        """Create the process group of background saves now (a collective, so every rank
+        calls it at the same point): a rank starting a save must not wait for the others."""
+        background_group(None)
+
     def save(
         self,
         state: MutableMapping[str, Any],
@@ -82,26 +97,26 @@ class Collectives:
         """One collective save of ``state`` (every rank calls it at the same point); the
         chief's hooks' states are saved from the chief. ``commit_with`` (the chief's saver)
         plans retention and records the commit; without it the writer takes the lock."""
-        dcp_state = to_dcp_state(state, with_hooks=chief)
+        return _run(to_dcp_state(state, with_hooks=chief), directory, step, chief, commit_with)
 
-        def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
-            writer = ShardedWriter(directory, step, lock=commit_with is None, retention=retention)
-            try:
-                dcp_save(dcp_state, storage_writer=writer)
-            except CheckpointException as exc:
-                raise typed_error(exc, f"the save of step {step} in {directory}") from exc
-            finally:
-                writer.release()
-            box = [writer.info]
-            dist.broadcast_object_list(box, src=0)  # in memory only: no pickle on disk
-            info = box[0]
-            if not isinstance(info, CheckpointInfo):  # pragma: no cover - commits or raises
-                raise CheckpointWriteError(f"the save of step {step} did not commit", step=step)
-            return info
-
-        if chief and commit_with is not None:
-            return commit_with(commit)
-        return commit(None)
+    def save_async(
+        self,
+        state: MutableMapping[str, Any],
+        directory: Path,
+        step: int,
+        *,
+        chief: bool,
+        commit_with: CommitWith | None = None,
+    ) -> SaveFuture:
+        """:meth:`save` with only the copy of ``state`` on this thread: the collective
+        write and commit run on the background thread, on a process group of their own."""
+        group = background_group(None)
+        return in_background(
+            to_dcp_state(state, with_hooks=chief),
+            lambda snapshot: _run(snapshot, directory, step, chief, commit_with, group),
+            step,
+            directory,
+        )
 
     def restore(
         self,
@@ -172,3 +187,33 @@ class Collectives:
         except Exception as exc:
             return _FAILED, exc, None
         return _OK, None, info
+
+
+def _run(
+    dcp_state: dict[str, Any],
+    directory: Path,
+    step: int,
+    chief: bool,
+    commit_with: CommitWith | None,
+    group: Any = None,
+) -> CheckpointInfo:
+    """The collective save of :meth:`Collectives.save` on ``group`` (None: the world)."""
+
+    def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
+        writer = ShardedWriter(directory, step, lock=commit_with is None, retention=retention)
+        try:
+            dcp_save(dcp_state, storage_writer=writer, process_group=group)
+        except CheckpointException as exc:
+            raise typed_error(exc, f"the save of step {step} in {directory}") from exc
+        finally:
+            writer.release()
+        box = [writer.info]
+        dist.broadcast_object_list(box, src=0, group=group)  # in memory only: no pickle on disk
+        info = box[0]
+        if not isinstance(info, CheckpointInfo):  # pragma: no cover - commits or raises
+            raise CheckpointWriteError(f"the save of step {step} did not commit", step=step)
+        return info
+
+    if chief and commit_with is not None:
+        return commit_with(commit)
+    return commit(None)
