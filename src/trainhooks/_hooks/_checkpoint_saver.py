@@ -8,7 +8,8 @@ listener has been called. The hook never touches files itself: it calls a ``Save
 
 With ``async_save=True`` the save is a snapshot (``Saver.save_async``) and ``after_save``
 moves: it runs at the first step boundary at which the checkpoint is durable (the trace is
-in docs/hooks-and-listeners.md, "Asynchronous saving").
+in docs/hooks-and-listeners.md, "Asynchronous saving"); under ``torch.distributed``, at the
+first sync point at which every rank's part of it has finished (docs/distributed.md).
 """
 
 from __future__ import annotations
