@@ -21,7 +21,7 @@ from _support import dist_workers as w
 from _support.dist_session import digest, save, train_step
 from trainhooks import CheckpointSaverHook, CheckpointSaverListener, MonitoredTrainingSession
 from trainhooks._store import _faults
-from trainhooks.distributed import wait_for_sharded_saves
+from trainhooks.distributed import ModelOptimizerState, wait_for_sharded_saves
 
 
 class Recorder(CheckpointSaverListener):
@@ -141,11 +141,39 @@ def failing_run(root: Path, rank: int, name: str, listener: Recorder) -> None:
     save(root, name, rank, outcome)
 
 
+def scenario_fsdp(root: Path, rank: int, world: int) -> None:
+    """FSDP2 + Adam (ModelOptimizerState) saved in the background at 2 and 4 (the close
+    waits for 4), then restored into a fresh sharded model on both ranks."""
+    model = w.fsdp_model(world, seed=13)
+    optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    hook = CheckpointSaverHook(root / "fsdp", save_steps=2, async_save=True)
+    options: dict[str, Any] = {
+        "checkpoint_dir": root / "fsdp",
+        "chief_only_hooks": [hook],
+        "save_summaries_steps": None,
+        "log_step_count_steps": None,
+    }
+    state = {"model_opt": ModelOptimizerState(model, optim)}
+    with MonitoredTrainingSession(state=state, **options) as sess:
+        for _ in range(4):
+            sess.run(train_step, model, optim, sess.global_step + 1, rank)
+    expected = w.flat_arrays(w.full(w.state(model, optim)))
+    fresh = w.fsdp_model(world, seed=14)
+    fresh_optim = torch.optim.Adam(fresh.parameters(), lr=0.01)
+    state = {"model_opt": ModelOptimizerState(fresh, fresh_optim)}
+    options["chief_only_hooks"] = []
+    with MonitoredTrainingSession(state=state, **options) as sess:
+        restored = sess.global_step
+    w.assert_same(w.flat_arrays(w.full(w.state(fresh, fresh_optim))), expected, "fsdp")
+    save(root, "fsdp", rank, {"restored": restored, "steps": steps(root / "fsdp")})
+
+
 def two_ranks(rank: int, world: int, port: int, root: str) -> None:
     """The one 2-rank launch of tests/dist/test_session_async.py."""
     w.init(rank, world, port)
     base = Path(root)
     scenario_train(base, rank)
+    scenario_fsdp(base, rank, world)
     # the commit of step 3 fails on rank 0 (set once the save of 0 is delivered everywhere)
     failing_run(base, rank, "eio", Recorder(fault_after=(0, "before_manifest=eio")))
     failing_run(base, rank, "listener", Recorder(fail_at=3))

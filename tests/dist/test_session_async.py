@@ -105,3 +105,8 @@ def test_a_listener_failing_before_the_save_stops_every_rank_with_its_error(
     assert chief["message"] == other["message"] == "the listener refuses the save of step 3"
     assert chief["step"] == other["step"] == 3
     assert chief["steps"] == other["steps"] == [0]
+
+
+def test_fsdp_state_saved_in_the_background_restores_bit_exact(launched: Path) -> None:
+    # compared inside each rank with the state at the close (the background save of 4)
+    assert _results(launched, "fsdp") == [{"restored": 4, "steps": [0, 2, 4]}] * 2
