@@ -47,8 +47,9 @@ import math
 import os
 import pickle
 import sys
+import time
 from collections.abc import MutableMapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -290,6 +291,15 @@ class DistributedSession:
         """The ``count`` oldest background saves, waited for: marked delivered (the chief's
         hook calls ``after_save``) or their error raised, the same on every rank."""
         done, self._inflight = self._inflight[:count], self._inflight[count:]
+        if not all(future.done() for future in done):
+            started = time.monotonic()
+            wait(done)
+            _LOG.info(
+                "step %d waited %.3f s for the background checkpoint save in flight: saves "
+                "are due faster than they are written",
+                self._step,
+                time.monotonic() - started,
+            )
         for future in done:
             self._delivered.add(future)
         for future in done:
