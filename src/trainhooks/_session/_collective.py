@@ -42,19 +42,16 @@ is being joined goes to every rank through the second all-reduce.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import pickle
 import sys
-import time
 from collections.abc import MutableMapping
-from concurrent.futures import Future, wait
-from functools import partial
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from weakref import WeakSet
 
+from trainhooks._session._background_saves import BackgroundSaves
 from trainhooks._session._dispatch import Coordinator
 from trainhooks._store._layout import DEFAULT_BASENAME as BASE
 from trainhooks._store._layout import parse_committed
@@ -66,12 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SYNC_EVERY_STEPS", "DistributedSession", "SyncedCoordinator", "detect"]
 
-_LOG = logging.getLogger("trainhooks")
 
 DEFAULT_SYNC_EVERY_STEPS = 100
-
-# A background save the chief's hook asked for: its future, state, directory, step, commit.
-_Request = tuple["Future[CheckpointInfo]", MutableMapping[str, Any], Path, int, Any]
 
 
 def detect(sync_every_steps: int) -> DistributedSession | None:
@@ -141,9 +134,7 @@ class DistributedSession:
         self._step = 0  # the step of the sync point being run
         self._blocking_left = 0  # chief: blocking saves the other ranks are waiting in
         self._background_left = 0  # chief: background saves this sync point may start
-        self._requested: list[_Request] = []  # chief: asked for by its hooks at this point
-        self._inflight: list[Future[CheckpointInfo]] = []  # this rank's, oldest first
-        self._delivered: WeakSet[Future[Any]] = WeakSet()  # agreed finished on every rank
+        self._background = BackgroundSaves()
 
     # -- what a saver hook uses ---------------------------------------------------------
     def save(
@@ -173,19 +164,15 @@ class DistributedSession:
         background; the future is delivered at a sync point (:meth:`is_delivered`). At the
         close, or for a second save at one sync point, it is a blocking save, already done."""
         path = _local(directory)
-        future: Future[CheckpointInfo] = Future()
         if self._background_left <= 0:
-            future.set_result(self.save(state, path, step, saver))
-            self._delivered.add(future)
-            return future
+            return self._background.done_now(self.save(state, path, step, saver))
         self._background_left -= 1
-        self._requested.append((future, state, path, step, _commit_with(saver, path, step)))
-        return future
+        return self._background.request(state, path, step, _commit_with(saver, path, step))
 
     def is_delivered(self, future: Future[Any]) -> bool:
         """Whether every rank agreed, at a sync point, that the background save of
         ``future`` has finished: its ``after_save`` (or error) is due now."""
-        return future in self._delivered
+        return self._background.is_delivered(future)
 
     # -- the session's side ---------------------------------------------------------------
     def attach(self, hooks: list[object]) -> None:
@@ -244,13 +231,8 @@ class DistributedSession:
         self._agree(session, "end", session.global_step)
 
     def release(self) -> None:
-        """At the close, whatever happened: wait for this rank's saves in flight (every rank
-        joined them), logging a failure rather than raising over the session's outcome."""
-        inflight, self._inflight = self._inflight, []
-        for future in inflight:
-            error = future.exception()
-            if error is not None:
-                _LOG.error("the background checkpoint save of a closing session failed: %s", error)
+        """At the close, whatever happened: wait for this rank's saves in flight."""
+        self._background.release()
 
     def _agree(self, session: MonitoredSession, phase: str, step: int) -> None:
         blocking = background = 0
@@ -263,7 +245,7 @@ class DistributedSession:
             # one background save per sync point (the next would wait for it), none at the end
             background = int(phase != "end" and any(_is_async(h) for h in due))
             blocking = len(due) - background
-        failed, finished = int(failure is not None), _finished(self._inflight)
+        failed, finished = int(failure is not None), self._background.finished()
         flags = self._c.max_ints(
             [blocking, background, step, -step, failed, -finished, *self._flags(session)]
         )
@@ -279,50 +261,27 @@ class DistributedSession:
         self._apply(session, flags[6:])
         self.synced_at = step if phase == "step" else None
         # Finished on every rank: delivered now; before a new save or the close, all are.
-        self._deliver(len(self._inflight) if flags[0] or flags[1] or phase == "end" else -flags[5])
+        every = flags[0] or flags[1] or phase == "end"
+        self._background.deliver(len(self._background.inflight) if every else -flags[5], step)
         self._background_left = flags[1]
-        self._requested = []
+        self._background.requested = []
         self._blocking_left = flags[0] if self.is_chief else 0
         if not self.is_chief:
             for _ in range(flags[0]):
                 self._c.save(session.checkpoint_state, Path("."), step, chief=False)
-
-    def _deliver(self, count: int) -> None:
-        """The ``count`` oldest background saves, waited for: marked delivered (the chief's
-        hook calls ``after_save``) or their error raised, the same on every rank."""
-        done, self._inflight = self._inflight[:count], self._inflight[count:]
-        if not all(future.done() for future in done):
-            started = time.monotonic()
-            wait(done)
-            _LOG.info(
-                "step %d waited %.3f s for the background checkpoint save in flight: saves "
-                "are due faster than they are written",
-                self._step,
-                time.monotonic() - started,
-            )
-        for future in done:
-            self._delivered.add(future)
-        for future in done:
-            future.result()
 
     def _second(self, session: MonitoredSession, failure: Exception | None) -> None:
         if failure is not None and self._blocking_left > 0:
             # a blocking save the others joined failed (they raised its error too) or was
             # never made (they wait in it): no agreement possible
             raise failure
-        requested, self._requested, self._background_left = self._requested, [], 0
+        requested, self._background.requested = self._background.requested, []
+        self._background_left = 0
         values = self._c.max_ints([*self._flags(session), len(requested), int(failure is not None)])
         # Every rank copies its state for the saves the chief's hooks asked for, at this
         # same point (a DCP-native state_dict() may run collectives), even after a failure.
-        for index in range(values[3]):
-            if self.is_chief:
-                outer, state, path, step, commit_with = requested[index]
-                inner = self._c.save_async(state, path, step, chief=True, commit_with=commit_with)
-                inner.add_done_callback(partial(_copy_outcome, outer))
-            else:
-                state = session.checkpoint_state
-                outer = self._c.save_async(state, Path("."), self._step, chief=False)
-            self._inflight.append(outer)
+        own_state = lambda: session.checkpoint_state  # noqa: E731 - read when copied
+        self._background.start(self._c, values[3], requested, own_state, self._step)
         if values[4]:
             self._raise_everywhere(failure, 1)
         self._apply(session, values[:3])
@@ -380,26 +339,8 @@ def _commit_with(saver: Any, path: Path, step: int) -> Any:
     return None if commit_with is None else lambda commit: commit_with(path, step, commit)
 
 
-def _copy_outcome(outer: Future[CheckpointInfo], inner: Future[CheckpointInfo]) -> None:
-    error = inner.exception()
-    if error is not None:
-        outer.set_exception(error)
-    else:
-        outer.set_result(inner.result())
-
-
 def _is_async(hook: Any) -> bool:
     return bool(getattr(hook, "collective_save_async", False))
-
-
-def _finished(futures: list[Future[CheckpointInfo]]) -> int:
-    """How many of ``futures``, from the oldest, are done."""
-    count = 0
-    for future in futures:
-        if not future.done():
-            break
-        count += 1
-    return count
 
 
 def _portable(error: Exception) -> Exception | str:
