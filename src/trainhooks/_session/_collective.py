@@ -273,7 +273,9 @@ class DistributedSession:
     def _second(self, session: MonitoredSession, failure: Exception | None) -> None:
         if failure is not None and self._blocking_left > 0:
             # a blocking save the others joined failed (they raised its error too) or was
-            # never made (they wait in it): no agreement possible
+            # never made (they wait in it): no agreement possible, no background save
+            for ask in self._background.requested:
+                ask.future.cancel()
             raise failure
         requested, self._background.requested = self._background.requested, []
         self._background_left = 0
