@@ -10,6 +10,11 @@ save is durable (``result()`` on every rank). The first async save also allocate
 first-touches the staging buffers (reused afterwards): it is printed on its own line.
 Noise only ever adds time: the ratio compares the best repetitions, medians beside them.
 
+Then the same state is saved by a ``MonitoredTrainingSession`` (the chief's
+``CheckpointSaverHook``, every other step) with ``async_save=False`` and ``True``: the stall
+is the slowest rank's time of the ``run`` of a save step (no-op steps), once the previous
+save has finished.
+
 Usage: ``python benchmarks/dist_async.py [--size-mib 256] [--repeats 5] [--world 2]``
 """
 
@@ -32,7 +37,13 @@ import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
-from trainhooks.distributed import save_sharded, save_sharded_async
+from trainhooks import CheckpointSaverHook, MonitoredTrainingSession
+from trainhooks.distributed import (
+    DistributedState,
+    save_sharded,
+    save_sharded_async,
+    wait_for_sharded_saves,
+)
 
 TENSOR_MIB = 16
 
@@ -55,6 +66,42 @@ def _slowest(seconds: float) -> float:
     box = torch.tensor([seconds], dtype=torch.float64)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return float(box.item())
+
+
+class Tensors(DistributedState):
+    """The DTensors as one DCP-native entry of a session's state."""
+
+    def __init__(self, tensors: dict[str, Any]) -> None:
+        self.tensors = tensors
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tensors
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tensors = state_dict
+
+
+def session_stalls(directory: Path, state: dict[str, Any], async_save: bool, n: int) -> list[float]:
+    """The slowest rank's time of each of ``n`` save steps of a session (after the previous
+    save finished)."""
+    hook = CheckpointSaverHook(directory, save_steps=2, async_save=async_save, max_to_keep=1)
+    stalls = []
+    with MonitoredTrainingSession(
+        checkpoint_dir=directory,
+        state={"model": Tensors(state["model"])},
+        chief_only_hooks=[hook],
+        save_summaries_steps=None,
+        log_step_count_steps=None,
+        resume_check=False,
+    ) as sess:
+        for _ in range(n):
+            sess.run(lambda: None)
+            wait_for_sharded_saves()
+            dist.barrier()
+            start = time.perf_counter()
+            sess.run(lambda: None)  # the save step
+            stalls.append(_slowest(time.perf_counter() - start))
+    return stalls
 
 
 def worker(rank: int, world: int, port: int, args: dict[str, Any]) -> None:
@@ -90,6 +137,9 @@ def worker(rank: int, world: int, port: int, args: dict[str, Any]) -> None:
     for repeat in range(args["repeats"]):
         for method in ("sync", "async") if repeat % 2 == 0 else ("async", "sync"):
             run(method)
+    for async_save in (False, True):
+        name = f"session async_save={async_save}"
+        times[name] = session_stalls(root / name, state, async_save, args["repeats"])
     if rank == 0:
         Path(args["out"]).write_text(json.dumps({"times": times, "first": first}))
     dist.barrier()
@@ -131,6 +181,13 @@ def main() -> None:
     best = min(times["sync"]) / min(times["async"])
     median = statistics.median(times["sync"]) / statistics.median(times["async"])
     print(f"stall ratio save_sharded / save_sharded_async: {best:.1f}x best, {median:.1f}x median")
+    sync, background = times["session async_save=False"], times["session async_save=True"]
+    for name, values in (("False", sync), ("True", background)):
+        print(f"| session save step, async_save={name} | {min(values):.3f} | ", end="")
+        print(f"{statistics.median(values):.3f} |")
+    best = min(sync) / min(background)
+    median = statistics.median(sync) / statistics.median(background)
+    print(f"session stall ratio async_save False / True: {best:.1f}x best, {median:.1f}x median")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from trainhooks import (
     CheckpointSaverListener,
     MonitoredTrainingSession,
     NanTensorHook,
+    SessionRunHook,
     StopAtStepHook,
 )
 from trainhooks.distributed import ModelOptimizerState
@@ -276,19 +277,28 @@ def scenario_failed_save(root: Path, rank: int) -> None:
     save(root, "failed", rank, {"step": sess.global_step, "error": error})
 
 
+class BrokenSchedule(SessionRunHook):
+    """A saver hook of the chief's whose ``collective_save_due`` raises at creation."""
+
+    collective_save_steps = None
+
+    def collective_save_due(self, session: Any, phase: str, step: int) -> bool:
+        raise ValueError(f"no schedule for the {phase} phase")
+
+
 def scenario_chief_refuses(root: Path, rank: int) -> None:
-    """async_save=True is refused on the chief at creation; the other rank is told so
-    instead of waiting for it."""
+    """A chief's hook failing at the creation's sync point: every rank raises its error
+    instead of waiting for it; rollbacks are refused before training."""
     error = message = None
     try:
         MonitoredTrainingSession(
             checkpoint_dir=root / "refused",
             state={"w": torch.zeros(2)},
+            chief_only_hooks=[BrokenSchedule()],
             save_summaries_steps=None,
             log_step_count_steps=None,
-            async_save=True,
         )
-    except (NotImplementedError, RuntimeError) as exc:
+    except ValueError as exc:
         error, message = type(exc).__name__, str(exc)
     rollback = None
     try:

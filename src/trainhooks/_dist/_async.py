@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -24,9 +25,10 @@ from trainhooks._dist._api import save_with
 from trainhooks._dist._collective import Timeout, background_group
 from trainhooks._dist._storage import ShardedWriter
 from trainhooks._store._background import SaveFuture
+from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME
 
-__all__ = ["save_sharded_async", "wait_for_sharded_saves"]
+__all__ = ["in_background", "save_sharded_async", "wait_for_sharded_saves"]
 
 
 class _Background:
@@ -80,20 +82,35 @@ def save_sharded_async(
         keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
         storage_options=storage_options,
     )
+    group = background_group(timeout)
+    return in_background(
+        state, lambda snapshot: save_with(writer, snapshot, group, timeout), writer.step, directory
+    )
+
+
+def in_background(
+    state: dict[str, Any],
+    job: Callable[[dict[str, Any]], CheckpointInfo],
+    step: int,
+    directory: str | os.PathLike[str],
+) -> SaveFuture:
+    """Copy ``state`` (top-level ``Stateful`` values through their ``state_dict()``) into
+    this process's staging buffers once the save in flight is done, then run ``job`` on the
+    copy on the background thread; the future gets its outcome. Call on the training
+    thread, after creating the job's process group (a collective) on every rank."""
     background = _get()
     if background.pending is not None:
         wait([background.pending])  # its buffers are about to be overwritten
-    group = background_group(timeout)
     flat = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
     snapshot = background.stager.stage(flat)  # synchronous: no async staging configured
     assert isinstance(snapshot, dict)
-    future = SaveFuture(writer.step, writer.directory)
+    future = SaveFuture(step, directory)
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():  # pragma: no cover - never cancelled
             return
         try:
-            future.set_result(save_with(writer, snapshot, group, timeout))
+            future.set_result(job(snapshot))
         except BaseException as exc:
             future.set_exception(exc)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from trainhooks._dist._api import typed_error
+from trainhooks._dist._async import in_background
+from trainhooks._dist._collective import background_group
 from trainhooks._dist._state_dict import is_dcp_checkpoint, restore_sharded, to_dcp_state
 from trainhooks._dist._storage import ShardedWriter
 from trainhooks._exceptions import (
@@ -29,6 +31,7 @@ from trainhooks._exceptions import (
     CheckpointNotFoundError,
     CheckpointWriteError,
 )
+from trainhooks._store._background import SaveFuture
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import committed_name, committed_path
 from trainhooks._store._listing import commits_newest_first
@@ -36,6 +39,7 @@ from trainhooks._store._remote._api import committed_names
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 __all__ = ["Collectives", "RestorePlain"]
+
 
 _LOG = logging.getLogger("trainhooks")
 
@@ -72,6 +76,17 @@ class Collectives:
         dist.broadcast(tensor, src=0)
         return [int(v) for v in tensor.tolist()]
 
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (sent pickled, in memory only), by rank."""
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def prepare_background(self) -> None:
+        """Create the process group of background saves now (a collective, so every rank
+        calls it at the same point): a rank starting a save must not wait for the others."""
+        background_group(None)
+
     def save(
         self,
         state: MutableMapping[str, Any],
@@ -87,33 +102,33 @@ class Collectives:
         plans retention and records the commit; without it the writer takes the lock.
         Only the chief's ``directory`` and ``storage_options`` count: DCP's plan carries
         them to the other ranks."""
-        dcp_state = to_dcp_state(state, with_hooks=chief)
+        return _run(
+            to_dcp_state(state, with_hooks=chief),
+            _Target(directory, step, storage_options),
+            chief,
+            commit_with,
+        )
 
-        def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
-            writer = ShardedWriter(
-                directory,
-                step,
-                lock=commit_with is None,
-                retention=retention,
-                storage_options=storage_options,
-            )
-            try:
-                dcp_save(dcp_state, storage_writer=writer)
-            except CheckpointException as exc:
-                writer.abandon()  # the coordinator removes what the failed save left
-                raise typed_error(exc, f"the save of step {step} in {directory}") from exc
-            finally:
-                writer.release()
-            box = [writer.info]
-            dist.broadcast_object_list(box, src=0)  # in memory only: no pickle on disk
-            info = box[0]
-            if not isinstance(info, CheckpointInfo):  # pragma: no cover - commits or raises
-                raise CheckpointWriteError(f"the save of step {step} did not commit", step=step)
-            return info
-
-        if chief and commit_with is not None:
-            return commit_with(commit)
-        return commit(None)
+    def save_async(
+        self,
+        state: MutableMapping[str, Any],
+        directory: Path | ObjectPath,
+        step: int,
+        *,
+        chief: bool,
+        commit_with: CommitWith | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> SaveFuture:
+        """:meth:`save` with only the copy of ``state`` on this thread: the collective
+        write and commit run on the background thread, on a process group of their own."""
+        group = background_group(None)
+        target = _Target(directory, step, storage_options)
+        return in_background(
+            to_dcp_state(state, with_hooks=chief),
+            lambda snapshot: _run(snapshot, target, chief, commit_with, group),
+            step,
+            directory,
+        )
 
     def restore(
         self,
@@ -202,3 +217,49 @@ def _committed(directory: Path | ObjectPath, step: int | None, basename: str) ->
     if directory.is_dir():
         return [str(p) for p in commits_newest_first(directory, basename)]
     return []
+
+
+class _Target(NamedTuple):
+    """Where a collective save goes: the directory or URL, the step, and (for a URL) the
+    chief's ``storage_options``."""
+
+    directory: Path | ObjectPath
+    step: int
+    storage_options: dict[str, Any] | None
+
+
+def _run(
+    dcp_state: dict[str, Any],
+    target: _Target,
+    chief: bool,
+    commit_with: CommitWith | None,
+    group: Any = None,
+) -> CheckpointInfo:
+    """The collective save of :meth:`Collectives.save` on ``group`` (None: the world)."""
+    directory, step, storage_options = target
+
+    def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
+        writer = ShardedWriter(
+            directory,
+            step,
+            lock=commit_with is None,
+            retention=retention,
+            storage_options=storage_options,
+        )
+        try:
+            dcp_save(dcp_state, storage_writer=writer, process_group=group)
+        except CheckpointException as exc:
+            writer.abandon()  # the coordinator removes what the failed save left
+            raise typed_error(exc, f"the save of step {step} in {directory}") from exc
+        finally:
+            writer.release()
+        box = [writer.info]
+        dist.broadcast_object_list(box, src=0, group=group)  # in memory only: no pickle on disk
+        info = box[0]
+        if not isinstance(info, CheckpointInfo):  # pragma: no cover - commits or raises
+            raise CheckpointWriteError(f"the save of step {step} did not commit", step=step)
+        return info
+
+    if chief and commit_with is not None:
+        return commit_with(commit)
+    return commit(None)

@@ -8,7 +8,8 @@ listener has been called. The hook never touches files itself: it calls a ``Save
 
 With ``async_save=True`` the save is a snapshot (``Saver.save_async``) and ``after_save``
 moves: it runs at the first step boundary at which the checkpoint is durable (the trace is
-in docs/hooks-and-listeners.md, "Asynchronous saving").
+in docs/hooks-and-listeners.md, "Asynchronous saving"); under ``torch.distributed``, at the
+first sync point at which every rank's part of it has finished (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -247,18 +248,17 @@ class CheckpointSaverHook(SessionRunHook):
         save step is a sync point."""
         return self._save_steps
 
+    @property
+    def collective_save_async(self) -> bool:
+        """Whether the saves are background ones (``async_save``): under
+        ``torch.distributed`` every rank then joins through ``save_async``."""
+        return self._async
+
     def collective_save_due(self, session: HookSession, phase: str, step: int) -> bool:
         """Whether this hook saves in ``phase`` (``"create"``, ``"step"``, ``"end"``) at
         ``step``; asked on the chief of a ``torch.distributed`` job before the phase's
         hooks run, so that every rank joins the save (``_session/_collective.py``). With
         ``save_secs`` a save lands at the first sync point after the timer fired."""
-        if self._async:
-            raise NotImplementedError(
-                "async_save=True is not supported in a torch.distributed session yet: pass "
-                "async_save=False, or save from a hook of your own with "
-                "trainhooks.distributed.save_sharded_async (docs/distributed.md, "
-                "'Asynchronous collective saves')"
-            )
         if phase == "step":
             due = self._timer.should_trigger_for_step(step)
             self._due_step = step if due else None
@@ -312,7 +312,11 @@ class CheckpointSaverHook(SessionRunHook):
         elif session.distributed is not None:
             _LOG.info("Saving checkpoints for %d into %s (all ranks).", step, self._checkpoint_dir)
             state = session.checkpoint_state
-            session.distributed.save(state, self._checkpoint_dir, step, self._saver)
+            if self._async:
+                dist = session.distributed
+                future = dist.save_async(state, self._checkpoint_dir, step, self._saver)
+            else:
+                session.distributed.save(state, self._checkpoint_dir, step, self._saver)
         elif self._async:
             _LOG.info("Snapshotting checkpoint %d for %s.", step, self._checkpoint_dir)
             saver = cast(_SupportsAsyncSave, self._saver)
@@ -351,9 +355,11 @@ class CheckpointSaverHook(SessionRunHook):
         the first ``until`` of them; raises a failed save's error. True if a listener asked
         to stop (``moot``: ignore such requests)."""
         stop = False
+        # under torch.distributed a save is delivered once every rank agreed it finished
+        ready = _done if session.distributed is None else session.distributed.is_delivered
         while self._pending:
             oldest = self._pending[0]
-            if oldest.future is not None and not oldest.future.done():
+            if oldest.future is not None and not ready(oldest.future):
                 if until <= 0:
                     break
                 wait_for([oldest.future])  # Ctrl-C here cancels the save cleanly
@@ -394,6 +400,10 @@ class CheckpointSaverHook(SessionRunHook):
             return str(info.path.parent) == str(self._checkpoint_dir)
         path = Path(info.path)
         return path.is_dir() and _same_directory(path.parent, self._checkpoint_dir)
+
+
+def _done(future: Future[Any]) -> bool:
+    return future.done()
 
 
 def _same_directory(a: Path, b: Path) -> bool:

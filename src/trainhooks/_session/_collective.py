@@ -26,17 +26,32 @@ step interval, or None): on the chief it answers, before the phase's hooks run, 
 will save in that phase, and saves through ``session.distributed.save``.
 ``CheckpointSaverHook`` does; that is how the TF idiom (the saver hook in
 ``chief_only_hooks``) works unchanged on every rank.
+
+A hook whose ``collective_save_async`` is true saves in the background
+(``session.distributed.save_async``): the chief starts it in its hook, the other ranks
+once the second all-reduce says it started (so a chief failing before it, in a listener's
+``before_save``, starts nothing anywhere). The ranks' saves finish at different instants,
+so each first all-reduce also carries how many of its background saves each rank has seen
+finish: the minimum is delivered on every rank at that sync point (the same typed error
+raised everywhere, or the chief's hook calls ``after_save``), never between sync points. A
+sync point with a save due, and the close, first wait for every save in flight: at most one
+is in flight, and ``after_save(S1)`` comes before ``before_save(S2)``. At the close the
+final save is a blocking one. An error a hook raises at a sync point where no blocking save
+is being joined goes to every rank through the second all-reduce.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 from collections.abc import MutableMapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainhooks._session._background_saves import BackgroundSaves
 from trainhooks._session._dispatch import Coordinator
 from trainhooks._store._layout import DEFAULT_BASENAME as BASE
 from trainhooks._store._layout import parse_committed
@@ -48,6 +63,7 @@ if TYPE_CHECKING:
     from trainhooks._store._info import CheckpointInfo
 
 __all__ = ["DEFAULT_SYNC_EVERY_STEPS", "DistributedSession", "SyncedCoordinator", "detect"]
+
 
 DEFAULT_SYNC_EVERY_STEPS = 100
 
@@ -116,6 +132,10 @@ class DistributedSession:
         self.preempt_requested = False
         self._savers: list[Any] = []
         self._scheduled = False
+        self._step = 0  # the step of the sync point being run
+        self._blocking_left = 0  # chief: blocking saves the other ranks are waiting in
+        self._background_left = 0  # chief: background saves this sync point may start
+        self._background = BackgroundSaves()
 
     # -- what a saver hook uses ---------------------------------------------------------
     def save(
@@ -129,18 +149,45 @@ class DistributedSession:
         ``directory`` (a directory every rank sees, or a URL such as ``s3://bucket/run``);
         ``saver`` (a ``trainhooks.Saver``) keeps its retention (and, for a URL, its lease
         and ``storage_options``, which reach every rank with the plan)."""
-        if not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(f"directory must be a path or a URL, got {directory!r}")
-        commit_with = getattr(saver, "commit_with", None)
-        path = checkpoint_location(directory)
-        return self._c.save(
+        path = _location(directory)
+        info = self._c.save(
             state,
             path,
             step,
             chief=True,
-            commit_with=None if commit_with is None else lambda c: commit_with(path, step, c),
+            commit_with=_commit_with(saver, path, step),
             storage_options=getattr(saver, "storage_options", None),
         )
+        self._blocking_left -= 1  # not after a failure: every rank raised that one already
+        return info
+
+    def save_async(
+        self,
+        state: MutableMapping[str, Any],
+        directory: Any,
+        step: int,
+        saver: Any = None,
+    ) -> Future[CheckpointInfo]:
+        """:meth:`save` in the background: every rank copies its state once the step's
+        hooks have run (the chief's ``state`` here), then the write goes on in the
+        background; the future is delivered at a sync point (:meth:`is_delivered`). At the
+        close, or for a second save at one sync point, it is a blocking save, already done."""
+        path = _location(directory)
+        if self._background_left <= 0:
+            return self._background.done_now(self.save(state, path, step, saver))
+        self._background_left -= 1
+        return self._background.request(
+            state,
+            path,
+            step,
+            _commit_with(saver, path, step),
+            getattr(saver, "storage_options", None),
+        )
+
+    def is_delivered(self, future: Future[Any]) -> bool:
+        """Whether every rank agreed, at a sync point, that the background save of
+        ``future`` has finished: its ``after_save`` (or error) is due now."""
+        return self._background.is_delivered(future)
 
     # -- the session's side ---------------------------------------------------------------
     def attach(self, hooks: list[object]) -> None:
@@ -168,60 +215,112 @@ class DistributedSession:
             self._scheduled = True
             mine = [getattr(h, "collective_save_steps", None) for h in self._savers]
             steps = math.gcd(*(int(s) for s in mine if s))  # every saver's steps; 0: none
-            schedule = self._c.broadcast_ints([self.sync_every_steps, steps])
+            background = any(getattr(h, "collective_save_async", False) for h in self._savers)
+            schedule = self._c.broadcast_ints([self.sync_every_steps, steps, int(background)])
             self.sync_every_steps = schedule[0]
             self.grid = _grid(schedule[0], schedule[1] or None)
+            if schedule[2]:  # creating a group is a collective: now, on every rank
+                self._c.prepare_background()
         step = session.global_step
         self.next_step = step + self.grid
         self._agree(session, "create", step)
 
-    def after_creation(self, session: MonitoredSession) -> None:
-        """After ``after_create_session``: stops asked for there stop every rank now."""
-        self._apply(session, self._c.max_ints(self._flags(session)))
+    def after_creation(self, session: MonitoredSession, failure: Exception | None = None) -> None:
+        """After ``after_create_session``: stops asked for there stop every rank now; the
+        other ranks start the chief's background saves; a hook's ``failure`` is raised on
+        every rank."""
+        self._second(session, failure)
 
     def at_step(self, session: MonitoredSession, step: int) -> None:
         """A sync point, before the hooks' ``after_run``."""
         self.next_step += ((step - self.next_step) // self.grid + 1) * self.grid
         self._agree(session, "step", step)
 
-    def after_sync(self, session: MonitoredSession) -> None:
+    def after_sync(self, session: MonitoredSession, failure: Exception | None = None) -> None:
         """After the ``after_run`` of a sync point: the stops its hooks and listeners asked
-        for (a listener's ``after_save``) stop every rank at this step."""
+        for (a listener's ``after_save``) stop every rank at this step; as
+        :meth:`after_creation` for background saves and ``failure``."""
         self.synced_at = None
-        self._apply(session, self._c.max_ints(self._flags(session)))
+        self._second(session, failure)
 
     def at_end(self, session: MonitoredSession) -> None:
         """Before the hooks' ``end``: the same step on every rank, and the final saves."""
         self._agree(session, "end", session.global_step)
 
+    def release(self) -> None:
+        """At the close, whatever happened: wait for this rank's saves in flight."""
+        self._background.release()
+
     def _agree(self, session: MonitoredSession, phase: str, step: int) -> None:
-        count, failure = 0, None
+        blocking = background = 0
+        failure: Exception | None = None
         if self.is_chief:
             try:
-                count = sum(bool(h.collective_save_due(session, phase, step)) for h in self._savers)
+                due = [h for h in self._savers if h.collective_save_due(session, phase, step)]
             except Exception as exc:  # tell the other ranks before raising, or they would wait
-                failure = exc
+                failure, due = exc, []
+            # one background save per sync point (the next would wait for it), none at the end
+            background = int(phase != "end" and any(_is_async(h) for h in due))
+            blocking = len(due) - background
+        failed, finished = int(failure is not None), self._background.finished()
         flags = self._c.max_ints(
-            [count, step, -step, int(failure is not None), *self._flags(session)]
+            [blocking, background, step, -step, failed, -finished, *self._flags(session)]
         )
-        if flags[3]:
-            if failure is not None:
-                raise failure
-            raise RuntimeError(
-                f"the chief (rank 0) failed at the sync point ({phase}) of step {step}; its "
-                "error is in its log"
-            )
-        if flags[1] != -flags[2]:
+        self._step = step
+        if flags[4]:
+            self._raise_everywhere(failure, 0)
+        if flags[2] != -flags[3]:
             raise RuntimeError(
                 f"the ranks reached a sync point ({phase}) at different global steps "
-                f"({-flags[2]} to {flags[1]}; this rank: {step}): every rank must run the "
+                f"({-flags[3]} to {flags[2]}; this rank: {step}): every rank must run the "
                 "same number of steps and close its session at the same step"
             )
-        self._apply(session, flags[4:])
+        self._apply(session, flags[6:])
         self.synced_at = step if phase == "step" else None
+        # Finished on every rank: delivered now; before a new save or the close, all are.
+        every = flags[0] or flags[1] or phase == "end"
+        self._background.deliver(len(self._background.inflight) if every else -flags[5], step)
+        self._background_left = flags[1]
+        self._background.requested = []
+        self._blocking_left = flags[0] if self.is_chief else 0
         if not self.is_chief:
             for _ in range(flags[0]):
                 self._c.save(session.checkpoint_state, Path("."), step, chief=False)
+
+    def _second(self, session: MonitoredSession, failure: Exception | None) -> None:
+        if failure is not None and self._blocking_left > 0:
+            # a blocking save the others joined failed (they raised its error too) or was
+            # never made (they wait in it): no agreement possible, no background save
+            for ask in self._background.requested:
+                ask.future.cancel()
+            raise failure
+        requested, self._background.requested = self._background.requested, []
+        self._background_left = 0
+        values = self._c.max_ints([*self._flags(session), len(requested), int(failure is not None)])
+        # Every rank copies its state for the saves the chief's hooks asked for, at this
+        # same point (a DCP-native state_dict() may run collectives), even after a failure.
+        own_state = lambda: session.checkpoint_state  # noqa: E731 - read when copied
+        self._background.start(self._c, values[3], requested, own_state, self._step)
+        if values[4]:
+            self._raise_everywhere(failure, 1)
+        self._apply(session, values[:3])
+
+    def _raise_everywhere(self, failure: Exception | None, where: int) -> None:
+        """Raise ``failure`` here and the first failing rank's error on the others (itself
+        when it survives pickling in memory, else a ``RuntimeError`` describing it)."""
+        errors = self._c.gather_objects(None if failure is None else _portable(failure))
+        if failure is not None:
+            raise failure
+        rank, error = next((r, e) for r, e in enumerate(errors) if e is not None)
+        moment = ("before", "after")[where]
+        if isinstance(error, Exception):
+            _note(
+                error, f"raised on rank {rank} {moment} the hooks of step {self._step}'s sync point"
+            )
+            raise error
+        raise RuntimeError(
+            f"rank {rank} failed {moment} the hooks of step {self._step}'s sync point: {error}"
+        )
 
     def _flags(self, session: MonitoredSession) -> list[int]:
         coord = session._coord
@@ -242,6 +341,39 @@ class DistributedSession:
         if not self.preempt_requested:
             self.preempt_requested = True
             self.preempt_signal = signum
+
+
+def _location(directory: Any) -> Path | ObjectPath:
+    """A save's directory every rank sees, or its URL."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path or a URL, got {directory!r}")
+    return checkpoint_location(directory)
+
+
+def _commit_with(saver: Any, path: Path | ObjectPath, step: int) -> Any:
+    """The chief's saver's ``commit_with`` for this save (its lock and retention), if any."""
+    commit_with = getattr(saver, "commit_with", None)
+    return None if commit_with is None else lambda commit: commit_with(path, step, commit)
+
+
+def _is_async(hook: Any) -> bool:
+    return bool(getattr(hook, "collective_save_async", False))
+
+
+def _portable(error: Exception) -> Exception | str:
+    """``error`` if it survives a pickle round trip (to be sent in memory), else its text."""
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+    except Exception:
+        return f"{type(error).__name__}: {error}"
+    return error if type(copy) is type(error) else f"{type(error).__name__}: {error}"
+
+
+def _note(error: BaseException, note: str) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(note)
+    else:  # 3.10: same attribute, not shown by the traceback printer
+        error.__notes__ = [*getattr(error, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
 def _grid(sync_every: int, save_steps: int | None) -> int:

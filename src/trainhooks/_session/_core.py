@@ -276,6 +276,7 @@ class MonitoredSession:
         if self._skipped and self.global_step + self.steps_per_run in self._skipped:
             return self._skip_run()
         rollback: RollbackRequested | None = None
+        failure: Exception | None = None
         self._busy = _IN_STEP
         try:  # kept in one function: this is the per-step path
             context = SessionRunContext(_NO_ARGS, self)
@@ -297,6 +298,10 @@ class MonitoredSession:
                         after_run(context, values)
             except RollbackRequested as request:
                 rollback = request
+            except Exception as exc:
+                if sync is None or sync.synced_at is None:
+                    raise
+                failure = exc  # at a sync point: raised on every rank by after_sync
         finally:
             self._busy = None
         if rollback is not None:
@@ -304,7 +309,7 @@ class MonitoredSession:
         elif context._stop_requested:
             self._coord.stop = True
         if sync is not None and sync.synced_at is not None:
-            sync.after_sync(self)  # stops asked for at a sync point: agreed at once
+            sync.after_sync(self, failure)  # stops asked for at a sync point: agreed at once
         if self._preempted:  # the step boundary: save, end, raise Preempted
             self._end_preempted()
         return result
@@ -338,12 +343,18 @@ class MonitoredSession:
         self._state_changed = False
         self._busy = "a hook's after_create_session or a listener it calls"
         try:
-            if self._sync is not None:
+            if self._sync is None:
+                for after_create_session in self._calls.after_create_session:
+                    after_create_session(self, self._coord)
+            else:
                 self._sync.at_creation(self)
-            for after_create_session in self._calls.after_create_session:
-                after_create_session(self, self._coord)
-            if self._sync is not None:
-                self._sync.after_creation(self)
+                failure: Exception | None = None
+                try:
+                    for after_create_session in self._calls.after_create_session:
+                        after_create_session(self, self._coord)
+                except Exception as exc:  # raised on every rank by after_creation
+                    failure = exc
+                self._sync.after_creation(self, failure)
         finally:
             self._busy = None
 
@@ -410,6 +421,8 @@ class MonitoredSession:
             self._busy = None
             self._coord.halt()
             try:
+                if self._sync is not None:
+                    self._sync.release()  # this rank's background saves: every rank joined
                 self._release_hooks()
             finally:
                 self._signals.restore()  # after the final save: a second signal waits

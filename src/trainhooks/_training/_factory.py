@@ -91,8 +91,10 @@ def MonitoredTrainingSession(  # TF's name (a function, CamelCase), kept for por
 
     Under ``torch.distributed`` (initialised, world size > 1) the chief must be rank 0, and
     every rank runs the same code: the chief's saver hook decides when to save and every
-    rank joins one collective save; stops and preemption signals are agreed at sync points,
-    at every save step and at least every ``sync_every_steps`` steps (docs/distributed.md).
+    rank joins one collective save (with ``async_save``: every rank copies its part, the
+    write runs in the background and ``after_save`` comes at a later sync point); stops and
+    preemption signals are agreed at sync points, at every save step and at least every
+    ``sync_every_steps`` steps (docs/distributed.md).
     """
     chief = default_is_chief() if is_chief is None else bool(is_chief)
     check_chief_is_rank_zero(chief)

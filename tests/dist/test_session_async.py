@@ -1,0 +1,112 @@
+"""``MonitoredTrainingSession(async_save=True)`` on every rank of a real gloo job.
+
+One 2-rank launch runs every scenario (``_support/dist_session_async.py``); the tests assert
+on what each rank saw and on the checkpoints left behind, loaded in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+
+import trainhooks
+from _support import dist_session_async as s
+from _support import dist_workers as w
+from _support.reliability import leftovers
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dist-session-async")
+    mp.spawn(s.two_ranks, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    return root
+
+
+def _results(root: Path, name: str) -> list[dict[str, Any]]:
+    return [json.loads((root / "results" / f"{name}-{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_close_waits_for_the_save_in_flight_and_every_rank_sees_it(launched: Path) -> None:
+    assert [r["at_close"] for r in _results(launched, "train")] == [[0, 3], [0, 3]]
+
+
+def test_relaunch_restores_the_background_checkpoint_bit_exact(launched: Path) -> None:
+    for result in _results(launched, "train"):
+        assert result["restored"] == 3 and result["bit_exact"] is True
+
+
+def test_parameters_changed_after_the_save_are_not_in_the_checkpoint(launched: Path) -> None:
+    loaded = trainhooks.load(launched / "train" / "ckpt-000000000006")
+    expected = dict(np.load(launched / "expected-6.npz"))
+    actual = w.flat_arrays({"model": loaded["model"], "optim": loaded["optim"]})
+    w.assert_same(actual, expected, "step 6")
+
+
+def test_after_save_comes_at_a_sync_point_after_the_commit_in_tf_order(launched: Path) -> None:
+    chief, other = _results(launched, "train")
+    assert other["events"] == [[], []]  # the listener is the chief's
+    first, second = ([tuple(e) for e in events] for events in chief["events"])
+    # (event, checkpoint step, global step when called): at most one save in flight, so
+    # before_save(S1), after_save(S1), before_save(S2); after_save at a later sync point
+    # (at the next save due at the latest, or at the close)
+    assert first[0] == ("before", 0, 0) and first[1][:2] == ("after", 0)
+    assert 1 <= first[1][2] <= 3
+    assert first[2:] == [("before", 3, 3), ("after", 3, 3)]  # the close waited for it
+    stop = chief["step"]
+    expected = [("before", 3, 3), ("after", 3, 4)]  # restored at 3: not rewritten
+    expected += [("before", 6, 6), ("after", 6, 7)]  # finished on both ranks before step 7
+    expected += [("before", 9, 9), ("after", 9, stop)]
+    if stop != 12:
+        expected += [("before", stop, stop), ("after", stop, stop)]  # the final save
+    else:
+        expected += [("before", 12, 12), ("after", 12, 12)]  # started at 12, waited for
+    assert second == expected
+
+
+def test_after_save_asking_to_stop_stops_every_rank_at_the_same_step(launched: Path) -> None:
+    chief, other = _results(launched, "train")
+    [stopped_at] = [at for kind, step, at in chief["events"][1] if kind == "after" and step == 9]
+    assert chief["step"] == other["step"] == stopped_at
+    assert 10 <= stopped_at <= 12
+    assert chief["after_close"] == other["after_close"]
+    assert chief["after_close"][-1] == stopped_at  # the last save is committed at the close
+    for info in trainhooks.list_checkpoints(launched / "train"):
+        trainhooks.verify_checkpoint(info.path)
+
+
+def test_a_failed_background_save_raises_the_same_typed_error_on_every_rank(
+    launched: Path,
+) -> None:
+    chief, other = _results(launched, "eio")
+    assert chief["error"] == other["error"] == "CheckpointWriteError"
+    assert chief["message"] == other["message"] and "step 3" in chief["message"]
+    assert chief["step"] == other["step"] and 4 <= chief["step"] <= 6
+    assert chief["steps"] == other["steps"] == [0]
+    assert leftovers(launched / "eio") == set()
+
+
+def test_a_listener_failing_before_the_save_stops_every_rank_with_its_error(
+    launched: Path,
+) -> None:
+    chief, other = _results(launched, "listener")
+    assert chief["error"] == other["error"] == "ValueError"
+    assert chief["message"] == other["message"] == "the listener refuses the save of step 3"
+    assert chief["step"] == other["step"] == 3
+    assert chief["steps"] == other["steps"] == [0]
+
+
+def test_fsdp_state_saved_in_the_background_restores_bit_exact(launched: Path) -> None:
+    # compared inside each rank with the state at the close (the background save of 4)
+    assert _results(launched, "fsdp") == [{"restored": 4, "steps": [0, 2, 4]}] * 2
