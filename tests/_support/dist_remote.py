@@ -85,10 +85,12 @@ def scenario_options(url: str, rank: int) -> None:
 
 
 def scenario_session(root: Path, url: str, rank: int) -> None:
-    """A DDP session saving every 4 steps into ``url``: straight to 8, and crashed at 6 then
+    """A DDP session saving every 4 steps into ``url``: straight to 8 (and again with
+    background saves), and crashed at 6 then
     resumed from 4; then the newest checkpoint's largest shard object damaged: every rank
     falls back to step 4 and trains on to the same state."""
     straight = s.ddp_run(f"{url}/straight", rank, 8)
+    background = s.ddp_run(f"{url}/background", rank, 8, async_save=True)
     run = f"{url}/resumed"
     try:
         s.ddp_run(run, rank, 8, crash_at=6)
@@ -100,7 +102,8 @@ def scenario_session(root: Path, url: str, rank: int) -> None:
         damage_largest_shard(f"{run}/ckpt-000000000008")
     dist.barrier()
     fallback = s.ddp_run(run, rank, 8)
-    s.save(root, "session", rank, {"straight": straight, "resumed": resumed, "fallback": fallback})
+    results = {"straight": straight, "background": background, "resumed": resumed}
+    s.save(root, "session", rank, {**results, "fallback": fallback})
 
 
 def damage_largest_shard(prefix_url: str) -> str:

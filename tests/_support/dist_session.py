@@ -78,9 +78,14 @@ def digest(value: Any) -> str:
 
 
 def ddp_run(
-    directory: Path | str, rank: int, until: int, crash_at: int | None = None
+    directory: Path | str,
+    rank: int,
+    until: int,
+    crash_at: int | None = None,
+    async_save: bool = False,
 ) -> dict[str, Any]:
-    """A DDP model + Adam trained by a session saving every 4 steps, up to ``until``."""
+    """A DDP model + Adam trained by a session saving every 4 steps (in the background
+    with ``async_save``), up to ``until``."""
     model = DistributedDataParallel(w.make_model(seed=0))
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
     state = {"model": model, "optim": optim, "data": {"epoch": 0}}
@@ -91,6 +96,7 @@ def ddp_run(
         save_checkpoint_steps=4,
         save_summaries_steps=None,
         log_step_count_steps=None,
+        async_save=async_save,
     ) as sess:
         restored = sess.global_step
         while not sess.should_stop() and sess.global_step < until:

@@ -140,6 +140,30 @@ def test_session_saves_to_a_url_and_resumes_bit_exact(launched: dict[str, Any]) 
     assert steps == [0, 4, 8]
 
 
+def test_session_with_background_saves_commits_every_save_to_the_url(
+    launched: dict[str, Any],
+) -> None:
+    for result in _results(launched, "session"):
+        assert result["background"] == result["straight"]  # same steps, same final state
+    run = f"{launched['url']}/background"
+    assert [info.step for info in trainhooks.list_checkpoints(run)] == [0, 4, 8]
+    straight = trainhooks.load(f"{launched['url']}/straight/ckpt-000000000008")
+    _assert_same_tree(trainhooks.load(f"{run}/ckpt-000000000008"), straight)
+
+
+def _assert_same_tree(got: Any, want: Any, where: str = "") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            _assert_same_tree(got[key], want[key], f"{where}/{key}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for index, (g, w_) in enumerate(zip(got, want)):
+            _assert_same_tree(g, w_, f"{where}/{index}")
+    else:
+        assert np.array_equal(np.asarray(got), np.asarray(want)), where
+
+
 def test_corrupt_shard_object_every_rank_falls_back_to_the_previous_checkpoint(
     launched: dict[str, Any],
 ) -> None:
