@@ -79,7 +79,12 @@ def reference(rank: int, skipped: Iterable[int]) -> str:
 
 
 def session_run(
-    directory: Path, rank: int, hooks: list[Any], nan_at: int | None = None, **options: Any
+    directory: Path,
+    rank: int,
+    hooks: list[Any],
+    nan_at: int | None = None,
+    last: int = _LAST,
+    **options: Any,
 ) -> dict[str, Any]:
     """A DDP + Adam session saving every 4 steps, trained to ``_LAST``; ``nan_at``: the
     loss of rank 1 at that step (first run only) is NaN, and so are the gradients."""
@@ -104,7 +109,7 @@ def session_run(
         log_step_count_steps=None,
         **options,
     ) as sess:
-        while not sess.should_stop() and sess.global_step < _LAST:
+        while not sess.should_stop() and sess.global_step < last:
             sess.run(step)
     return {
         "step": sess.global_step,
@@ -124,7 +129,13 @@ def scenario_rollbacks(root: Path, rank: int) -> None:
     )
     nan = session_run(root / "nan", rank, [NanTensorHook("loss", rollback=True)], nan_at=6)
     references = {str(s): reference(rank, {s}) for s in (6, 8, 9)}
-    save(root, "rollbacks", rank, {"at_sync": at_sync, "between": between, "nan": nan})
+    closing: dict[str, Any] = {}
+    try:  # rank 1 asks at 10, and the loop ends at 11, before the next sync point
+        session_run(root / "closing", rank, [RollBackOnce(10, 8)] if rank == 1 else [], last=11)
+    except DistributedRecoveryError as exc:
+        closing = {"step": exc.step, "message": str(exc)}
+    results = {"at_sync": at_sync, "between": between, "nan": nan, "closing": closing}
+    save(root, "rollbacks", rank, results)
     save(root, "references", rank, references)
 
 

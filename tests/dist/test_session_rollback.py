@@ -74,6 +74,15 @@ def test_a_nan_on_one_rank_rolls_every_rank_back_past_the_first_bad_step(launche
     trainhooks.verify_checkpoint(launched / "nan" / "ckpt-000000000008")
 
 
+def test_a_rollback_still_unagreed_at_the_close_skips_the_final_save_on_every_rank(
+    launched: Path,
+) -> None:
+    ranks = _run(launched, "closing")
+    assert [x["step"] for x in ranks] == [11, 11]
+    assert all("rollback was still to be agreed" in x["message"] for x in ranks)
+    assert _steps(launched / "closing") == [0, 4, 8]  # the steps to undo were not saved
+
+
 def test_a_recoverable_error_at_a_sync_point_recovers_every_rank(launched: Path) -> None:
     ranks = [x["recovered"] for x in _results(launched, "recoverable")]
     straight = [x["straight"] for x in _results(launched, "recoverable")]
