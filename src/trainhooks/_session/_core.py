@@ -82,8 +82,9 @@ class MonitoredSession:
 
     Under ``torch.distributed`` (initialised, world size > 1) every rank creates the
     session with the same code: the ranks restore the same checkpoint, join the chief's
-    saves, and agree on stops and preemption at sync points, at least every
-    ``sync_every_steps`` steps (``_collective.py``, docs/distributed.md).
+    saves, and agree on stops, preemption, rollbacks and recoverable errors at sync
+    points, at least every ``sync_every_steps`` steps (``_collective.py``,
+    ``_dist_recovery.py``, docs/distributed.md).
 
     TF's ``session_creator`` has no counterpart (there is no graph to initialise): pass
     ``state=`` and ``checkpoint_dir=`` directly. ``stop_grace_period_secs`` is accepted
