@@ -26,6 +26,7 @@ EXPECTED_PUBLIC_NAMES = {
     "StateMismatchError",
     "NanLossDuringTrainingError",
     "ResumeDivergenceError",
+    "DistributedRecoveryError",
     "RollbackRequested",
     # preemption
     "Preempted",

@@ -28,6 +28,7 @@ _PUBLIC: dict[str, str] = {
     "StateMismatchError": "trainhooks._exceptions",
     "NanLossDuringTrainingError": "trainhooks._exceptions",
     "ResumeDivergenceError": "trainhooks._exceptions",
+    "DistributedRecoveryError": "trainhooks._exceptions",
     "RollbackRequested": "trainhooks._exceptions",
     # preemption: the exit a preempted session raises, and its status
     "Preempted": "trainhooks._exceptions",
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
         StateMismatchError as StateMismatchError,
         NanLossDuringTrainingError as NanLossDuringTrainingError,
         ResumeDivergenceError as ResumeDivergenceError,
+        DistributedRecoveryError as DistributedRecoveryError,
         RollbackRequested as RollbackRequested,
         Preempted as Preempted,
         EXIT_PREEMPTED as EXIT_PREEMPTED,

@@ -15,6 +15,8 @@ Every error the library raises on purpose derives from :class:`TrainhooksError`:
     ├── NanLossDuringTrainingError       raised by ``NanTensorHook`` (also when it gives up
     │                                    rolling back: ``steps`` names the bad steps)
     ├── ResumeDivergenceError            a resumed run re-ran a step differently
+    ├── DistributedRecoveryError         a recovery or rollback one rank of a
+    │                                    torch.distributed job cannot make with the others
     └── RollbackRequested                raised by a hook's ``after_run`` to undo the step
                                          (the session handles it; see docs/preemption.md)
 
@@ -42,6 +44,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointTimeoutError",
     "CheckpointWriteError",
+    "DistributedRecoveryError",
     "NanLossDuringTrainingError",
     "Preempted",
     "ResumeDivergenceError",
@@ -204,6 +207,23 @@ class ResumeDivergenceError(TrainhooksError):
         self.name = name
         self.recorded = recorded
         self.observed = observed
+
+
+class DistributedRecoveryError(TrainhooksError):
+    """A recovery a rank of a ``torch.distributed`` session cannot make in step with the others.
+
+    A recoverable error raised where the other ranks are not at the same point (the step
+    function, a hook between sync points: they may be inside a collective of the step that
+    this rank never joins), or a rollback still unagreed when the session closes. ``rank``
+    is the rank raising it, ``step`` the global step; the original error is its
+    ``__cause__``. The job must fail: a relaunch resumes every rank from the last
+    checkpoint (docs/distributed.md).
+    """
+
+    def __init__(self, message: str, *, rank: int, step: int) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.step = step
 
 
 class RollbackRequested(TrainhooksError):

@@ -203,9 +203,10 @@ def _read_encoded(reader: Reader, entry: str, *, required: bool) -> Any:
         ) from exc
 
     def read_tensor(name: str, kind: str) -> Any:
+        shape = tuple(np.shape(arrays[name]))  # ascontiguousarray makes a 0-d array 1-d
         array = np.ascontiguousarray(arrays[name])
         data = memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        return MappedTensor(codes[name], tuple(array.shape), kind, data)
+        return MappedTensor(codes[name], shape, kind, data)
 
     return decode_tree(tree, read_tensor)
 

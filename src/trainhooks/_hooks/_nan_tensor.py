@@ -39,7 +39,9 @@ class NanTensorHook(SessionRunHook):
     counts as bad a finite loss above k times the median of the last ``spike_window``
     good losses, in every mode. ``MonitoredTrainingSession`` runs a rollback hook before
     its other hooks; in a hook list of your own, put it before the saver and summary
-    hooks, or they record the step before it is undone (docs/preemption.md).
+    hooks, or they record the step before it is undone (docs/preemption.md). Under
+    ``torch.distributed`` the ranks agree on a rollback at the next sync point; until
+    then this hook judges no loss on the rank that asked (docs/distributed.md).
 
     **Deviation:** TF checks only for NaN; this hook also treats +/-inf as a bad loss,
     because the weights an infinite loss produces are as broken as a NaN's, one step
@@ -85,6 +87,9 @@ class NanTensorHook(SessionRunHook):
     # after_run, which gives the same value and keeps every step on the session's fast
     # path (a hook without before_run costs one call per step).
     def after_run(self, run_context: SessionRunContext, run_values: SessionRunValues) -> None:
+        distributed = run_context.session.distributed
+        if distributed is not None and distributed.rollback_pending:
+            return  # a step the ranks will undo at their next sync point: nothing to judge
         result = run_values.step_result
         try:
             value = result[self._loss_name]

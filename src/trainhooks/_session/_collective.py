@@ -38,13 +38,15 @@ sync point with a save due, and the close, first wait for every save in flight: 
 is in flight, and ``after_save(S1)`` comes before ``before_save(S2)``. At the close the
 final save is a blocking one. An error a hook raises at a sync point where no blocking save
 is being joined goes to every rank through the second all-reduce.
+
+Rollbacks and recoverable errors: the ranks agree on them here too (``_dist_recovery.py``
+says how): a flag in each all-reduce says whether a rank has a rollback to ask for.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import pickle
 import sys
 from collections.abc import MutableMapping
 from concurrent.futures import Future
@@ -53,12 +55,14 @@ from typing import TYPE_CHECKING, Any
 
 from trainhooks._session._background_saves import BackgroundSaves
 from trainhooks._session._dispatch import Coordinator
+from trainhooks._session._dist_recovery import RecoveryAgreement, unagreed_at_close
 from trainhooks._store._layout import DEFAULT_BASENAME as BASE
 from trainhooks._store._layout import parse_committed
 from trainhooks._store._remote._url import ObjectPath, checkpoint_location
 
 if TYPE_CHECKING:
     from trainhooks._dist._session_sync import Collectives
+    from trainhooks._exceptions import RollbackRequested
     from trainhooks._session._core import MonitoredSession
     from trainhooks._store._info import CheckpointInfo
 
@@ -136,6 +140,7 @@ class DistributedSession:
         self._blocking_left = 0  # chief: blocking saves the other ranks are waiting in
         self._background_left = 0  # chief: background saves this sync point may start
         self._background = BackgroundSaves()
+        self.recovery = RecoveryAgreement()
 
     # -- what a saver hook uses ---------------------------------------------------------
     def save(
@@ -150,14 +155,15 @@ class DistributedSession:
         ``saver`` (a ``trainhooks.Saver``) keeps its retention (and, for a URL, its lease
         and ``storage_options``, which reach every rank with the plan)."""
         path = _location(directory)
-        info = self._c.save(
-            state,
-            path,
-            step,
-            chief=True,
-            commit_with=_commit_with(saver, path, step),
-            storage_options=getattr(saver, "storage_options", None),
-        )
+        with self.recovery.together():  # its error is raised on every rank
+            info = self._c.save(
+                state,
+                path,
+                step,
+                chief=True,
+                commit_with=_commit_with(saver, path, step),
+                storage_options=getattr(saver, "storage_options", None),
+            )
         self._blocking_left -= 1  # not after a failure: every rank raised that one already
         return info
 
@@ -189,6 +195,12 @@ class DistributedSession:
         ``future`` has finished: its ``after_save`` (or error) is due now."""
         return self._background.is_delivered(future)
 
+    @property
+    def rollback_pending(self) -> bool:
+        """Whether a hook of this rank asked for a rollback that the ranks have not agreed
+        on yet (at the next sync point): the steps until then will be undone."""
+        return self.recovery.pending is not None
+
     # -- the session's side ---------------------------------------------------------------
     def attach(self, hooks: list[object]) -> None:
         """Note the hooks that save collectively (see the module docstring)."""
@@ -206,7 +218,8 @@ class DistributedSession:
             with Saver(max_to_keep=None) as saver:
                 return saver.restore(state, path.parent, parse_committed(path.name, BASE))
 
-        return self._c.restore(session.checkpoint_state, directory, step, BASE, restore_plain)
+        with self.recovery.together():  # the same outcome on every rank
+            return self._c.restore(session.checkpoint_state, directory, step, BASE, restore_plain)
 
     def at_creation(self, session: MonitoredSession) -> None:
         """Before ``after_create_session``: the schedule (once), the grid from this step,
@@ -223,6 +236,7 @@ class DistributedSession:
                 self._c.prepare_background()
         step = session.global_step
         self.next_step = step + self.grid
+        self.recovery.pending = None  # every rank is re-created from a checkpoint now
         self._agree(session, "create", step)
 
     def after_creation(self, session: MonitoredSession, failure: Exception | None = None) -> None:
@@ -231,17 +245,26 @@ class DistributedSession:
         every rank."""
         self._second(session, failure)
 
-    def at_step(self, session: MonitoredSession, step: int) -> None:
-        """A sync point, before the hooks' ``after_run``."""
+    def at_step(self, session: MonitoredSession, step: int) -> RollbackRequested | None:
+        """A sync point, before the hooks' ``after_run``; returns the rollback the ranks
+        agreed on now (asked for at an earlier step), which undoes this step: no save,
+        no ``after_run``."""
         self.next_step += ((step - self.next_step) // self.grid + 1) * self.grid
-        self._agree(session, "step", step)
+        return self._agree(session, "step", step)
 
-    def after_sync(self, session: MonitoredSession, failure: Exception | None = None) -> None:
+    def after_sync(
+        self, session: MonitoredSession, failure: Exception | None = None
+    ) -> RollbackRequested | None:
         """After the ``after_run`` of a sync point: the stops its hooks and listeners asked
         for (a listener's ``after_save``) stop every rank at this step; as
-        :meth:`after_creation` for background saves and ``failure``."""
+        :meth:`after_creation` for background saves and ``failure``; returns the rollback
+        the ranks agreed on (one asked for by a hook of this sync point)."""
         self.synced_at = None
-        self._second(session, failure)
+        return self._second(session, failure)
+
+    def note_rollback(self, request: RollbackRequested) -> None:
+        """A hook of this rank asked for ``request``: the ranks agree at the next sync point."""
+        self.recovery.note(request)
 
     def at_end(self, session: MonitoredSession) -> None:
         """Before the hooks' ``end``: the same step on every rank, and the final saves."""
@@ -251,7 +274,7 @@ class DistributedSession:
         """At the close, whatever happened: wait for this rank's saves in flight."""
         self._background.release()
 
-    def _agree(self, session: MonitoredSession, phase: str, step: int) -> None:
+    def _agree(self, session: MonitoredSession, phase: str, step: int) -> RollbackRequested | None:
         blocking = background = 0
         failure: Exception | None = None
         if self.is_chief:
@@ -275,19 +298,41 @@ class DistributedSession:
                 f"({-flags[3]} to {flags[2]}; this rank: {step}): every rank must run the "
                 "same number of steps and close its session at the same step"
             )
-        self._apply(session, flags[6:])
+        self._apply(session, flags[6:9])
+        if flags[9]:
+            return self._roll_back_now(session, phase, step)
         self.synced_at = step if phase == "step" else None
         # Finished on every rank: delivered now; before a new save or the close, all are.
         every = flags[0] or flags[1] or phase == "end"
-        self._background.deliver(len(self._background.inflight) if every else -flags[5], step)
+        with self.recovery.together():  # a failed save: the same error on every rank
+            self._background.deliver(len(self._background.inflight) if every else -flags[5], step)
         self._background_left = flags[1]
         self._background.requested = []
         self._blocking_left = flags[0] if self.is_chief else 0
         if not self.is_chief:
             for _ in range(flags[0]):
-                self._c.save(session.checkpoint_state, Path("."), step, chief=False)
+                with self.recovery.together():
+                    self._c.save(session.checkpoint_state, Path("."), step, chief=False)
+        return None
 
-    def _second(self, session: MonitoredSession, failure: Exception | None) -> None:
+    def _roll_back_now(
+        self, session: MonitoredSession, phase: str, step: int
+    ) -> RollbackRequested | None:
+        """A rollback asked for before this sync point: no save now, no ``after_run``; the
+        saves in flight finish first (the target may be one of them)."""
+        self.synced_at = None
+        self._blocking_left = self._background_left = 0
+        self._background.requested = []
+        with self.recovery.together():
+            self._background.deliver(len(self._background.inflight), step)
+        agreed = self.recovery.agree(self._c, step)
+        if phase == "end":  # the final save would keep the steps to undo
+            raise unagreed_at_close(agreed, self.rank, step)
+        return agreed
+
+    def _second(
+        self, session: MonitoredSession, failure: Exception | None
+    ) -> RollbackRequested | None:
         if failure is not None and self._blocking_left > 0:
             # a blocking save the others joined failed (they raised its error too) or was
             # never made (they wait in it): no agreement possible, no background save
@@ -300,32 +345,28 @@ class DistributedSession:
         # Every rank copies its state for the saves the chief's hooks asked for, at this
         # same point (a DCP-native state_dict() may run collectives), even after a failure.
         own_state = lambda: session.checkpoint_state  # noqa: E731 - read when copied
-        self._background.start(self._c, values[3], requested, own_state, self._step)
-        if values[4]:
+        self._background.start(self._c, values[4], requested, own_state, self._step)
+        if values[5]:
             self._raise_everywhere(failure, 1)
         self._apply(session, values[:3])
+        if not values[3]:
+            return None
+        with self.recovery.together():  # the target may be a save in flight: wait for all
+            self._background.deliver(len(self._background.inflight), self._step)
+        return self.recovery.agree(self._c, self._step)
 
     def _raise_everywhere(self, failure: Exception | None, where: int) -> None:
-        """Raise ``failure`` here and the first failing rank's error on the others (itself
-        when it survives pickling in memory, else a ``RuntimeError`` describing it)."""
-        errors = self._c.gather_objects(None if failure is None else _portable(failure))
-        if failure is not None:
-            raise failure
-        rank, error = next((r, e) for r, e in enumerate(errors) if e is not None)
+        """Raise ``failure`` here and the first failing rank's error on the others."""
         moment = ("before", "after")[where]
-        if isinstance(error, Exception):
-            _note(
-                error, f"raised on rank {rank} {moment} the hooks of step {self._step}'s sync point"
-            )
-            raise error
-        raise RuntimeError(
-            f"rank {rank} failed {moment} the hooks of step {self._step}'s sync point: {error}"
+        self.recovery.raise_everywhere(
+            self._c, failure, f"{moment} the hooks of step {self._step}'s sync point"
         )
 
     def _flags(self, session: MonitoredSession) -> list[int]:
         coord = session._coord
         requested = isinstance(coord, SyncedCoordinator) and coord.requested
-        return [int(requested), int(self.preempt_requested), self.preempt_signal or 0]
+        rollback = int(self.recovery.pending is not None)
+        return [int(requested), int(self.preempt_requested), self.preempt_signal or 0, rollback]
 
     def _apply(self, session: MonitoredSession, flags: list[int]) -> None:
         stop, preempt, signum = flags
@@ -358,22 +399,6 @@ def _commit_with(saver: Any, path: Path | ObjectPath, step: int) -> Any:
 
 def _is_async(hook: Any) -> bool:
     return bool(getattr(hook, "collective_save_async", False))
-
-
-def _portable(error: Exception) -> Exception | str:
-    """``error`` if it survives a pickle round trip (to be sent in memory), else its text."""
-    try:
-        copy = pickle.loads(pickle.dumps(error))
-    except Exception:
-        return f"{type(error).__name__}: {error}"
-    return error if type(copy) is type(error) else f"{type(error).__name__}: {error}"
-
-
-def _note(error: BaseException, note: str) -> None:
-    if hasattr(error, "add_note"):  # Python >= 3.11
-        error.add_note(note)
-    else:  # 3.10: same attribute, not shown by the traceback printer
-        error.__notes__ = [*getattr(error, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
 def _grid(sync_every: int, save_steps: int | None) -> int:

@@ -82,8 +82,9 @@ class MonitoredSession:
 
     Under ``torch.distributed`` (initialised, world size > 1) every rank creates the
     session with the same code: the ranks restore the same checkpoint, join the chief's
-    saves, and agree on stops and preemption at sync points, at least every
-    ``sync_every_steps`` steps (``_collective.py``, docs/distributed.md).
+    saves, and agree on stops, preemption, rollbacks and recoverable errors at sync
+    points, at least every ``sync_every_steps`` steps (``_collective.py``,
+    ``_dist_recovery.py``, docs/distributed.md).
 
     TF's ``session_creator`` has no counterpart (there is no graph to initialise): pass
     ``state=`` and ``checkpoint_dir=`` directly. ``stop_grace_period_secs`` is accepted
@@ -119,7 +120,6 @@ class MonitoredSession:
         self._sync = detect(sync_every_steps)  # None unless torch.distributed, world > 1
         self._coord = Coordinator() if self._sync is None else SyncedCoordinator()
         if self._sync is not None:
-            restoring.refuse_uncoordinated(self._recoverable, self._hooks)
             self._sync.attach(self._hooks)
         self._closed = False
         self._restored: CheckpointInfo | None = None  # the last restore, if any
@@ -288,9 +288,12 @@ class MonitoredSession:
             self._state_changed = True
             sync = self._sync
             if sync is not None and self.global_step >= sync.next_step:
-                sync.at_step(self, self.global_step)  # may join the chief's save
+                # may join the chief's save; a rollback agreed now undoes this step
+                rollback = sync.at_step(self, self.global_step)
             try:
-                if requests:
+                if rollback is not None:
+                    pass  # the step is undone: no hook sees it
+                elif requests:
                     call_after_run_with_results(self._calls, context, requests, result)
                 elif self._after_run:  # the common case, kept inline: nobody asked for results
                     values = plain_run_values(result)
@@ -305,11 +308,14 @@ class MonitoredSession:
         finally:
             self._busy = None
         if rollback is not None:
-            self._roll_back(rollback)
+            self._roll_back(rollback)  # under torch.distributed: once the ranks agreed
         elif context._stop_requested:
             self._coord.stop = True
         if sync is not None and sync.synced_at is not None:
-            sync.after_sync(self, failure)  # stops asked for at a sync point: agreed at once
+            # stops and rollbacks asked for at a sync point: agreed at once
+            agreed = sync.after_sync(self, failure)
+            if agreed is not None:
+                self._roll_back(agreed)
         if self._preempted:  # the step boundary: save, end, raise Preempted
             self._end_preempted()
         return result
@@ -331,6 +337,8 @@ class MonitoredSession:
                 self._create_session(step)
                 return
             except self._recoverable as exc:
+                if self._sync is not None:  # only an error every rank raised at this point
+                    self._sync.recovery.check_recoverable(exc, self._sync.rank, self.global_step)
                 _LOG.warning("recoverable error while creating the session: %r; retrying", exc)
 
     def _create_session(self, step: int | None = None) -> None:
@@ -372,12 +380,21 @@ class MonitoredSession:
         _LOG.info("skipped the run of step %d: its data made a step roll back", self.global_step)
 
     def _roll_back(self, request: RollbackRequested) -> None:
-        """Undo the step just run: restore ``request.step``'s checkpoint, skip its data."""
+        """Undo the step just run: restore ``request.step``'s checkpoint, skip its data.
+
+        Under ``torch.distributed`` a hook's request is only noted: the ranks agree at the
+        next sync point, and every rank then undoes the steps since (``_dist_recovery.py``).
+        """
+        sync = self._sync
+        if sync is not None and not sync.recovery.is_agreed(request):
+            sync.note_rollback(request)
+            return
         restoring.check_rollback(self, request)
         self._skipped = self._skipped | frozenset(request.skip_steps)
         restoring.log_rollback(self, request)
         # A saver hook's background save of that step may still be writing: wait for the
         # saves in flight into the directory (Ctrl-C cancels them), or it is not there yet.
+        # (Under torch.distributed the sync point that agreed on it waited for them.)
         assert self._checkpoint_dir is not None  # check_rollback refused a session without
         wait_for(unfinished_saves_into(self._checkpoint_dir))
         self._create_with_recovery(request.step)
@@ -403,6 +420,8 @@ class MonitoredSession:
         self._coord.halt()
 
     def _recover(self, exc: BaseException) -> None:
+        if self._sync is not None:  # only an error every rank raised at a sync point
+            self._sync.recovery.check_recoverable(exc, self._sync.rank, self.global_step)
         restoring.log_recovery(self, exc)
         self._create_with_recovery()
 

@@ -22,7 +22,6 @@ __all__ = [
     "check_rollback",
     "log_recovery",
     "log_rollback",
-    "refuse_uncoordinated",
     "restore_latest",
 ]
 
@@ -64,32 +63,8 @@ def _restore_one_process(
         return None
 
 
-def refuse_uncoordinated(recoverable: tuple[type[BaseException], ...], hooks: list[object]) -> None:
-    """Refuse what a distributed session cannot do yet: re-create itself on one rank (a
-    recoverable error, a rollback), before any rank trains."""
-    rolling = [type(h).__name__ for h in hooks if getattr(h, "rolls_back", False) is True]
-    if rolling:
-        raise ValueError(
-            f"{', '.join(rolling)} rolls steps back, which is not coordinated across the "
-            "ranks of a torch.distributed job yet; use NanTensorHook(fail_on_nan_loss=True) "
-            "there, or rollback=False (docs/distributed.md)"
-        )
-    if recoverable:
-        raise ValueError(
-            "recoverable_errors is not supported in a torch.distributed job yet: "
-            "re-creating the session on one rank would leave the others waiting; let the "
-            "job fail and relaunch it (every rank resumes from the last checkpoint)"
-        )
-
-
 def check_rollback(session: MonitoredSession, request: RollbackRequested) -> None:
-    """Refuse a rollback the session cannot do: no checkpoints, or several ranks."""
-    if session.distributed is not None:
-        raise RuntimeError(
-            f"a hook asked to roll back step {session.global_step} ({request.reason}) in a "
-            "torch.distributed job; rollbacks are not coordinated across ranks yet: use "
-            "NanTensorHook(fail_on_nan_loss=True) there (docs/distributed.md)"
-        ) from request
+    """Refuse a rollback the session cannot do: it has no checkpoints."""
     if session.checkpoint_dir is None:
         raise RuntimeError(
             f"a hook asked to roll back step {session.global_step} ({request.reason}), but "
