@@ -68,10 +68,18 @@ def session(
     listener: Recorder,
     async_save: bool = True,
     extra: dict[str, Any] | None = None,
+    max_to_keep: int = 5,
 ) -> Any:
-    """The session under test: rank 0's default saver hook saves every 3 steps in the
-    background; every step is a sync point, so deliveries come as soon as possible."""
-    hook = CheckpointSaverHook(directory, save_steps=3, listeners=[listener], async_save=async_save)
+    """The session under test: rank 0's default saver hook saves every 3 steps (in the
+    background unless ``async_save`` is False); every step is a sync point, so deliveries
+    come as soon as possible."""
+    hook = CheckpointSaverHook(
+        directory,
+        save_steps=3,
+        listeners=[listener],
+        async_save=async_save,
+        max_to_keep=max_to_keep,
+    )
     state = {"model": model, "optim": optim}
     return MonitoredTrainingSession(
         checkpoint_dir=directory,
@@ -145,6 +153,7 @@ def failing_run(
     listener: Recorder,
     async_save: bool = True,
     bad_copy_on: int | None = None,
+    max_to_keep: int = 5,
 ) -> None:
     """Train until a save fails; record where and how on this rank. With ``bad_copy_on``,
     that rank's state gets a value it cannot copy (a sparse tensor) before step 3."""
@@ -155,7 +164,7 @@ def failing_run(
     outcome: dict[str, Any] = {"error": None}
     sess = None
     try:
-        with session(directory, model, optim, listener, async_save, extra) as sess:
+        with session(directory, model, optim, listener, async_save, extra, max_to_keep) as sess:
             while sess.global_step < 12:
                 if sess.global_step == 2 and rank == bad_copy_on:
                     extra["t"] = torch.zeros(2).to_sparse()
@@ -213,6 +222,9 @@ def two_ranks(rank: int, world: int, port: int, root: str) -> None:
         failing_run(base, rank, f"moved-{kind}", move, async_save)
         # rank 1 cannot copy its state for the save of 3 (a sparse tensor)
         failing_run(base, rank, f"copy-{kind}", Recorder(), async_save, bad_copy_on=1)
+        # the chief's retention cannot delete the checkpoint of 0 once 3 is committed
+        fault = Recorder(fault_after=(0, "retention_before_remove=eio"))
+        failing_run(base, rank, f"retention-{kind}", fault, async_save, max_to_keep=1)
     failing_run(base, rank, "listener-blocking", Recorder(fail_at=3), async_save=False)
     dist.barrier()
     dist.destroy_process_group()

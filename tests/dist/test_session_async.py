@@ -168,3 +168,20 @@ def test_a_listener_failing_before_a_blocking_save_stops_every_rank_with_its_err
     assert chief["message"] == other["message"] == "the listener refuses the save of step 3"
     assert chief["step"] == other["step"] == 3
     assert chief["steps"] == other["steps"] == [0]
+
+
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+def test_the_chiefs_retention_failing_after_the_commit_fails_every_rank(
+    launched: Path, kind: str
+) -> None:
+    # the save of 3 is committed; deleting the checkpoint of 0 (max_to_keep=1) fails on
+    # the chief alone: the commit's outcome carries that error to the other rank
+    chief, other = _results(launched, f"retention-{kind}")
+    assert chief["error"] == other["error"] == "CheckpointWriteError"
+    assert chief["message"] == other["message"]
+    assert "could not delete the checkpoint of step 0" in chief["message"]
+    assert chief["step"] == other["step"]
+    assert chief["step"] == 3 if kind == "blocking" else 4 <= chief["step"] <= 6
+    assert chief["steps"] == other["steps"] == [3]
+    [newest] = trainhooks.list_checkpoints(launched / f"retention-{kind}")
+    trainhooks.verify_checkpoint(newest.path)
