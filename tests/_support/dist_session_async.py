@@ -154,6 +154,7 @@ def failing_run(
     async_save: bool = True,
     bad_copy_on: int | None = None,
     max_to_keep: int = 5,
+    until: int = 12,
 ) -> None:
     """Train until a save fails; record where and how on this rank. With ``bad_copy_on``,
     that rank's state gets a value it cannot copy (a sparse tensor) before step 3."""
@@ -165,7 +166,7 @@ def failing_run(
     sess = None
     try:
         with session(directory, model, optim, listener, async_save, extra, max_to_keep) as sess:
-            while sess.global_step < 12:
+            while sess.global_step < until:
                 if sess.global_step == 2 and rank == bad_copy_on:
                     extra["t"] = torch.zeros(2).to_sparse()
                 sess.run(train_step, model, optim, sess.global_step + 1, rank)
@@ -226,6 +227,8 @@ def two_ranks(rank: int, world: int, port: int, root: str) -> None:
         fault = Recorder(fault_after=(0, "retention_before_remove=eio"))
         failing_run(base, rank, f"retention-{kind}", fault, async_save, max_to_keep=1)
     failing_run(base, rank, "listener-blocking", Recorder(fail_at=3), async_save=False)
+    # the final save of the close (at 4), which the other rank waits in, refused by a listener
+    failing_run(base, rank, "listener-end", Recorder(fail_at=4), until=4)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -159,15 +159,17 @@ def test_a_state_one_rank_cannot_copy_fails_every_rank_with_its_error(
     assert leftovers(launched / f"copy-{kind}") == set()
 
 
+@pytest.mark.parametrize(("name", "step"), [("listener-blocking", 3), ("listener-end", 4)])
 def test_a_listener_failing_before_a_blocking_save_stops_every_rank_with_its_error(
-    launched: Path,
+    launched: Path, name: str, step: int
 ) -> None:
-    # the other rank waits in the save the chief's hook never makes: the chief fails it
-    chief, other = _results(launched, "listener-blocking")
+    # the other rank waits in the save the chief's hook never makes (at a sync point, or
+    # the final save of the close): the chief fails it with the listener's error
+    chief, other = _results(launched, name)
     assert chief["error"] == other["error"] == "ValueError"
-    assert chief["message"] == other["message"] == "the listener refuses the save of step 3"
-    assert chief["step"] == other["step"] == 3
-    assert chief["steps"] == other["steps"] == [0]
+    assert chief["message"] == other["message"] == f"the listener refuses the save of step {step}"
+    assert chief["step"] == other["step"] == step
+    assert chief["steps"] == other["steps"] == ([0, 3] if step == 4 else [0])
 
 
 @pytest.mark.parametrize("kind", ["async", "blocking"])

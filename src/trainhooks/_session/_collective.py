@@ -257,11 +257,13 @@ class DistributedSession:
         the chief never made (a hook's ``end`` raised first); wait for the saves in flight."""
         if self._blocking_left > 0:
             self._blocking_left = 0
-            error = CheckpointWriteError(
-                f"the chief's session failed before its save of step {self._step} (see rank "
-                "0's log); nothing was written",
-                step=self._step,
-            )
+            error = sys.exc_info()[1]  # what is ending the session, in a finally block
+            if not isinstance(error, Exception):
+                error = CheckpointWriteError(
+                    f"the chief's session failed before its save of step {self._step} (see "
+                    "rank 0's log); nothing was written",
+                    step=self._step,
+                )
             self._c.refuse(error, self._step)
         self._background.release()
 
