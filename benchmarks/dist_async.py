@@ -13,7 +13,8 @@ Noise only ever adds time: the ratio compares the best repetitions, medians besi
 Then the same state is saved by a ``MonitoredTrainingSession`` (the chief's
 ``CheckpointSaverHook``, every other step) with ``async_save=False`` and ``True``: the stall
 is the slowest rank's time of the ``run`` of a save step (no-op steps), once the previous
-save has finished.
+save has finished. Then again with ``--size-mib`` of whole tensors, the same on every rank
+(replicated, as a DDP model: the single-process state layer's entry).
 
 Usage: ``python benchmarks/dist_async.py [--size-mib 256] [--repeats 5] [--world 2]``
 """
@@ -81,14 +82,23 @@ class Tensors(DistributedState):
         self.tensors = state_dict
 
 
+def make_replicated(size_mib: int) -> dict[str, Any]:
+    """``size_mib`` of float32 in whole tensors, the same on every rank (a DDP model)."""
+    generator = torch.Generator().manual_seed(0)
+    return {
+        f"layer{i:03d}.weight": torch.empty(TENSOR_MIB * 256, 1024).normal_(generator=generator)
+        for i in range(size_mib // TENSOR_MIB)
+    }
+
+
 def session_stalls(directory: Path, state: dict[str, Any], async_save: bool, n: int) -> list[float]:
-    """The slowest rank's time of each of ``n`` save steps of a session (after the previous
-    save finished)."""
+    """The slowest rank's time of each of ``n`` save steps of a session with ``state``
+    (after the previous save finished)."""
     hook = CheckpointSaverHook(directory, save_steps=2, async_save=async_save, max_to_keep=1)
     stalls = []
     with MonitoredTrainingSession(
         checkpoint_dir=directory,
-        state={"model": Tensors(state["model"])},
+        state=state,
         chief_only_hooks=[hook],
         save_summaries_steps=None,
         log_step_count_steps=None,
@@ -111,6 +121,7 @@ def worker(rank: int, world: int, port: int, args: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     root = Path(args["dir"])
     state = make_state(world, args["size_mib"])
+    replicated = make_replicated(args["size_mib"])
     times: dict[str, list[float]] = {"sync": [], "async": [], "async total": []}
     step = 0
 
@@ -137,9 +148,11 @@ def worker(rank: int, world: int, port: int, args: dict[str, Any]) -> None:
     for repeat in range(args["repeats"]):
         for method in ("sync", "async") if repeat % 2 == 0 else ("async", "sync"):
             run(method)
-    for async_save in (False, True):
-        name = f"session async_save={async_save}"
-        times[name] = session_stalls(root / name, state, async_save, args["repeats"])
+    sessions = {"": {"model": Tensors(state["model"])}, " replicated": {"model": replicated}}
+    for kind, session_state in sessions.items():
+        for async_save in (False, True):
+            name = f"session{kind} async_save={async_save}"
+            times[name] = session_stalls(root / name, session_state, async_save, args["repeats"])
     if rank == 0:
         Path(args["out"]).write_text(json.dumps({"times": times, "first": first}))
     dist.barrier()
@@ -181,13 +194,18 @@ def main() -> None:
     best = min(times["sync"]) / min(times["async"])
     median = statistics.median(times["sync"]) / statistics.median(times["async"])
     print(f"stall ratio save_sharded / save_sharded_async: {best:.1f}x best, {median:.1f}x median")
-    sync, background = times["session async_save=False"], times["session async_save=True"]
-    for name, values in (("False", sync), ("True", background)):
-        print(f"| session save step, async_save={name} | {min(values):.3f} | ", end="")
-        print(f"{statistics.median(values):.3f} |")
-    best = min(sync) / min(background)
-    median = statistics.median(sync) / statistics.median(background)
-    print(f"session stall ratio async_save False / True: {best:.1f}x best, {median:.1f}x median")
+    for kind in ("", " replicated"):
+        sync = times[f"session{kind} async_save=False"]
+        background = times[f"session{kind} async_save=True"]
+        for name, values in (("False", sync), ("True", background)):
+            print(f"| session{kind} save step, async_save={name} | {min(values):.3f} | ", end="")
+            print(f"{statistics.median(values):.3f} |")
+        best = min(sync) / min(background)
+        median = statistics.median(sync) / statistics.median(background)
+        print(
+            f"session{kind} stall ratio async_save False / True: {best:.1f}x best, "
+            f"{median:.1f}x median"
+        )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,13 @@ class Recorder(CheckpointSaverListener):
         stop_at: int | None = None,
         fail_at: int | None = None,
         fault_after: tuple[int, str] | None = None,
+        move_after: tuple[int, Path] | None = None,
     ) -> None:
         self.events: list[list[Any]] = []
         self.stop_at = stop_at
         self.fail_at = fail_at
         self.fault_after = fault_after
+        self.move_after = move_after  # (step, directory): moved aside after that save
 
     def before_save(self, session: Any, step: int) -> None:
         self.events.append(["before", step, session.global_step])
@@ -49,16 +51,39 @@ class Recorder(CheckpointSaverListener):
         self.events.append(["after", step, session.global_step])
         if self.fault_after is not None and step == self.fault_after[0]:
             _faults.configure(self.fault_after[1])
+        if self.move_after is not None and step == self.move_after[0]:
+            directory = self.move_after[1]  # the chief's saver then refuses its next commit
+            directory.rename(moved(directory))
         return step == self.stop_at
 
 
-def session(directory: Path, model: nn.Module, optim: Any, listener: Recorder) -> Any:
-    """The session under test: rank 0's default saver hook saves every 3 steps in the
-    background; every step is a sync point, so deliveries come as soon as possible."""
-    hook = CheckpointSaverHook(directory, save_steps=3, listeners=[listener], async_save=True)
+def moved(directory: Path) -> Path:
+    return directory.with_name(directory.name + "-moved")
+
+
+def session(
+    directory: Path,
+    model: nn.Module,
+    optim: Any,
+    listener: Recorder,
+    async_save: bool = True,
+    extra: dict[str, Any] | None = None,
+    max_to_keep: int = 5,
+) -> Any:
+    """The session under test: rank 0's default saver hook saves every 3 steps (in the
+    background unless ``async_save`` is False); every step is a sync point, so deliveries
+    come as soon as possible."""
+    hook = CheckpointSaverHook(
+        directory,
+        save_steps=3,
+        listeners=[listener],
+        async_save=async_save,
+        max_to_keep=max_to_keep,
+    )
+    state = {"model": model, "optim": optim}
     return MonitoredTrainingSession(
         checkpoint_dir=directory,
-        state={"model": model, "optim": optim},
+        state=state if extra is None else {**state, "extra": extra},
         chief_only_hooks=[hook],
         save_summaries_steps=None,
         log_step_count_steps=None,
@@ -121,22 +146,37 @@ def scenario_train(root: Path, rank: int) -> None:
     )
 
 
-def failing_run(root: Path, rank: int, name: str, listener: Recorder) -> None:
-    """Train until a save fails; record where and how on this rank."""
+def failing_run(
+    root: Path,
+    rank: int,
+    name: str,
+    listener: Recorder,
+    async_save: bool = True,
+    bad_copy_on: int | None = None,
+    max_to_keep: int = 5,
+    until: int = 12,
+) -> None:
+    """Train until a save fails; record where and how on this rank. With ``bad_copy_on``,
+    that rank's state gets a value it cannot copy (a sparse tensor) before step 3."""
     directory = root / name
     model = DistributedDataParallel(w.make_model(seed=12))
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
+    extra: dict[str, Any] = {"t": torch.zeros(2)}
     outcome: dict[str, Any] = {"error": None}
     sess = None
     try:
-        with session(directory, model, optim, listener) as sess:
-            while sess.global_step < 12:
+        with session(directory, model, optim, listener, async_save, extra, max_to_keep) as sess:
+            while sess.global_step < until:
+                if sess.global_step == 2 and rank == bad_copy_on:
+                    extra["t"] = torch.zeros(2).to_sparse()
                 sess.run(train_step, model, optim, sess.global_step + 1, rank)
     except Exception as exc:
         outcome = {"error": type(exc).__name__, "message": str(exc)}
     finally:
         _faults.configure(None)
     assert sess is not None
+    if listener.move_after is not None:
+        directory = moved(directory)
     outcome.update(step=sess.global_step, events=listener.events, steps=steps(directory))
     save(root, name, rank, outcome)
 
@@ -177,6 +217,18 @@ def two_ranks(rank: int, world: int, port: int, root: str) -> None:
     # the commit of step 3 fails on rank 0 (set once the save of 0 is delivered everywhere)
     failing_run(base, rank, "eio", Recorder(fault_after=(0, "before_manifest=eio")))
     failing_run(base, rank, "listener", Recorder(fail_at=3))
+    for async_save, kind in ((True, "async"), (False, "blocking")):
+        # the chief's saver refuses the commit of 3 before DCP's save: its directory moved
+        move = Recorder(move_after=(0, base / f"moved-{kind}"))
+        failing_run(base, rank, f"moved-{kind}", move, async_save)
+        # rank 1 cannot copy its state for the save of 3 (a sparse tensor)
+        failing_run(base, rank, f"copy-{kind}", Recorder(), async_save, bad_copy_on=1)
+        # the chief's retention cannot delete the checkpoint of 0 once 3 is committed
+        fault = Recorder(fault_after=(0, "retention_before_remove=eio"))
+        failing_run(base, rank, f"retention-{kind}", fault, async_save, max_to_keep=1)
+    failing_run(base, rank, "listener-blocking", Recorder(fail_at=3), async_save=False)
+    # the final save of the close (at 4), which the other rank waits in, refused by a listener
+    failing_run(base, rank, "listener-end", Recorder(fail_at=4), until=4)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Generous for a loaded 2-core box (the launch takes ~25 s idle); a hang (a rank left
+# waiting in a collective for the group's 30-minute timeout) fails instead of blocking.
+LAUNCH_TIMEOUT_S = 300.0
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dist-session-async")
-    mp.spawn(s.two_ranks, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    context = mp.spawn(s.two_ranks, args=(2, _free_port(), str(root)), nprocs=2, join=False)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    # join() returns once any rank exits (True when all have), or at its timeout
+    while not context.join(timeout=max(deadline - time.monotonic(), 0.01)):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the launch did not end within {LAUNCH_TIMEOUT_S:g} s: a rank hung")
     return root
 
 
@@ -110,3 +123,67 @@ def test_a_listener_failing_before_the_save_stops_every_rank_with_its_error(
 def test_fsdp_state_saved_in_the_background_restores_bit_exact(launched: Path) -> None:
     # compared inside each rank with the state at the close (the background save of 4)
     assert _results(launched, "fsdp") == [{"restored": 4, "steps": [0, 2, 4]}] * 2
+
+
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+def test_a_commit_the_chief_refuses_before_writing_fails_every_rank_at_once(
+    launched: Path, kind: str
+) -> None:
+    # the chief's saver refuses the commit of 3 (its directory was moved aside after the
+    # save of 0) before DCP's save begins: the other rank, already in it, raises the same
+    # error instead of waiting for the group's timeout
+    chief, other = _results(launched, f"moved-{kind}")
+    assert chief["error"] == other["error"] == "CheckpointWriteError"
+    assert chief["message"] == other["message"]
+    assert "removed or replaced" in chief["message"] and "step 3" in chief["message"]
+    assert chief["step"] == other["step"]
+    assert chief["step"] == 3 if kind == "blocking" else 4 <= chief["step"] <= 6
+    assert chief["steps"] == other["steps"] == [0]  # the committed one, untouched
+    moved = s.moved(launched / f"moved-{kind}")
+    trainhooks.verify_checkpoint(trainhooks.list_checkpoints(moved)[0].path)
+    assert leftovers(moved) == set()
+    assert not (launched / f"moved-{kind}").exists()  # nothing written after the move
+
+
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+def test_a_state_one_rank_cannot_copy_fails_every_rank_with_its_error(
+    launched: Path, kind: str
+) -> None:
+    # rank 1's state holds a sparse tensor at the save of 3: both ranks raise its
+    # CheckpointFormatError at that sync point, and nothing of the save is left
+    chief, other = _results(launched, f"copy-{kind}")
+    assert chief["error"] == other["error"] == "CheckpointFormatError"
+    assert chief["message"] == other["message"] and "sparse" in chief["message"].lower()
+    assert chief["step"] == other["step"] == 3
+    assert chief["steps"] == other["steps"] == [0]
+    assert leftovers(launched / f"copy-{kind}") == set()
+
+
+@pytest.mark.parametrize(("name", "step"), [("listener-blocking", 3), ("listener-end", 4)])
+def test_a_listener_failing_before_a_blocking_save_stops_every_rank_with_its_error(
+    launched: Path, name: str, step: int
+) -> None:
+    # the other rank waits in the save the chief's hook never makes (at a sync point, or
+    # the final save of the close): the chief fails it with the listener's error
+    chief, other = _results(launched, name)
+    assert chief["error"] == other["error"] == "ValueError"
+    assert chief["message"] == other["message"] == f"the listener refuses the save of step {step}"
+    assert chief["step"] == other["step"] == step
+    assert chief["steps"] == other["steps"] == ([0, 3] if step == 4 else [0])
+
+
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+def test_the_chiefs_retention_failing_after_the_commit_fails_every_rank(
+    launched: Path, kind: str
+) -> None:
+    # the save of 3 is committed; deleting the checkpoint of 0 (max_to_keep=1) fails on
+    # the chief alone: the commit's outcome carries that error to the other rank
+    chief, other = _results(launched, f"retention-{kind}")
+    assert chief["error"] == other["error"] == "CheckpointWriteError"
+    assert chief["message"] == other["message"]
+    assert "could not delete the checkpoint of step 0" in chief["message"]
+    assert chief["step"] == other["step"]
+    assert chief["step"] == 3 if kind == "blocking" else 4 <= chief["step"] <= 6
+    assert chief["steps"] == other["steps"] == [3]
+    [newest] = trainhooks.list_checkpoints(launched / f"retention-{kind}")
+    trainhooks.verify_checkpoint(newest.path)

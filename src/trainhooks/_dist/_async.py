@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from trainhooks._dist._api import save_with
 from trainhooks._dist._collective import Timeout, background_group
 from trainhooks._dist._storage import ShardedWriter
+from trainhooks._state._staging import StagingBuffers
 from trainhooks._store._background import SaveFuture
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import DEFAULT_BASENAME
@@ -38,6 +39,7 @@ class _Background:
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="trainhooks-sharded-save")
         self.stager = DefaultStager(StagingOptions(False, False, False, False))
+        self.buffers = StagingBuffers()  # the copies a caller makes itself (``copied``)
         self.pending: SaveFuture | None = None
 
 
@@ -93,17 +95,26 @@ def in_background(
     job: Callable[[dict[str, Any]], CheckpointInfo],
     step: int,
     directory: str | os.PathLike[str],
+    copied: Callable[[StagingBuffers], dict[str, Any]] | None = None,
 ) -> SaveFuture:
     """Copy ``state`` (top-level ``Stateful`` values through their ``state_dict()``) into
     this process's staging buffers once the save in flight is done, then run ``job`` on the
     copy on the background thread; the future gets its outcome. Call on the training
-    thread, after creating the job's process group (a collective) on every rank."""
+    thread, after creating the job's process group (a collective) on every rank.
+
+    ``copied``, if given, makes more entries of the copy itself, into this process's
+    reused ``StagingBuffers`` (the state layer's staging: its buffers are kept by name,
+    where DCP's stager keeps them by source storage, which a tensor made over an array's
+    bytes never repeats); they are not copied again. A failing copy raises here and starts
+    nothing."""
     background = _get()
     if background.pending is not None:
         wait([background.pending])  # its buffers are about to be overwritten
     flat = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
     snapshot = background.stager.stage(flat)  # synchronous: no async staging configured
     assert isinstance(snapshot, dict)
+    if copied is not None:
+        snapshot.update(copied(background.buffers))
     future = SaveFuture(step, directory)
 
     def run() -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, MutableMapping
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,13 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from trainhooks._dist._api import typed_error
 from trainhooks._dist._async import in_background
 from trainhooks._dist._collective import background_group
-from trainhooks._dist._state_dict import is_dcp_checkpoint, restore_sharded, to_dcp_state
+from trainhooks._dist._refusal import portable, refuse, refused_error
+from trainhooks._dist._state_dict import (
+    is_dcp_checkpoint,
+    restore_sharded,
+    staged_replicated,
+    to_dcp_state,
+)
 from trainhooks._dist._storage import ShardedWriter
 from trainhooks._exceptions import (
     CheckpointCorruptError,
@@ -101,13 +108,16 @@ class Collectives:
         chief's hooks' states are saved from the chief. ``commit_with`` (the chief's saver)
         plans retention and records the commit; without it the writer takes the lock.
         Only the chief's ``directory`` and ``storage_options`` count: DCP's plan carries
-        them to the other ranks."""
-        return _run(
-            to_dcp_state(state, with_hooks=chief),
-            _Target(directory, step, storage_options),
-            chief,
-            commit_with,
-        )
+        them to the other ranks. A state this rank cannot encode fails the save on every
+        rank (:meth:`refuse`), not here alone."""
+        try:
+            dcp_state = to_dcp_state(state, with_hooks=chief)
+        except Exception as exc:
+            refused = self.refuse(exc, step)
+            if refused is exc:
+                raise
+            raise refused from exc
+        return _run(dcp_state, _Target(directory, step, storage_options), chief, commit_with)
 
     def save_async(
         self,
@@ -120,15 +130,36 @@ class Collectives:
         storage_options: dict[str, Any] | None = None,
     ) -> SaveFuture:
         """:meth:`save` with only the copy of ``state`` on this thread: the collective
-        write and commit run on the background thread, on a process group of their own."""
+        write and commit run on the background thread, on a process group of their own.
+        The replicated entries are copied into the state layer's reused staging buffers,
+        the DCP-native ones (DTensor shards) into DCP's stager's. A failing copy raises
+        here and starts nothing: :meth:`refuse_async` then fails the others' save."""
         group = background_group(None)
         target = _Target(directory, step, storage_options)
         return in_background(
-            to_dcp_state(state, with_hooks=chief),
+            to_dcp_state(state, with_hooks=chief, replicated=False),
             lambda snapshot: _run(snapshot, target, chief, commit_with, group),
             step,
             directory,
+            copied=partial(staged_replicated, state),
         )
+
+    def refuse(self, error: BaseException, step: int) -> BaseException:
+        """Fail, with ``error``, the blocking collective save of ``step`` the other ranks
+        are in and this rank will not make; the error to raise here (see ``_refusal.py``)."""
+        return refuse(error, None, step)
+
+    def refuse_async(
+        self, error: BaseException, step: int, directory: Path | ObjectPath
+    ) -> SaveFuture:
+        """:meth:`refuse` for a background save this rank could not start (its copy
+        failed): the others' background saves fail with ``error``, and so does the future."""
+        group = background_group(None)
+
+        def fail(_: dict[str, Any]) -> CheckpointInfo:
+            raise refuse(error, group, step)
+
+        return in_background({}, fail, step, directory)
 
     def restore(
         self,
@@ -235,10 +266,19 @@ def _run(
     commit_with: CommitWith | None,
     group: Any = None,
 ) -> CheckpointInfo:
-    """The collective save of :meth:`Collectives.save` on ``group`` (None: the world)."""
+    """The collective save of :meth:`Collectives.save` on ``group`` (None: the world).
+
+    Its outcome is the same on every rank, whoever fails and when: a rank failing before
+    its DCP save begins (the chief's saver refusing the commit: its lock, its directory
+    replaced) joins it with a refusal, so the others raise that error at once instead of
+    waiting for the group's timeout; DCP gives every rank a failure inside it; and the
+    chief's outcome after it (committed, or its retention failing to delete a victim) is
+    broadcast to every rank."""
     directory, step, storage_options = target
+    began = done = False  # this rank's DCP save began / returned
 
     def commit(retention: dict[str, Any] | None) -> CheckpointInfo:
+        nonlocal began, done
         writer = ShardedWriter(
             directory,
             step,
@@ -246,20 +286,54 @@ def _run(
             retention=retention,
             storage_options=storage_options,
         )
+        began = True
         try:
             dcp_save(dcp_state, storage_writer=writer, process_group=group)
         except CheckpointException as exc:
             writer.abandon()  # the coordinator removes what the failed save left
-            raise typed_error(exc, f"the save of step {step} in {directory}") from exc
+            raise _agreed(exc, step, directory) from exc
         finally:
             writer.release()
-        box = [writer.info]
-        dist.broadcast_object_list(box, src=0, group=group)  # in memory only: no pickle on disk
-        info = box[0]
-        if not isinstance(info, CheckpointInfo):  # pragma: no cover - commits or raises
-            raise CheckpointWriteError(f"the save of step {step} did not commit", step=step)
-        return info
+        done = True
+        return cast(CheckpointInfo, writer.info)  # None off the coordinator: unused there
 
-    if chief and commit_with is not None:
-        return commit_with(commit)
-    return commit(None)
+    outcome: CheckpointInfo | BaseException
+    try:
+        outcome = commit_with(commit) if chief and commit_with is not None else commit(None)
+    except Exception as exc:
+        if began and not done:
+            raise  # every rank raised DCP's failure (or lost its peers)
+        if done:
+            outcome = exc  # only the chief knows: its saver failed after the commit
+        else:
+            refused = refuse(exc, group, step)
+            if refused is exc:
+                raise
+            raise refused from exc
+    box = [portable(outcome) if isinstance(outcome, BaseException) else outcome]
+    dist.broadcast_object_list(box, src=0, group=group)  # in memory only: no pickle on disk
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return _outcome(box[0], step)
+
+
+def _agreed(exc: CheckpointException, step: int, directory: Path | ObjectPath) -> BaseException:
+    """The error of a failed DCP save, the same on every rank: a refusing rank's own, else
+    the first of this project's errors (:func:`typed_error`)."""
+    refused = refused_error(exc, step)
+    if refused is not None:
+        return refused[1]
+    return typed_error(exc, f"the save of step {step} in {directory}")
+
+
+def _outcome(value: Any, step: int) -> CheckpointInfo:
+    """The chief's broadcast outcome as this rank's result."""
+    if isinstance(value, CheckpointInfo):
+        return value
+    if isinstance(value, BaseException):
+        raise value
+    if isinstance(value, str):
+        raise CheckpointWriteError(f"the chief's commit of step {step} failed: {value}", step=step)
+    raise CheckpointWriteError(  # pragma: no cover - commits or raises
+        f"the save of step {step} did not commit", step=step
+    )

@@ -40,6 +40,7 @@ from trainhooks._state._decode import decode_tree
 from trainhooks._state._encode import encode_state
 from trainhooks._state._mapped import MappedTensor
 from trainhooks._state._reserved import DIST_HOOKS_ENTRY, DIST_REPLICATED_ENTRY, HOOK_STATE_KEY
+from trainhooks._state._staging import StagingBuffers
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._remote._url import ObjectPath
@@ -51,6 +52,7 @@ __all__ = [
     "ModelOptimizerState",
     "is_dcp_checkpoint",
     "restore_sharded",
+    "staged_replicated",
     "to_dcp_state",
 ]
 
@@ -117,22 +119,41 @@ def _split(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], An
     return native, replicated, hooks
 
 
-def to_dcp_state(state: Mapping[str, Any], *, with_hooks: bool) -> dict[str, Any]:
+def to_dcp_state(
+    state: Mapping[str, Any], *, with_hooks: bool, replicated: bool = True
+) -> dict[str, Any]:
     """The DCP state dict of a session's ``checkpoint_state`` (see the module docstring);
-    ``with_hooks`` on the chief only."""
-    native, replicated, hooks = _split(state)
+    ``with_hooks`` on the chief only; without ``replicated``, the replicated entry is left
+    to :func:`staged_replicated`."""
+    native, plain, hooks = _split(state)
     for key in (REPLICATED_ENTRY, HOOKS_ENTRY):
         if key in native:
             raise ValueError(f"state has an entry named {key!r}, which trainhooks reserves")
     result: dict[str, Any] = dict(native)
-    result[REPLICATED_ENTRY] = _encoded(replicated)
+    if replicated:
+        result[REPLICATED_ENTRY] = _encoded(plain)
     if with_hooks and hooks is not None:
         result[HOOKS_ENTRY] = _encoded({HOOK_STATE_KEY: hooks})
     return result
 
 
-def _encoded(entries: Mapping[str, Any]) -> dict[str, Any]:
-    tree, tensors = encode_state(entries)
+def staged_replicated(state: Mapping[str, Any], staging: StagingBuffers) -> dict[str, Any]:
+    """The replicated entry of ``state`` as a snapshot: its arrays copied into ``staging``'s
+    buffers (reused from the previous snapshot, so no memory is allocated or first-touched
+    again), the tensors of the entry made over them without a copy."""
+    plain = _split(state)[1]
+    staging.begin()
+    try:
+        entry = _encoded(plain, staging)
+    except BaseException:
+        staging.abort()
+        raise
+    staging.finish()()  # copies from a device land before the write reads them
+    return {REPLICATED_ENTRY: entry}
+
+
+def _encoded(entries: Mapping[str, Any], staging: StagingBuffers | None = None) -> dict[str, Any]:
+    tree, tensors = encode_state(entries, staging)
     return {"tree": json.dumps(tree), "tensors": {t.name: _as_torch(t) for t in tensors}}
 
 

@@ -87,26 +87,38 @@ class BackgroundSaves:
         requested: list[_Request],
         own_state: Callable[[], MutableMapping[str, Any]],
         step: int,
-    ) -> None:
+    ) -> Exception | None:
         """Copy this rank's state for the ``count`` saves the chief asked for and start them
-        (every rank at the same point); ``requested`` is the chief's list, empty elsewhere."""
+        (every rank at the same point); ``requested`` is the chief's list, empty elsewhere.
+        Returns the error of a copy that failed here: its save then joins the others' only
+        to fail it on every rank with that error (the caller agrees on raising it)."""
+        failure: Exception | None = None
         for index in range(count):
-            if requested:
-                ask = requested[index]
-                inner = collectives.save_async(
-                    ask.state,
-                    ask.directory,
-                    ask.step,
-                    chief=True,
-                    commit_with=ask.commit_with,
-                    storage_options=ask.storage_options,
-                )
+            ask = requested[index] if requested else None
+            directory, at = (ask.directory, ask.step) if ask is not None else (Path("."), step)
+            try:
+                if failure is not None:
+                    raise failure  # every later save of this point fails the same way
+                if ask is None:
+                    inner = collectives.save_async(own_state(), directory, at, chief=False)
+                else:
+                    inner = collectives.save_async(
+                        ask.state,
+                        ask.directory,
+                        ask.step,
+                        chief=True,
+                        commit_with=ask.commit_with,
+                        storage_options=ask.storage_options,
+                    )
+            except Exception as exc:
+                failure = exc
+                inner = collectives.refuse_async(exc, at, directory)
+            if ask is None:
+                self.inflight.append(inner)
+            else:
                 inner.add_done_callback(partial(_copy_outcome, ask.future))
                 self.inflight.append(ask.future)
-            else:
-                self.inflight.append(
-                    collectives.save_async(own_state(), Path("."), step, chief=False)
-                )
+        return failure
 
     def deliver(self, count: int, step: int) -> None:
         """The ``count`` oldest saves, waited for: marked delivered (the chief's hook calls

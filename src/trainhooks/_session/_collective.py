@@ -53,6 +53,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainhooks._exceptions import CheckpointWriteError
 from trainhooks._session._background_saves import BackgroundSaves
 from trainhooks._session._dispatch import Coordinator
 from trainhooks._session._dist_recovery import RecoveryAgreement, unagreed_at_close
@@ -138,6 +139,7 @@ class DistributedSession:
         self._scheduled = False
         self._step = 0  # the step of the sync point being run
         self._blocking_left = 0  # chief: blocking saves the other ranks are waiting in
+        self._blocking_failed = False  # chief: one failed on every rank at this sync point
         self._background_left = 0  # chief: background saves this sync point may start
         self._background = BackgroundSaves()
         self.recovery = RecoveryAgreement()
@@ -155,17 +157,20 @@ class DistributedSession:
         ``saver`` (a ``trainhooks.Saver``) keeps its retention (and, for a URL, its lease
         and ``storage_options``, which reach every rank with the plan)."""
         path = _location(directory)
-        with self.recovery.together():  # its error is raised on every rank
-            info = self._c.save(
-                state,
-                path,
-                step,
-                chief=True,
-                commit_with=_commit_with(saver, path, step),
-                storage_options=getattr(saver, "storage_options", None),
-            )
-        self._blocking_left -= 1  # not after a failure: every rank raised that one already
-        return info
+        self._blocking_left -= 1  # joined now: its outcome is the same on every rank
+        try:
+            with self.recovery.together():  # its error is raised on every rank
+                return self._c.save(
+                    state,
+                    path,
+                    step,
+                    chief=True,
+                    commit_with=_commit_with(saver, path, step),
+                    storage_options=getattr(saver, "storage_options", None),
+                )
+        except BaseException:
+            self._blocking_left, self._blocking_failed = 0, True  # every rank raised it
+            raise
 
     def save_async(
         self,
@@ -271,7 +276,18 @@ class DistributedSession:
         self._agree(session, "end", session.global_step)
 
     def release(self) -> None:
-        """At the close, whatever happened: wait for this rank's saves in flight."""
+        """At the close, whatever happened: fail a final save the other ranks wait in and
+        the chief never made (a hook's ``end`` raised first); wait for the saves in flight."""
+        if self._blocking_left > 0:
+            self._blocking_left = 0
+            error = sys.exc_info()[1]  # what is ending the session, in a finally block
+            if not isinstance(error, Exception):
+                error = CheckpointWriteError(
+                    f"the chief's session failed before its save of step {self._step} (see "
+                    "rank 0's log); nothing was written",
+                    step=self._step,
+                )
+            self._c.refuse(error, self._step)
         self._background.release()
 
     def _agree(self, session: MonitoredSession, phase: str, step: int) -> RollbackRequested | None:
@@ -309,6 +325,7 @@ class DistributedSession:
         self._background_left = flags[1]
         self._background.requested = []
         self._blocking_left = flags[0] if self.is_chief else 0
+        self._blocking_failed = False
         if not self.is_chief:
             for _ in range(flags[0]):
                 with self.recovery.together():
@@ -333,11 +350,15 @@ class DistributedSession:
     def _second(
         self, session: MonitoredSession, failure: Exception | None
     ) -> RollbackRequested | None:
-        if failure is not None and self._blocking_left > 0:
+        if failure is not None and (self._blocking_left > 0 or self._blocking_failed):
             # a blocking save the others joined failed (they raised its error too) or was
-            # never made (they wait in it): no agreement possible, no background save
+            # never made (they wait in it: it fails for them with this error); no agreement
+            # possible, no background save
             for ask in self._background.requested:
                 ask.future.cancel()
+            if self._blocking_left > 0:
+                self._blocking_left = 0
+                self._c.refuse(failure, self._step)
             raise failure
         requested, self._background.requested = self._background.requested, []
         self._background_left = 0
@@ -345,7 +366,9 @@ class DistributedSession:
         # Every rank copies its state for the saves the chief's hooks asked for, at this
         # same point (a DCP-native state_dict() may run collectives), even after a failure.
         own_state = lambda: session.checkpoint_state  # noqa: E731 - read when copied
-        self._background.start(self._c, values[4], requested, own_state, self._step)
+        failed = self._background.start(self._c, values[4], requested, own_state, self._step)
+        if values[4] and self._c.max_ints([int(failed is not None)])[0]:
+            self._raise_everywhere(failed, 1)  # a copy failed: its save fails everywhere too
         if values[5]:
             self._raise_everywhere(failure, 1)
         self._apply(session, values[:3])
