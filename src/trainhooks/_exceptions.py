@@ -34,6 +34,7 @@ Messages name the path, the step and the cause, and say what to do where that he
 from __future__ import annotations
 
 import os
+import pickle
 
 __all__ = [
     "EXIT_PREEMPTED",
@@ -261,3 +262,13 @@ class Preempted(SystemExit):
         super().__init__(EXIT_PREEMPTED)
         self.step = step
         self.signal_number = signal_number
+
+
+def portable_error(error: BaseException) -> BaseException | str:
+    """``error`` if it survives a pickle round trip, so it can be sent to other ranks in
+    memory (never to disk); else its text. Not exported: the ranks' collectives use it."""
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+    except Exception:
+        return f"{type(error).__name__}: {error}"
+    return error if type(copy) is type(error) else f"{type(error).__name__}: {error}"

@@ -12,7 +12,6 @@ with the same ``CheckpointException``, nothing committed is touched, and
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 import torch.distributed as dist
@@ -23,9 +22,9 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from trainhooks._exceptions import CheckpointWriteError
+from trainhooks._exceptions import CheckpointWriteError, portable_error
 
-__all__ = ["Refusal", "portable", "refuse", "refused_error"]
+__all__ = ["Refusal", "refuse", "refused_error"]
 
 
 class Refusal(Exception):
@@ -33,21 +32,12 @@ class Refusal(Exception):
     (or, if that does not survive pickling, its text) to every rank."""
 
 
-def portable(error: BaseException) -> BaseException | str:
-    """``error`` if it survives a pickle round trip (to be sent in memory), else its text."""
-    try:
-        copy = pickle.loads(pickle.dumps(error))
-    except Exception:
-        return f"{type(error).__name__}: {error}"
-    return error if type(copy) is type(error) else f"{type(error).__name__}: {error}"
-
-
 class _RefusingWriter(StorageWriter):
     """A writer whose local plan raises: nothing is staged or written on any rank."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__()
-        self._payload = portable(error)
+        self._payload = portable_error(error)
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         pass

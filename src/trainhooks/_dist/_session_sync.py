@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from trainhooks._dist._api import typed_error
 from trainhooks._dist._async import in_background
 from trainhooks._dist._collective import background_group
-from trainhooks._dist._refusal import portable, refuse, refused_error
+from trainhooks._dist._refusal import refuse, refused_error
 from trainhooks._dist._state_dict import (
     is_dcp_checkpoint,
     restore_sharded,
@@ -37,6 +37,7 @@ from trainhooks._exceptions import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     CheckpointWriteError,
+    portable_error,
 )
 from trainhooks._store._background import SaveFuture
 from trainhooks._store._info import CheckpointInfo
@@ -310,7 +311,7 @@ def _run(
             if refused is exc:
                 raise
             raise refused from exc
-    box = [portable(outcome) if isinstance(outcome, BaseException) else outcome]
+    box = [portable_error(outcome) if isinstance(outcome, BaseException) else outcome]
     dist.broadcast_object_list(box, src=0, group=group)  # in memory only: no pickle on disk
     if isinstance(outcome, BaseException):
         raise outcome

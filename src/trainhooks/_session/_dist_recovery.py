@@ -20,12 +20,15 @@ all-reduce, the next sync point) that the rank re-creating itself never joins. S
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from trainhooks._exceptions import DistributedRecoveryError, RollbackRequested
+from trainhooks._exceptions import (
+    DistributedRecoveryError,
+    RollbackRequested,
+    portable_error,
+)
 
 if TYPE_CHECKING:
     from trainhooks._dist._session_sync import Collectives
@@ -80,7 +83,7 @@ class RecoveryAgreement:
         """Raise ``failure`` here and the first failing rank's error on the others (itself
         when it survives pickling in memory, else a ``RuntimeError`` describing it); a
         collective: every rank calls it at the same point, so the error is marked."""
-        errors = collectives.gather_objects(None if failure is None else _portable(failure))
+        errors = collectives.gather_objects(None if failure is None else portable_error(failure))
         if failure is not None:
             self._together = failure
             raise failure
@@ -121,15 +124,6 @@ def unagreed_at_close(agreed: RollbackRequested, rank: int, step: int) -> Except
         rank=rank,
         step=step,
     )
-
-
-def _portable(error: Exception) -> Exception | str:
-    """``error`` if it survives a pickle round trip (to be sent in memory), else its text."""
-    try:
-        copy = pickle.loads(pickle.dumps(error))
-    except Exception:
-        return f"{type(error).__name__}: {error}"
-    return error if type(copy) is type(error) else f"{type(error).__name__}: {error}"
 
 
 def _note(error: BaseException, note: str) -> None:
