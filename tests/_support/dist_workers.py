@@ -6,7 +6,9 @@ the first failed check, which makes ``mp.spawn`` fail the test with that rank's 
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,18 @@ from torch.distributed.tensor import DTensor
 
 import trainhooks
 from trainhooks.distributed import ShardedReader, ShardedWriter, save_sharded
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for a job's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rank_results(root: Path, name: str) -> list[dict[str, Any]]:
+    """What each rank of a 2-rank job wrote to ``root/results/<name>-<rank>.json``."""
+    return [json.loads((root / "results" / f"{name}-{r}.json").read_text()) for r in (0, 1)]
 
 
 def init(rank: int, world: int, port: int) -> None:

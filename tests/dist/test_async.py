@@ -19,16 +19,11 @@ from _support import dist_workers as w
 from _support.reliability import leftovers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("async")
-    mp.spawn(dist_async.async_saves, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    mp.spawn(dist_async.async_saves, args=(2, w.free_port(), str(root)), nprocs=2, join=True)
     results = {r: json.loads((root / f"result-{r}.json").read_text()) for r in range(2)}
     return {"root": root, "results": results}
 

@@ -21,6 +21,7 @@ import pytest
 
 import trainhooks
 from _support.reliability import LONG, leftovers
+from _support import dist_workers as w
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,6 @@ KILL_TIMEOUT = 120.0  # a killed peer closes its connections: this bound is neve
 def _name(point: str, action: str) -> str:
     return f"{point}-{action}"
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_zygote(plan: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -72,7 +68,7 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     jobs = [
         {
             "dir": str(root / _name(point, action)),
-            "port": _free_port(),
+            "port": w.free_port(),
             "point": point,
             "rank": rank,
             "action": action,
@@ -82,14 +78,14 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ]
     load_job = {
         "dir": str(root / LOAD_STALL),
-        "port": _free_port(),
+        "port": w.free_port(),
         "point": "before_shard_read",
         "rank": 1,
         "action": "block",
         "timeout": STALL_TIMEOUT,
         "load": True,
     }
-    eio_job = {**jobs[0], "dir": str(root / EIO), "port": _free_port(), "action": "eio"}
+    eio_job = {**jobs[0], "dir": str(root / EIO), "port": w.free_port(), "action": "eio"}
     run = _run_zygote({"phase": "crash", "jobs": [*jobs, load_job, eio_job]}, root)
     seen: dict[str, Any] = {"root": root, "exits": run["exits"], "stderr": run["stderr"]}
     for job in [*jobs, load_job, eio_job]:
@@ -112,7 +108,7 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def resumed(crashed: dict[str, Any]) -> dict[str, Any]:
     root: Path = crashed["root"]
     dirs = [str(root / _name(point, action)) for point, _, action, _ in POINTS]
-    run = _run_zygote({"phase": "resume", "port": _free_port(), "dirs": dirs}, root)
+    run = _run_zygote({"phase": "resume", "port": w.free_port(), "dirs": dirs}, root)
     assert run["exits"] == {"resume": {"0": 0, "1": 0}}, run["stderr"][-4000:]
     return {"root": root, "dirs": dirs}
 
@@ -207,7 +203,7 @@ def test_many_kills_at_random_points(tmp_path: Path) -> None:
         jobs = [
             {
                 "dir": str(root / f"{i}-{point}"),
-                "port": _free_port(),
+                "port": w.free_port(),
                 "point": point,
                 "rank": rank,
                 "action": "kill",
@@ -222,5 +218,5 @@ def test_many_kills_at_random_points(tmp_path: Path) -> None:
             listed = trainhooks.list_checkpoints(job["dir"])
             for info in listed:
                 trainhooks.verify_checkpoint(info.path)
-        resume = {"phase": "resume", "port": _free_port(), "dirs": [j["dir"] for j in jobs]}
+        resume = {"phase": "resume", "port": w.free_port(), "dirs": [j["dir"] for j in jobs]}
         assert _run_zygote(resume, root)["exits"] == {"resume": {"0": 0, "1": 0}}

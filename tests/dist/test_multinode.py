@@ -17,11 +17,6 @@ from _support import dist_workers as w
 SUPPORT = Path(__file__).resolve().parents[1] / "_support"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def test_two_nodes_commit_one_checkpoint_with_a_shard_each(tmp_path: Path) -> None:
     directory = tmp_path / "run"
@@ -33,7 +28,7 @@ def test_two_nodes_commit_one_checkpoint_with_a_shard_each(tmp_path: Path) -> No
         "--nnodes=2",
         "--nproc-per-node=1",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
+        f"--rdzv-endpoint=127.0.0.1:{w.free_port()}",
         "--rdzv-id=trainhooks-multinode",
         "--local-addr=127.0.0.1",
         "--max-restarts=0",

@@ -27,11 +27,6 @@ from trainhooks._cli import main as cli_main
 from trainhooks.distributed import load_sharded
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def launched(
@@ -43,7 +38,7 @@ def launched(
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("dist-remote")
     url = f"s3://{bucket}"
-    mp.spawn(dist_remote.two_ranks, args=(2, _free_port(), str(root), url), nprocs=2, join=True)
+    mp.spawn(dist_remote.two_ranks, args=(2, w.free_port(), str(root), url), nprocs=2, join=True)
     yield {"root": root, "url": url, "bucket": bucket, "endpoint": s3_endpoint}
 
 

@@ -25,21 +25,13 @@ from trainhooks import EXIT_PREEMPTED
 from trainhooks.distributed import ModelOptimizerState, ShardedWriter, load_sharded
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dist-session")
-    mp.spawn(s.two_ranks, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    mp.spawn(s.two_ranks, args=(2, w.free_port(), str(root)), nprocs=2, join=True)
     return root
 
-
-def _results(root: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads((root / "results" / f"{name}-{r}.json").read_text()) for r in (0, 1)]
 
 
 def _steps(directory: Path) -> list[int]:
@@ -47,7 +39,7 @@ def _steps(directory: Path) -> list[int]:
 
 
 def test_ddp_run_resumed_after_a_crash_is_bit_exact(launched: Path) -> None:
-    for result in _results(launched, "resume"):
+    for result in w.rank_results(launched, "resume"):
         assert result["straight"]["step"] == result["resumed"]["step"] == 12
         assert result["resumed"]["restored"] == 4  # the crash came at step 7
         assert result["resumed"]["digest"] == result["straight"]["digest"]
@@ -57,33 +49,33 @@ def test_ddp_run_resumed_after_a_crash_is_bit_exact(launched: Path) -> None:
 def test_corrupt_newest_shard_every_rank_falls_back_to_the_same_checkpoint(
     launched: Path,
 ) -> None:
-    ranks = _results(launched, "corrupt")
+    ranks = w.rank_results(launched, "corrupt")
     assert [r["restored"] for r in ranks] == [8, 8]
-    straight = _results(launched, "resume")[0]["straight"]["digest"]
+    straight = w.rank_results(launched, "resume")[0]["straight"]["digest"]
     assert [r["digest"] for r in ranks] == [straight, straight]  # and trained on exactly
     trainhooks.verify_checkpoint(launched / "resumed" / "ckpt-000000000012")  # re-saved
 
 
 def test_listener_on_rank_zero_stops_every_rank_at_its_step(launched: Path) -> None:
-    ranks = _results(launched, "listener")
+    ranks = w.rank_results(launched, "listener")
     assert [r["step"] for r in ranks] == [6, 6]
     assert ranks[0]["saved"] == [0, 3, 6] and ranks[1]["saved"] == []  # chief-only listener
     assert _steps(launched / "listener") == [3, 6]  # the chief's max_to_keep=2
 
 
 def test_stop_requested_on_one_rank_stops_all_at_the_next_sync_point(launched: Path) -> None:
-    assert [r["step"] for r in _results(launched, "stop")] == [8, 8]  # asked at 5, K=4
+    assert [r["step"] for r in w.rank_results(launched, "stop")] == [8, 8]  # asked at 5, K=4
     assert _steps(launched / "stop") == [0, 8]  # the final save at close is collective
 
 
 def test_sigterm_to_one_rank_saves_and_preempts_every_rank(launched: Path) -> None:
-    ranks = _results(launched, "sigterm")
+    ranks = w.rank_results(launched, "sigterm")
     assert [(r["step"], r["code"]) for r in ranks] == [(8, EXIT_PREEMPTED)] * 2
     assert _steps(launched / "sigterm") == [0, 8]
 
 
 def test_fsdp_state_restores_on_two_ranks_and_into_one_process(launched: Path) -> None:
-    assert _results(launched, "fsdp") == [{"restored": 4, "extra": [1, 2]}] * 2
+    assert w.rank_results(launched, "fsdp") == [{"restored": 4, "extra": [1, 2]}] * 2
     path = launched / "fsdp" / "ckpt-000000000004"
     model = w.make_model(seed=9)
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -102,21 +94,21 @@ def test_trainhooks_load_reads_a_session_checkpoint_in_one_process(launched: Pat
 
 
 def test_save_secs_saves_land_on_sync_points(launched: Path) -> None:
-    assert [r["step"] for r in _results(launched, "secs")] == [10, 10]
+    assert [r["step"] for r in w.rank_results(launched, "secs")] == [10, 10]
     assert _steps(launched / "secs") == [0, 4, 8, 10]  # timer due at 3 and 7; end at 10
 
 
 def test_failed_collective_save_raises_the_same_typed_error_on_every_rank(
     launched: Path,
 ) -> None:
-    ranks = _results(launched, "failed")
+    ranks = w.rank_results(launched, "failed")
     assert ranks == [{"step": 4, "error": "CheckpointWriteError"}] * 2
     assert _steps(launched / "failed") == [0]
     assert not [p for p in (launched / "failed").iterdir() if ".tmp-" in p.name]
 
 
 def test_an_error_on_the_chief_at_a_sync_point_reaches_every_rank(launched: Path) -> None:
-    results = _results(launched, "refused")
+    results = w.rank_results(launched, "refused")
     assert [r["error"] for r in results] == ["ValueError"] * 2  # the chief's, on every rank
     assert [r["message"] for r in results] == ["no schedule for the create phase"] * 2
 

@@ -22,11 +22,6 @@ from _support import dist_workers as w
 from _support.reliability import leftovers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 # Generous for a loaded 2-core box (the launch takes ~25 s idle); a hang (a rank left
 # waiting in a collective for the group's 30-minute timeout) fails instead of blocking.
@@ -36,7 +31,7 @@ LAUNCH_TIMEOUT_S = 300.0
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dist-session-async")
-    context = mp.spawn(s.two_ranks, args=(2, _free_port(), str(root)), nprocs=2, join=False)
+    context = mp.spawn(s.two_ranks, args=(2, w.free_port(), str(root)), nprocs=2, join=False)
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     # join() returns once any rank exits (True when all have), or at its timeout
     while not context.join(timeout=max(deadline - time.monotonic(), 0.01)):
@@ -47,16 +42,13 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _results(root: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads((root / "results" / f"{name}-{r}.json").read_text()) for r in (0, 1)]
-
 
 def test_close_waits_for_the_save_in_flight_and_every_rank_sees_it(launched: Path) -> None:
-    assert [r["at_close"] for r in _results(launched, "train")] == [[0, 3], [0, 3]]
+    assert [r["at_close"] for r in w.rank_results(launched, "train")] == [[0, 3], [0, 3]]
 
 
 def test_relaunch_restores_the_background_checkpoint_bit_exact(launched: Path) -> None:
-    for result in _results(launched, "train"):
+    for result in w.rank_results(launched, "train"):
         assert result["restored"] == 3 and result["bit_exact"] is True
 
 
@@ -68,7 +60,7 @@ def test_parameters_changed_after_the_save_are_not_in_the_checkpoint(launched: P
 
 
 def test_after_save_comes_at_a_sync_point_after_the_commit_in_tf_order(launched: Path) -> None:
-    chief, other = _results(launched, "train")
+    chief, other = w.rank_results(launched, "train")
     assert other["events"] == [[], []]  # the listener is the chief's
     first, second = ([tuple(e) for e in events] for events in chief["events"])
     # (event, checkpoint step, global step when called): at most one save in flight, so
@@ -89,7 +81,7 @@ def test_after_save_comes_at_a_sync_point_after_the_commit_in_tf_order(launched:
 
 
 def test_after_save_asking_to_stop_stops_every_rank_at_the_same_step(launched: Path) -> None:
-    chief, other = _results(launched, "train")
+    chief, other = w.rank_results(launched, "train")
     [stopped_at] = [at for kind, step, at in chief["events"][1] if kind == "after" and step == 9]
     assert chief["step"] == other["step"] == stopped_at
     assert 10 <= stopped_at <= 12
@@ -102,7 +94,7 @@ def test_after_save_asking_to_stop_stops_every_rank_at_the_same_step(launched: P
 def test_a_failed_background_save_raises_the_same_typed_error_on_every_rank(
     launched: Path,
 ) -> None:
-    chief, other = _results(launched, "eio")
+    chief, other = w.rank_results(launched, "eio")
     assert chief["error"] == other["error"] == "CheckpointWriteError"
     assert chief["message"] == other["message"] and "step 3" in chief["message"]
     assert chief["step"] == other["step"] and 4 <= chief["step"] <= 6
@@ -113,7 +105,7 @@ def test_a_failed_background_save_raises_the_same_typed_error_on_every_rank(
 def test_a_listener_failing_before_the_save_stops_every_rank_with_its_error(
     launched: Path,
 ) -> None:
-    chief, other = _results(launched, "listener")
+    chief, other = w.rank_results(launched, "listener")
     assert chief["error"] == other["error"] == "ValueError"
     assert chief["message"] == other["message"] == "the listener refuses the save of step 3"
     assert chief["step"] == other["step"] == 3
@@ -122,7 +114,7 @@ def test_a_listener_failing_before_the_save_stops_every_rank_with_its_error(
 
 def test_fsdp_state_saved_in_the_background_restores_bit_exact(launched: Path) -> None:
     # compared inside each rank with the state at the close (the background save of 4)
-    assert _results(launched, "fsdp") == [{"restored": 4, "steps": [0, 2, 4]}] * 2
+    assert w.rank_results(launched, "fsdp") == [{"restored": 4, "steps": [0, 2, 4]}] * 2
 
 
 @pytest.mark.parametrize("kind", ["async", "blocking"])
@@ -132,7 +124,7 @@ def test_a_commit_the_chief_refuses_before_writing_fails_every_rank_at_once(
     # the chief's saver refuses the commit of 3 (its directory was moved aside after the
     # save of 0) before DCP's save begins: the other rank, already in it, raises the same
     # error instead of waiting for the group's timeout
-    chief, other = _results(launched, f"moved-{kind}")
+    chief, other = w.rank_results(launched, f"moved-{kind}")
     assert chief["error"] == other["error"] == "CheckpointWriteError"
     assert chief["message"] == other["message"]
     assert "removed or replaced" in chief["message"] and "step 3" in chief["message"]
@@ -151,7 +143,7 @@ def test_a_state_one_rank_cannot_copy_fails_every_rank_with_its_error(
 ) -> None:
     # rank 1's state holds a sparse tensor at the save of 3: both ranks raise its
     # CheckpointFormatError at that sync point, and nothing of the save is left
-    chief, other = _results(launched, f"copy-{kind}")
+    chief, other = w.rank_results(launched, f"copy-{kind}")
     assert chief["error"] == other["error"] == "CheckpointFormatError"
     assert chief["message"] == other["message"] and "sparse" in chief["message"].lower()
     assert chief["step"] == other["step"] == 3
@@ -165,7 +157,7 @@ def test_a_listener_failing_before_a_blocking_save_stops_every_rank_with_its_err
 ) -> None:
     # the other rank waits in the save the chief's hook never makes (at a sync point, or
     # the final save of the close): the chief fails it with the listener's error
-    chief, other = _results(launched, name)
+    chief, other = w.rank_results(launched, name)
     assert chief["error"] == other["error"] == "ValueError"
     assert chief["message"] == other["message"] == f"the listener refuses the save of step {step}"
     assert chief["step"] == other["step"] == step
@@ -178,7 +170,7 @@ def test_the_chiefs_retention_failing_after_the_commit_fails_every_rank(
 ) -> None:
     # the save of 3 is committed; deleting the checkpoint of 0 (max_to_keep=1) fails on
     # the chief alone: the commit's outcome carries that error to the other rank
-    chief, other = _results(launched, f"retention-{kind}")
+    chief, other = w.rank_results(launched, f"retention-{kind}")
     assert chief["error"] == other["error"] == "CheckpointWriteError"
     assert chief["message"] == other["message"]
     assert "could not delete the checkpoint of step 0" in chief["message"]

@@ -17,31 +17,24 @@ import torch.multiprocessing as mp
 
 import trainhooks
 from _support import dist_rollback as r
+from _support import dist_workers as w
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dist-rollback")
-    mp.spawn(r.two_ranks, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    mp.spawn(r.two_ranks, args=(2, w.free_port(), str(root)), nprocs=2, join=True)
     return root
 
 
-def _results(root: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads((root / "results" / f"{name}-{k}.json").read_text()) for k in (0, 1)]
-
 
 def _run(launched: Path, name: str) -> list[dict[str, Any]]:
-    return [ranks[name] for ranks in _results(launched, "rollbacks")]
+    return [ranks[name] for ranks in w.rank_results(launched, "rollbacks")]
 
 
 def _reference(launched: Path, skipped: int) -> list[str]:
-    return [ranks[str(skipped)] for ranks in _results(launched, "references")]
+    return [ranks[str(skipped)] for ranks in w.rank_results(launched, "references")]
 
 
 def _steps(directory: Path) -> list[int]:
@@ -84,14 +77,14 @@ def test_a_rollback_still_unagreed_at_the_close_skips_the_final_save_on_every_ra
 
 
 def test_a_recoverable_error_at_a_sync_point_recovers_every_rank(launched: Path) -> None:
-    ranks = [x["recovered"] for x in _results(launched, "recoverable")]
-    straight = [x["straight"] for x in _results(launched, "recoverable")]
+    ranks = [x["recovered"] for x in w.rank_results(launched, "recoverable")]
+    straight = [x["straight"] for x in w.rank_results(launched, "recoverable")]
     assert [(x["step"], x["skipped"], x["creations"]) for x in ranks] == [(12, [], [0, 8])] * 2
     assert [x["digest"] for x in ranks] == straight
 
 
 def test_a_recoverable_error_outside_a_sync_point_is_a_typed_error(launched: Path) -> None:
-    errors = [x["error"] for x in _results(launched, "recoverable")]
+    errors = [x["error"] for x in w.rank_results(launched, "recoverable")]
     assert [(e["type"], e["rank"], e["step"], e["cause"]) for e in errors] == [
         ("DistributedRecoveryError", 0, 2, "ConnectionError"),
         ("DistributedRecoveryError", 1, 2, "ConnectionError"),

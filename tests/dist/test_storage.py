@@ -25,14 +25,9 @@ from trainhooks import CheckpointCorruptError
 from trainhooks.distributed import ShardedReader, ShardedWriter, load_sharded, save_sharded
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def _spawn(function: object, world: int, root: Path) -> None:
-    mp.spawn(function, args=(world, _free_port(), str(root)), nprocs=world, join=True)
+    mp.spawn(function, args=(world, w.free_port(), str(root)), nprocs=world, join=True)
 
 
 @pytest.fixture(scope="module")
