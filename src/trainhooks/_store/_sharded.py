@@ -144,28 +144,13 @@ def commit_staged(
     directory; by default the one after the highest there (the caller holds the lock);
     ``when`` the manifest's time (by default now)."""
     final = committed_path(directory, basename, step)
-    records = [record for shard in shards for record in shard.records]
     replaced: Path | None = None
     try:
-        check_unique(records, directory, step)
-        metadata = checked_metadata(metadata)
-        admit_tensors((r.name, r.shape) for r in records)  # the count across all shards
-        admit_tree(tree)
         number = next_sequence(directory, basename) if sequence is None else sequence
-        admit_sequence(number)
-        manifest = Manifest(
-            step,
-            time.time() if when is None else when,
-            {s.name: s.info for s in shards},
-            records,
-            tree,
-            metadata,
-            retention=retention,
-            sequence=number,
+        manifest, data = sharded_manifest(
+            step, shards, tree, metadata, directory, retention=retention, sequence=number, when=when
         )
         fault_point("before_manifest")
-        data = manifest.to_bytes()
-        admit_sizes(0, len(data))
         write_new_file(staging / MANIFEST_FILE, [memoryview(data)])
         fault_point("before_dir_fsync")
         fsync_directory(staging)
@@ -183,11 +168,46 @@ def commit_staged(
         final,
         manifest.time,
         nbytes,
-        len(records),
+        len(manifest.tensors),
         manifest.format_version,
-        metadata,
+        manifest.metadata,
         manifest.sequence,
     )
+
+
+def sharded_manifest(
+    step: int,
+    shards: Sequence[ShardFile],
+    tree: Any,
+    metadata: dict[str, Any],
+    where: Path | str,
+    *,
+    retention: dict[str, Any] | None,
+    sequence: int,
+    when: float | None,
+) -> tuple[Manifest, bytes]:
+    """The manifest of the checkpoint ``shards`` make up at ``step`` (in ``where``, a
+    directory or URL named by errors) and its bytes, checked against the format's limits
+    (the tensor count across all shards) before anything is committed."""
+    records = [record for shard in shards for record in shard.records]
+    check_unique(records, where, step)
+    metadata = checked_metadata(metadata)
+    admit_tensors((r.name, r.shape) for r in records)
+    admit_tree(tree)
+    admit_sequence(sequence)
+    manifest = Manifest(
+        step,
+        time.time() if when is None else when,
+        {shard.name: shard.info for shard in shards},
+        records,
+        tree,
+        metadata,
+        retention=retention,
+        sequence=sequence,
+    )
+    body = manifest.to_bytes()
+    admit_sizes(0, len(body))
+    return manifest, body
 
 
 def check_unique(records: Sequence[TensorRecord], directory: Path | str, step: int) -> None:

@@ -21,30 +21,25 @@ knows a framework or a process group: the caller moves the descriptions between 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from trainhooks._exceptions import CheckpointError
 from trainhooks._store._admit import (
-    admit_sequence,
     admit_sizes,
     admit_tensors,
-    admit_tree,
-    checked_metadata,
 )
 from trainhooks._store._commit import TensorSource
 from trainhooks._store._faults import fault_point
 from trainhooks._store._info import CheckpointInfo
 from trainhooks._store._layout import committed_name
-from trainhooks._store._manifest import Manifest
 from trainhooks._store._remote._commit import create_manifest, forget, upload_data, write_error
 from trainhooks._store._remote._layout import shard_object_name
 from trainhooks._store._remote._objects import ObjectStore, open_objects
 from trainhooks._store._remote._reader import commits_newest_first
 from trainhooks._store._remote._url import ObjectPath
 from trainhooks._store._remote._writer import RemoteWriter, clean_leftovers
-from trainhooks._store._sharded import ShardFile, check_unique
+from trainhooks._store._sharded import ShardFile, sharded_manifest
 from trainhooks._store._writer import RetentionPolicy, RetentionRecord
 
 __all__ = ["ShardedUpload", "upload_shard"]
@@ -155,25 +150,17 @@ class ShardedUpload:
         when: float | None,
     ) -> CheckpointInfo:
         prefix = f"{self.root}/{committed_name(self.basename, self.step)}"
-        records = [record for shard in shards for record in shard.records]
         try:
-            check_unique(records, self.url, self.step)
-            metadata = checked_metadata(metadata)
-            admit_tensors((r.name, r.shape) for r in records)  # the count across all shards
-            admit_tree(tree)
-            admit_sequence(sequence)
-            manifest = Manifest(
+            manifest, body = sharded_manifest(
                 self.step,
-                time.time() if when is None else when,
-                {shard.name: shard.info for shard in shards},
-                records,
+                shards,
                 tree,
                 metadata,
+                self.url,
                 retention=retention,
                 sequence=sequence,
+                when=when,
             )
-            body = manifest.to_bytes()
-            admit_sizes(0, len(body))
             fault_point("remote_before_manifest")
             create_manifest(self.objects, prefix, body)  # the commit point
         except BaseException as exc:
@@ -189,7 +176,7 @@ class ShardedUpload:
             ObjectPath(self.url) / committed_name(self.basename, self.step),
             manifest.time,
             manifest.nbytes + len(body),
-            len(records),
+            len(manifest.tensors),
             manifest.format_version,
             manifest.metadata,
             manifest.sequence,
